@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+// disksnap: point-in-time snapshots of disks into a deduplicated, compressed store.
+import PackageDescription
+
+let package = Package(
+    name: "disksnap",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "disksnap", targets: ["disksnap"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        // C: the only place that sees libzstd, libblkid, ioctls and Linux-only constants.
+        .target(name: "CShim", path: "Sources/CShim"),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CBlkid", path: "Sources/CBlkid", pkgConfig: "blkid",
+                       providers: [.apt(["libblkid-dev"])]),
+        // Swift face of the operating system and the C libraries.
+        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid"]),
+        // On-disk formats: byte layouts, digests, versioned records.
+        .target(name: "DiskSnapFormat", dependencies: [
+            "DiskSnapSys", .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // The content-addressed chunk store: packs, the chunk index, locks, atomic publication.
+        .target(name: "DiskSnapStore", dependencies: ["DiskSnapSys", "DiskSnapFormat"]),
+        // Snapshot records: ids, names, lookup, status.
+        .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore"]),
+        // Snapshot, restore, check: the pipelines over every core.
+        .target(name: "DiskSnapEngine", dependencies: [
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog",
+        ]),
+        // The command line: one file per subcommand.
+        .executableTarget(name: "disksnap", dependencies: [
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "DiskSnapTests", dependencies: [
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine",
+        ]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,44 @@
+// CShim: the Linux facilities Swift cannot reach directly.
+//
+// Why each exists:
+// - ioctl is variadic, so BLKGETSIZE64, BLKSSZGET and BLKZEROOUT need C wrappers;
+// - SEEK_DATA/SEEK_HOLE, O_DIRECT and major()/minor() are _GNU_SOURCE names or macros the
+//   Glibc module does not export;
+// - the all-zero test compares against a static zero page with memcmp, which stays fast in
+//   debug builds where a Swift byte loop is ~50x slower.
+#ifndef DISKSNAP_CSHIM_H
+#define DISKSNAP_CSHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// lseek(fd, offset, SEEK_DATA). Returns -1 and sets errno (ENXIO past the last data).
+int64_t ds_seek_data(int fd, int64_t offset);
+/// lseek(fd, offset, SEEK_HOLE).
+int64_t ds_seek_hole(int fd, int64_t offset);
+
+/// Size in bytes of a block device (BLKGETSIZE64). Returns 0 or -1 with errno.
+int ds_block_device_size(int fd, uint64_t *size_bytes);
+/// Logical sector size of a block device (BLKSSZGET). Returns 0 or -1 with errno.
+int ds_block_logical_sector_size(int fd, uint32_t *size_bytes);
+/// Zero a byte range of a block device (BLKZEROOUT): the kernel uses write-zeroes or
+/// discard-with-zeroes when the device offers them. Returns 0 or -1 with errno.
+int ds_block_zero_out(int fd, uint64_t start, uint64_t length);
+
+/// The O_DIRECT open flag.
+int ds_o_direct(void);
+/// syncfs(fd): flush the whole filesystem holding fd.
+int ds_syncfs(int fd);
+/// posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL).
+int ds_fadvise_sequential(int fd);
+/// posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED).
+int ds_fadvise_dontneed(int fd, int64_t offset, int64_t length);
+
+unsigned int ds_major(uint64_t dev);
+unsigned int ds_minor(uint64_t dev);
+
+/// 1 when every byte of buf[0..<length] is zero, else 0.
+int ds_is_all_zero(const void *buf, size_t length);
+
+#endif

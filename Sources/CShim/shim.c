@@ -1,0 +1,51 @@
+#define _GNU_SOURCE
+#include "CShim.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+int64_t ds_seek_data(int fd, int64_t offset) { return lseek(fd, offset, SEEK_DATA); }
+int64_t ds_seek_hole(int fd, int64_t offset) { return lseek(fd, offset, SEEK_HOLE); }
+
+int ds_block_device_size(int fd, uint64_t *size_bytes) {
+    return ioctl(fd, BLKGETSIZE64, size_bytes);
+}
+
+int ds_block_logical_sector_size(int fd, uint32_t *size_bytes) {
+    int size = 0;
+    int rc = ioctl(fd, BLKSSZGET, &size);
+    if (rc == 0) *size_bytes = (uint32_t)size;
+    return rc;
+}
+
+int ds_block_zero_out(int fd, uint64_t start, uint64_t length) {
+    uint64_t range[2] = { start, length };
+    return ioctl(fd, BLKZEROOUT, range);
+}
+
+int ds_o_direct(void) { return O_DIRECT; }
+int ds_syncfs(int fd) { return syncfs(fd); }
+int ds_fadvise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
+int ds_fadvise_dontneed(int fd, int64_t offset, int64_t length) {
+    return posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED);
+}
+
+unsigned int ds_major(uint64_t dev) { return major((dev_t)dev); }
+unsigned int ds_minor(uint64_t dev) { return minor((dev_t)dev); }
+
+static const unsigned char zero_page[65536];
+
+int ds_is_all_zero(const void *buf, size_t length) {
+    const unsigned char *p = buf;
+    while (length > 0) {
+        size_t n = length < sizeof zero_page ? length : sizeof zero_page;
+        if (memcmp(p, zero_page, n) != 0) return 0;
+        p += n;
+        length -= n;
+    }
+    return 1;
+}

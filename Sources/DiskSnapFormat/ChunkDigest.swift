@@ -1,0 +1,91 @@
+import Crypto
+
+/// The SHA-256 of a chunk's uncompressed bytes: its name in the store.
+///
+/// Stored as four words so that comparing and hashing it costs four loads. The all-zero
+/// value is reserved: in a fixed index it means "this chunk is all zeroes" (a SHA-256 of
+/// all-zero bits is not a digest any input is known to have).
+public struct ChunkDigest: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public static let byteCount = 32
+    public static let zero = ChunkDigest(words: (0, 0, 0, 0))
+
+    private var w0, w1, w2, w3: UInt64
+
+    init(words: (UInt64, UInt64, UInt64, UInt64)) {
+        (w0, w1, w2, w3) = words
+    }
+
+    /// From 32 raw digest bytes.
+    public init(bytes: UnsafeRawBufferPointer) {
+        precondition(bytes.count == Self.byteCount)
+        w0 = bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+        w1 = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        w2 = bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
+        w3 = bytes.loadUnaligned(fromByteOffset: 24, as: UInt64.self)
+    }
+
+    /// SHA-256 of `data`.
+    public init(hashing data: UnsafeRawBufferPointer) {
+        let digest = SHA256.hash(data: data)
+        self = digest.withUnsafeBytes { ChunkDigest(bytes: $0) }
+    }
+
+    public init?(hex: String) {
+        let utf8 = Array(hex.utf8)
+        guard utf8.count == 64 else { return nil }
+        var raw = [UInt8](repeating: 0, count: 32)
+        for i in 0..<32 {
+            guard let hi = hexValue(utf8[2 * i]), let lo = hexValue(utf8[2 * i + 1]) else { return nil }
+            raw[i] = hi << 4 | lo
+        }
+        self = raw.withUnsafeBytes { ChunkDigest(bytes: $0) }
+    }
+
+    public var isZero: Bool { self == .zero }
+
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        var words = (w0, w1, w2, w3)
+        return try withUnsafeBytes(of: &words) { try body($0) }
+    }
+
+    public var hex: String {
+        withBytes { bytes in
+            let digits = Array("0123456789abcdef".utf8)
+            var out = [UInt8]()
+            out.reserveCapacity(64)
+            for b in bytes {
+                out.append(digits[Int(b >> 4)])
+                out.append(digits[Int(b & 15)])
+            }
+            return String(decoding: out, as: UTF8.self)
+        }
+    }
+
+    public var description: String { hex }
+
+    /// Byte-wise order (as the hex strings sort).
+    public static func < (a: ChunkDigest, b: ChunkDigest) -> Bool {
+        (a.w0.byteSwapped, a.w1.byteSwapped, a.w2.byteSwapped, a.w3.byteSwapped)
+            < (b.w0.byteSwapped, b.w1.byteSwapped, b.w2.byteSwapped, b.w3.byteSwapped)
+    }
+}
+
+private func hexValue(_ c: UInt8) -> UInt8? {
+    switch c {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+    default: nil
+    }
+}
+
+/// SHA-256 over a sequence of pieces, for file checksums.
+public struct StreamingDigest {
+    private var hasher = SHA256()
+    public init() {}
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) { hasher.update(bufferPointer: bytes) }
+    public mutating func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { hasher.update(bufferPointer: $0) } }
+    public consuming func finish() -> ChunkDigest {
+        hasher.finalize().withUnsafeBytes { ChunkDigest(bytes: $0) }
+    }
+}

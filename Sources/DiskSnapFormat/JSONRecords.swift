@@ -1,0 +1,145 @@
+import Foundation
+import DiskSnapSys
+
+/// JSON with the API documents' PascalCase keys (`SnapshotId`, `SourceSize`), sorted so that
+/// the same record always encodes to the same bytes.
+public enum RecordJSON {
+    public static func encode<T: Encodable>(_ value: T, pretty: Bool = true) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .custom { path in
+            let key = path.last!.stringValue
+            return PascalKey(key.prefix(1).uppercased() + key.dropFirst())
+        }
+        // Encoding our own records cannot fail: every type is plain data.
+        return Array(try! encoder.encode(value)) + (pretty ? [0x0a] : [])
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], file: String) throws(FormatError) -> T {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .custom { path in
+            let key = path.last!.stringValue
+            return PascalKey(key.prefix(1).lowercased() + key.dropFirst())
+        }
+        do {
+            return try decoder.decode(type, from: Data(bytes))
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw FormatError(file: file, "field \(key.stringValue.prefix(1).uppercased() + key.stringValue.dropFirst()) is missing")
+        } catch let DecodingError.dataCorrupted(context) {
+            throw FormatError(file: file, "not valid JSON: \(context.debugDescription)")
+        } catch {
+            throw FormatError(file: file, "does not parse: \(error)")
+        }
+    }
+
+    private struct PascalKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ string: String) { stringValue = string }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+}
+
+/// `config.json`: what every writer must agree on. Written once by `init`.
+public struct RepositoryConfig: Codable, Sendable, Equatable {
+    public static let formatVersion = 1
+    public var formatVersion: Int
+    public var repositoryId: String
+    public var chunkSize: ChunkSize
+    public var compression: Compression
+    public var creationTime: String
+
+    public init(chunkSize: ChunkSize, compression: Compression) {
+        formatVersion = Self.formatVersion
+        repositoryId = RandomUUID.generate()
+        self.chunkSize = chunkSize
+        self.compression = compression
+        creationTime = ISOTime.now()
+    }
+
+    public static func decode(_ bytes: [UInt8], file: String) throws(FormatError) -> RepositoryConfig {
+        let config = try RecordJSON.decode(RepositoryConfig.self, from: bytes, file: file)
+        guard config.formatVersion == formatVersion else {
+            throw FormatError(file: file, "repository format version \(config.formatVersion) is not supported (this disksnap reads \(formatVersion))")
+        }
+        return config
+    }
+}
+
+/// Where a snapshot stands. A `progressing` record whose creator is gone (its lock is free)
+/// is reported as `failed`.
+public enum SnapshotStatus: String, Codable, Sendable {
+    case progressing, accomplished, failed
+}
+
+public enum SourceKind: String, Codable, Sendable {
+    case file, blockDevice
+}
+
+/// `snapshots/<SnapshotId>.json`: one snapshot. Rewritten atomically as it goes from
+/// `progressing` to `accomplished` or `failed`.
+public struct SnapshotRecord: Codable, Sendable, Equatable {
+    public static let formatVersion = 1
+    public var formatVersion: Int = Self.formatVersion
+    public var snapshotId: SnapshotID
+    public var snapshotName: String
+    public var description: String
+    public var status: SnapshotStatus
+    public var sourcePath: String
+    public var sourceKind: SourceKind
+    public var sourceSize: UInt64
+    public var chunkSize: Int
+    public var chunkCount: UInt64
+    public var creationTime: String
+    public var completionTime: String?
+    /// Bytes read from the source (holes are not read).
+    public var bytesRead: UInt64 = 0
+    /// Compressed bytes this snapshot added to the store.
+    public var bytesStoredNew: UInt64 = 0
+    /// Chunks this snapshot added to the store.
+    public var chunksStoredNew: UInt64 = 0
+    /// Bytes of all-zero chunks and holes, recorded as zero entries.
+    public var zeroBytes: UInt64 = 0
+    /// False when the source changed while it was read and `--allow-live` accepted that.
+    public var crashConsistent: Bool = true
+    /// What libblkid found on the source at snapshot time.
+    public var content: ContentSummary?
+    /// For `failed`: why.
+    public var failureReason: String?
+    /// Entries digest of the fixed index, binding record and index together.
+    public var fixedIndexDigest: String?
+
+    public init(snapshotId: SnapshotID, snapshotName: String, description: String, sourcePath: String,
+                sourceKind: SourceKind, sourceSize: UInt64, chunkSize: Int) {
+        self.snapshotId = snapshotId
+        self.snapshotName = snapshotName
+        self.description = description
+        self.status = .progressing
+        self.sourcePath = sourcePath
+        self.sourceKind = sourceKind
+        self.sourceSize = sourceSize
+        self.chunkSize = chunkSize
+        self.chunkCount = FixedIndexHeader.chunkCount(diskSize: sourceSize, chunkSize: UInt32(chunkSize))
+        self.creationTime = ISOTime.now()
+    }
+
+    public static func decode(_ bytes: [UInt8], file: String) throws(FormatError) -> SnapshotRecord {
+        let record = try RecordJSON.decode(SnapshotRecord.self, from: bytes, file: file)
+        guard record.formatVersion == formatVersion else {
+            throw FormatError(file: file, "snapshot record version \(record.formatVersion) is not supported")
+        }
+        return record
+    }
+}
+
+/// ISO 8601 UTC timestamps with seconds, as the API documents write them.
+public enum ISOTime {
+    public static func now() -> String { format(Date()) }
+    public static func format(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        return formatter.string(from: date)
+    }
+}

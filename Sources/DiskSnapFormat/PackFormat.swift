@@ -1,0 +1,126 @@
+/// Pack file, version 1 (docs/FORMAT.md, "Pack file").
+///
+///     header   16 bytes   magic[8] version:u32 reserved:u32
+///     blobs    ...        stored chunks, back to back
+///     toc      n x 56     PackEntry each
+///     trailer  56 bytes   tocOffset:u64 entryCount:u32 version:u32 tocSHA256[32] magic[8]
+///
+/// The trailer ends with the magic, so a pack cut short anywhere is recognized as such.
+public enum PackFormat {
+    public static let magic: [UInt8] = [0x08, 0xc1, 0x77, 0x5d, 0xf5, 0xa1, 0xbd, 0xe6]  // SHA-256("disksnap pack v1")[0..<8]
+    public static let version: UInt32 = 1
+    public static let headerSize = 16
+    public static let entrySize = 56
+    public static let trailerSize = 56
+    /// A pack is closed once its blobs reach this size.
+    public static let targetSize = 32 << 20
+    /// Packs larger than this are refused when read (a limit on everything).
+    public static let maximumSize: UInt64 = 1 << 32
+
+    public static func encodeHeader() -> [UInt8] {
+        var w = ByteWriter(capacity: headerSize)
+        w.append(magic)
+        w.append(version)
+        w.append(UInt32(0))
+        return w.bytes
+    }
+
+    public static func decodeHeader(_ bytes: [UInt8], file: String) throws(FormatError) {
+        var r = ByteReader(bytes, file: file)
+        try r.expectMagic(magic, what: "disksnap pack")
+        let v: UInt32 = try r.read()
+        guard v == version else { throw FormatError(file: file, "pack version \(v) is not supported (this disksnap reads \(version))") }
+    }
+
+    public static func encodeTrailer(entries: [PackEntry], tocOffset: UInt64) -> (toc: [UInt8], trailer: [UInt8]) {
+        var toc = ByteWriter(capacity: entries.count * entrySize)
+        for entry in entries { entry.encode(into: &toc) }
+        var w = ByteWriter(capacity: trailerSize)
+        w.append(tocOffset)
+        w.append(UInt32(entries.count))
+        w.append(version)
+        w.append(toc.bytes.withUnsafeBytes { ChunkDigest(hashing: $0) })
+        w.append(magic)
+        return (toc.bytes, w.bytes)
+    }
+
+    public struct Trailer: Sendable {
+        public let tocOffset: UInt64
+        public let entryCount: Int
+        public let tocDigest: ChunkDigest
+    }
+
+    public static func decodeTrailer(_ bytes: [UInt8], fileSize: UInt64, file: String) throws(FormatError) -> Trailer {
+        var r = ByteReader(bytes, file: file)
+        let tocOffset: UInt64 = try r.read()
+        let count: UInt32 = try r.read()
+        let v: UInt32 = try r.read()
+        let digest = try r.readDigest()
+        try r.expectMagic(magic, what: "complete disksnap pack (trailer missing: truncated?)")
+        guard v == version else { throw FormatError(file: file, "pack version \(v) is not supported") }
+        let tocEnd = tocOffset + UInt64(count) * UInt64(entrySize)
+        guard tocOffset >= UInt64(headerSize), tocEnd + UInt64(trailerSize) == fileSize else {
+            throw FormatError(file: file, "table of contents at \(tocOffset) with \(count) entries does not fit a \(fileSize)-byte pack")
+        }
+        return Trailer(tocOffset: tocOffset, entryCount: Int(count), tocDigest: digest)
+    }
+
+    public static func decodeTOC(_ bytes: [UInt8], trailer: Trailer, file: String) throws(FormatError) -> [PackEntry] {
+        let digest = bytes.withUnsafeBytes { ChunkDigest(hashing: $0) }
+        guard digest == trailer.tocDigest else { throw FormatError(file: file, "table of contents checksum mismatch") }
+        var r = ByteReader(bytes, file: file)
+        var entries: [PackEntry] = []
+        entries.reserveCapacity(trailer.entryCount)
+        for _ in 0..<trailer.entryCount {
+            let entry = try PackEntry.decode(from: &r)
+            guard entry.offset >= UInt64(headerSize), entry.offset + UInt64(entry.storedLength) <= trailer.tocOffset else {
+                throw FormatError(file: file, "chunk \(entry.digest) at \(entry.offset)+\(entry.storedLength) lies outside the blob area")
+            }
+            entries.append(entry)
+        }
+        return entries
+    }
+}
+
+/// One stored chunk in a pack's table of contents (56 bytes):
+/// digest[32] offset:u64 storedLength:u32 rawLength:u32 encoding:u8 reserved[7].
+public struct PackEntry: Sendable, Equatable {
+    public var digest: ChunkDigest
+    public var offset: UInt64
+    public var storedLength: UInt32
+    public var rawLength: UInt32
+    public var encoding: ChunkEncoding
+
+    public init(digest: ChunkDigest, offset: UInt64, storedLength: UInt32, rawLength: UInt32, encoding: ChunkEncoding) {
+        self.digest = digest
+        self.offset = offset
+        self.storedLength = storedLength
+        self.rawLength = rawLength
+        self.encoding = encoding
+    }
+
+    func encode(into w: inout ByteWriter) {
+        w.append(digest)
+        w.append(offset)
+        w.append(storedLength)
+        w.append(rawLength)
+        w.append(encoding.rawValue)
+        w.appendZeros(7)
+    }
+
+    static func decode(from r: inout ByteReader) throws(FormatError) -> PackEntry {
+        let digest = try r.readDigest()
+        let offset: UInt64 = try r.read()
+        let stored: UInt32 = try r.read()
+        let raw: UInt32 = try r.read()
+        let encodingByte: UInt8 = try r.read()
+        try r.skip(7)
+        guard let encoding = ChunkEncoding(rawValue: encodingByte) else {
+            throw FormatError(file: r.file, "chunk \(digest) has unknown encoding \(encodingByte)")
+        }
+        guard raw > 0, raw <= UInt32(ChunkSize.maximumBytes), stored > 0 else {
+            throw FormatError(file: r.file, "chunk \(digest) has impossible lengths \(stored)/\(raw)")
+        }
+        return PackEntry(digest: digest, offset: offset, storedLength: stored, rawLength: raw, encoding: encoding)
+    }
+}

@@ -1,0 +1,62 @@
+import DiskSnapSys
+import DiskSnapFormat
+
+/// Where one stored chunk lies.
+public struct ChunkLocation: Sendable, Equatable {
+    /// Position in `ChunkIndex.packs`.
+    public var pack: UInt32
+    public var storedLength: UInt32
+    public var offset: UInt64
+    public var rawLength: UInt32
+    public var encoding: ChunkEncoding
+}
+
+/// The chunk index in memory: digest -> location, from every segment under `index/`.
+/// Immutable while a command runs; a writer's new chunks are published as a new segment.
+public struct ChunkIndex: Sendable {
+    public private(set) var packs: [PackID] = []
+    private var packOrdinals: [PackID: UInt32] = [:]
+    private var locations: [ChunkDigest: ChunkLocation] = [:]
+    public private(set) var storedBytes: UInt64 = 0
+    public private(set) var rawBytes: UInt64 = 0
+    public private(set) var segmentCount = 0
+
+    public init() {}
+
+    /// Loads every segment. A segment that does not parse fails the load: the caller
+    /// (`check`) reports it, others refuse to write on top of a damaged index.
+    public static func load(from repository: Repository) throws -> ChunkIndex {
+        var index = ChunkIndex()
+        for name in try repository.indexSegmentNames() {
+            let path = "\(repository.indexDirectory)/\(name)"
+            index.add(try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path))
+        }
+        return index
+    }
+
+    public mutating func add(_ segment: ChunkIndexFormat.Segment) {
+        segmentCount += 1
+        let ordinals = segment.packs.map { ordinal(of: $0) }
+        for e in segment.entries where locations[e.digest] == nil {
+            locations[e.digest] = ChunkLocation(pack: ordinals[Int(e.pack)], storedLength: e.storedLength,
+                                                offset: e.offset, rawLength: e.rawLength, encoding: e.encoding)
+            storedBytes += UInt64(e.storedLength)
+            rawBytes += UInt64(e.rawLength)
+        }
+    }
+
+    private mutating func ordinal(of pack: PackID) -> UInt32 {
+        if let known = packOrdinals[pack] { return known }
+        let ordinal = UInt32(packs.count)
+        packs.append(pack)
+        packOrdinals[pack] = ordinal
+        return ordinal
+    }
+
+    public func location(of digest: ChunkDigest) -> ChunkLocation? { locations[digest] }
+    public func contains(_ digest: ChunkDigest) -> Bool { locations[digest] != nil }
+    public var count: Int { locations.count }
+
+    /// Every (digest, location), for `check`.
+    public var entries: Dictionary<ChunkDigest, ChunkLocation> { locations }
+}

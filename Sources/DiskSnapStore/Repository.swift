@@ -1,0 +1,129 @@
+import DiskSnapSys
+import DiskSnapFormat
+
+/// A repository directory (docs/FORMAT.md, "Repository layout"):
+///
+///     config.json          RepositoryConfig; its presence makes the directory a repository
+///     packs/<id>.pack      chunk data
+///     index/<id>.idx       chunk index segments
+///     fixed/<snap>.fidx    fixed indexes, one per snapshot
+///     snapshots/<snap>.json snapshot records
+///     locks/               flock files (docs/DESIGN.md, "Locking")
+///     tmp/                 per-process work areas, removed when their owner is gone
+public final class Repository: Sendable {
+    public let root: String
+    public let config: RepositoryConfig
+
+    public var configPath: String { root + "/config.json" }
+    public var packsDirectory: String { root + "/packs" }
+    public var indexDirectory: String { root + "/index" }
+    public var fixedIndexDirectory: String { root + "/fixed" }
+    public var snapshotsDirectory: String { root + "/snapshots" }
+    public var locksDirectory: String { root + "/locks" }
+    public var temporaryDirectory: String { root + "/tmp" }
+
+    public func packPath(_ id: PackID) -> String { "\(packsDirectory)/\(id.hex).pack" }
+    public func fixedIndexPath(_ id: SnapshotID) -> String { "\(fixedIndexDirectory)/\(id.rawValue).fidx" }
+    public func recordPath(_ id: SnapshotID) -> String { "\(snapshotsDirectory)/\(id.rawValue).json" }
+
+    private init(root: String, config: RepositoryConfig) {
+        self.root = root
+        self.config = config
+    }
+
+    static func subdirectories(of root: String) -> [String] {
+        ["packs", "index", "fixed", "snapshots", "locks", "tmp"].map { root + "/" + $0 }
+    }
+
+    /// Opens an existing repository.
+    public static func open(at path: String) throws -> Repository {
+        let root = FileSystem.absolutePath(path)
+        let configPath = root + "/config.json"
+        guard FileSystem.exists(configPath) else {
+            throw StoreError(.repositoryNotFound, "no disksnap repository at \(root) (run 'disksnap --repo \(path) init' or 'create')")
+        }
+        let config = try RepositoryConfig.decode(try FileSystem.readFile(configPath), file: configPath)
+        for directory in subdirectories(of: root) where !FileSystem.exists(directory) {
+            throw FormatError(file: directory, "directory is missing")
+        }
+        return Repository(root: root, config: config)
+    }
+
+    /// Creates a repository. The directories come first and `config.json` last, published
+    /// with link(2) so that of two racing inits exactly one wins.
+    public static func initialize(at path: String, config: RepositoryConfig) throws -> Repository {
+        let root = FileSystem.absolutePath(path)
+        try FileSystem.makeDirectories(root)
+        for directory in subdirectories(of: root) { try FileSystem.makeDirectory(directory) }
+        let configPath = root + "/config.json"
+        if FileSystem.exists(configPath) {
+            throw StoreError(.repositoryExists, "a disksnap repository already exists at \(root)")
+        }
+        let temporary = root + "/tmp/" + FileSystem.uniqueTemporaryName(for: configPath)
+        try FileSystem.writeAtomically(RecordJSON.encode(config), to: temporary, temporaryDirectory: root + "/tmp")
+        let linked = Result { () throws(SystemError) in try FileSystem.link(temporary, to: configPath) }
+        try? FileSystem.removeIfExists(temporary)
+        if case .failure(let error) = linked {
+            if error.code == "IO.Exists" {
+                throw StoreError(.repositoryExists, "a disksnap repository already exists at \(root)")
+            }
+            throw error
+        }
+        try FileSystem.syncDirectory(root)
+        return Repository(root: root, config: config)
+    }
+
+    /// Opens the repository, creating it with the default settings when nothing is there yet.
+    public static func openOrInitialize(at path: String) throws -> Repository {
+        if FileSystem.exists(FileSystem.absolutePath(path) + "/config.json") { return try open(at: path) }
+        do {
+            return try initialize(at: path, config: RepositoryConfig(chunkSize: .default, compression: .default))
+        } catch let error as StoreError where error.kind == .repositoryExists {
+            return try open(at: path)  // another process initialized it first
+        }
+    }
+
+    /// Writes a small file atomically inside the repository.
+    public func publish(_ bytes: [UInt8], to path: String) throws {
+        try FileSystem.writeAtomically(bytes, to: path, temporaryDirectory: temporaryDirectory)
+    }
+
+    // MARK: Locks
+
+    /// The repository-wide lock: shared for commands that add or read, exclusive for those
+    /// that remove data others may be using (docs/DESIGN.md, "Locking").
+    public func lock(_ kind: FileLock.Kind, for command: String) throws -> FileLock {
+        guard let lock = try FileLock.tryAcquire(path: locksDirectory + "/repository.lock", kind: kind) else {
+            throw StoreError(.repositoryLocked, "repository \(root) is locked by another disksnap process; '\(command)' needs it \(kind == .exclusive ? "alone" : "not exclusively held")")
+        }
+        return lock
+    }
+
+    /// A named exclusive lock (a snapshot in creation, a source being read); nil when held.
+    public func tryLock(name: String) throws -> FileLock? {
+        try FileLock.tryAcquire(path: "\(locksDirectory)/\(name).lock", kind: .exclusive)
+    }
+
+    /// True while some live process holds the named lock.
+    public func isLockHeld(name: String) -> Bool {
+        let path = "\(locksDirectory)/\(name).lock"
+        guard FileSystem.exists(path) else { return false }
+        do {
+            return try FileLock.tryAcquire(path: path, kind: .exclusive) == nil
+        } catch {
+            return false
+        }
+    }
+
+    // MARK: Listing
+
+    public func packIDs() throws -> [PackID] {
+        try FileSystem.listDirectory(packsDirectory).compactMap { name in
+            name.hasSuffix(".pack") ? PackID(hex: String(name.dropLast(5))) : nil
+        }
+    }
+
+    public func indexSegmentNames() throws -> [String] {
+        try FileSystem.listDirectory(indexDirectory).filter { $0.hasSuffix(".idx") }
+    }
+}

@@ -1,0 +1,34 @@
+/// Every error disksnap reports carries a stable code, a message that names the offending
+/// value, and the exit status the CLI returns for it (documented in docs/CLI.md).
+public protocol CodedError: Error, CustomStringConvertible {
+    /// Stable dotted code, e.g. `InvalidSnapshotName.Malformed` or `Repository.Corrupt`.
+    var code: String { get }
+    var message: String { get }
+    var exitStatus: ExitStatus { get }
+}
+
+extension CodedError {
+    public var description: String { "\(code): \(message)" }
+}
+
+/// Process exit statuses; the table in docs/CLI.md is the contract.
+public enum ExitStatus: Int32, Sendable {
+    case success = 0
+    /// `check` found problems.
+    case problemsFound = 1
+    /// A parameter is malformed (name, description, chunk size, level).
+    case invalidParameter = 2
+    /// A snapshot, source or repository does not exist.
+    case notFound = 3
+    /// The request conflicts with what exists: target exists, source changed while read,
+    /// source in use.
+    case conflict = 4
+    /// Another process holds a lock the request needs.
+    case busy = 5
+    /// Stored data is corrupt or missing: the repository needs `check`.
+    case corrupt = 6
+    /// Reading or writing failed (EIO, ENOSPC, permissions).
+    case ioError = 7
+    /// Command-line usage error (from the argument parser).
+    case usage = 64
+}

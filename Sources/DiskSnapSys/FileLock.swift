@@ -1,0 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An advisory `flock` on a lock file. The kernel drops it when the process dies, kill -9
+/// included, so a crash never leaves a stale lock behind.
+public final class FileLock: Sendable {
+    public enum Kind: Sendable { case shared, exclusive }
+
+    private let file: OpenFile
+
+    /// Takes the lock without waiting; returns nil when another process holds a conflicting one.
+    public static func tryAcquire(path: String, kind: Kind) throws(SystemError) -> FileLock? {
+        let file = try OpenFile(path: path, mode: [.readWrite, .create], permissions: 0o644)
+        let operation = (kind == .shared ? LOCK_SH : LOCK_EX) | LOCK_NB
+        while flock(file.descriptor, operation) != 0 {
+            if errno == EINTR { continue }
+            if errno == EWOULDBLOCK { return nil }
+            throw SystemError.current("flock", path)
+        }
+        return FileLock(file: file)
+    }
+
+    private init(file: OpenFile) { self.file = file }
+
+    public var path: String { file.path }
+
+    /// Writes who holds the lock into the lock file, for people reading it.
+    public func record(_ text: String) {
+        try? file.truncate(to: 0)
+        try? file.write(Array(text.utf8), at: 0)
+    }
+
+    deinit { flock(file.descriptor, LOCK_UN) }
+}

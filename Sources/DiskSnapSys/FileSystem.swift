@@ -1,0 +1,128 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Path operations. Publication is always temp file -> fsync -> rename -> fsync(directory),
+/// so a reader never sees a half-written file (docs/DESIGN.md, "Write order").
+public enum FileSystem {
+    public static func status(_ path: String) throws(SystemError) -> FileStatus {
+        var st = stat()
+        _ = try retryingEINTR("stat", path) { stat(path, &st) }
+        return FileStatus(st)
+    }
+
+    /// nil when nothing exists at `path`.
+    public static func statusIfExists(_ path: String) throws(SystemError) -> FileStatus? {
+        do { return try status(path) } catch where error.errno == ENOENT { return nil }
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func makeDirectory(_ path: String, permissions: UInt32 = 0o755) throws(SystemError) {
+        if mkdir(path, permissions) != 0 && errno != EEXIST {
+            throw SystemError.current("mkdir", path)
+        }
+    }
+
+    /// mkdir -p.
+    public static func makeDirectories(_ path: String) throws(SystemError) {
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for part in path.split(separator: "/") {
+            prefix += part + "/"
+            try makeDirectory(prefix)
+        }
+    }
+
+    public static func rename(_ from: String, to: String) throws(SystemError) {
+        _ = try retryingEINTR("rename to \(to)", from) { Glibc.rename(from, to) }
+    }
+
+    public static func remove(_ path: String) throws(SystemError) {
+        _ = try retryingEINTR("unlink", path) { unlink(path) }
+    }
+
+    /// Removes `path`; no error when it is already gone.
+    public static func removeIfExists(_ path: String) throws(SystemError) {
+        if unlink(path) != 0 && errno != ENOENT { throw SystemError.current("unlink", path) }
+    }
+
+    public static func syncDirectory(_ path: String) throws(SystemError) {
+        let directory = try OpenFile(path: path, mode: .directory)
+        try directory.sync()
+    }
+
+    /// Names in `path`, without `.` and `..`, sorted.
+    public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw SystemError.current("opendir", path) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public static func readFile(_ path: String) throws(SystemError) -> [UInt8] {
+        let file = try OpenFile(path: path)
+        let size = try file.status().size
+        return try file.readBytes(count: Int(size), at: 0)
+    }
+
+    /// Writes `bytes` to `path` atomically: a temporary file in `temporaryDirectory` (same
+    /// filesystem), fsync, rename over `path`, fsync of `path`'s directory.
+    public static func writeAtomically(_ bytes: [UInt8], to path: String, temporaryDirectory: String) throws(SystemError) {
+        let temporary = temporaryDirectory + "/" + uniqueTemporaryName(for: path)
+        do {
+            let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive], permissions: 0o644)
+            try file.write(bytes, at: 0)
+            try file.sync()
+            try rename(temporary, to: path)
+        } catch {
+            try? removeIfExists(temporary)
+            throw error
+        }
+        try syncDirectory(directoryName(of: path))
+    }
+
+    /// A name no other process will choose: the base name, the pid and a random suffix.
+    public static func uniqueTemporaryName(for path: String) -> String {
+        let base = path.split(separator: "/").last.map(String.init) ?? "file"
+        return "\(base).\(getpid()).\(UInt64.random(in: 0...UInt64.max) & 0xffff_ffff).tmp"
+    }
+
+    public static func directoryName(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    /// The absolute form of `path` (no symlink resolution).
+    public static func absolutePath(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
+        guard getcwd(&buffer, buffer.count) != nil else { return path }
+        let cwd = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return cwd == "/" ? "/" + path : cwd + "/" + path
+    }
+
+    public static var processID: Int32 { getpid() }
+
+    public static func environment(_ name: String) -> String? {
+        getenv(name).map { String(cString: $0) }
+    }
+
+    public static func isTerminal(_ descriptor: Int32) -> Bool { isatty(descriptor) == 1 }
+}
+
+extension FileSystem {
+    /// link(2): publishes `from` at `to`, failing with EEXIST when `to` exists.
+    public static func link(_ from: String, to: String) throws(SystemError) {
+        _ = try retryingEINTR("link to \(to)", from) { Glibc.link(from, to) }
+    }
+
+    public static func removeDirectory(_ path: String) throws(SystemError) {
+        _ = try retryingEINTR("rmdir", path) { rmdir(path) }
+    }
+}

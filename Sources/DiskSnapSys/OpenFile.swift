@@ -1,0 +1,141 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+
+/// What `stat` tells about a file, with the fields disksnap uses.
+public struct FileStatus: Sendable, Equatable {
+    public let size: UInt64
+    public let mode: UInt32
+    public let device: UInt64
+    public let inode: UInt64
+    /// For a block device: the device number it stands for.
+    public let representedDevice: UInt64
+    public let modificationTime: Timestamp
+    public let changeTime: Timestamp
+    /// Bytes allocated on disk (st_blocks x 512).
+    public let allocatedBytes: UInt64
+
+    public struct Timestamp: Sendable, Equatable {
+        public let seconds: Int
+        public let nanoseconds: Int
+    }
+
+    public var isRegularFile: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFREG) }
+    public var isBlockDevice: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFBLK) }
+    public var isDirectory: Bool { mode & UInt32(S_IFMT) == UInt32(S_IFDIR) }
+
+    init(_ st: stat) {
+        size = UInt64(st.st_size)
+        mode = st.st_mode
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+        representedDevice = UInt64(st.st_rdev)
+        modificationTime = Timestamp(seconds: st.st_mtim.tv_sec, nanoseconds: st.st_mtim.tv_nsec)
+        changeTime = Timestamp(seconds: st.st_ctim.tv_sec, nanoseconds: st.st_ctim.tv_nsec)
+        allocatedBytes = UInt64(st.st_blocks) * 512
+    }
+}
+
+/// An open file descriptor, closed when the last reference goes.
+///
+/// `pread`/`pwrite` carry their own offsets, so one `OpenFile` is shared by worker threads.
+public final class OpenFile: Sendable {
+    public let descriptor: Int32
+    public let path: String
+
+    public struct Mode: OptionSet, Sendable {
+        public let rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        public static let readOnly = Mode([])
+        public static let writeOnly = Mode(rawValue: O_WRONLY)
+        public static let readWrite = Mode(rawValue: O_RDWR)
+        public static let create = Mode(rawValue: O_CREAT)
+        /// With `create`: fail when the file exists. On a block device alone: exclusive open,
+        /// failing with EBUSY while the device is mounted or held.
+        public static let exclusive = Mode(rawValue: O_EXCL)
+        public static let truncate = Mode(rawValue: O_TRUNC)
+        public static let direct = Mode(rawValue: ds_o_direct())
+        public static let directory = Mode(rawValue: O_DIRECTORY)
+    }
+
+    public init(path: String, mode: Mode = .readOnly, permissions: UInt32 = 0o644) throws(SystemError) {
+        let flags = mode.rawValue | O_CLOEXEC
+        descriptor = try retryingEINTR("open", path) { Glibc.open(path, flags, permissions) }
+        self.path = path
+    }
+
+    deinit { Glibc.close(descriptor) }
+
+    public func status() throws(SystemError) -> FileStatus {
+        var st = stat()
+        _ = try retryingEINTR("stat", path) { fstat(descriptor, &st) }
+        return FileStatus(st)
+    }
+
+    /// Reads until `buffer` is full or the end of the file; returns the bytes read.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = try retryingEINTR("read", path) {
+                pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Reads exactly `buffer.count` bytes or throws `EIO`-coded short-read error.
+    public func readExactly(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) {
+        let n = try read(into: buffer, at: offset)
+        if n != buffer.count {
+            throw SystemError(errno: EIO, operation: "read \(buffer.count) bytes at \(offset) (file ends after \(n))", path: path)
+        }
+    }
+
+    public func readBytes(count: Int, at offset: UInt64) throws(SystemError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let n = try bytes.withUnsafeMutableBytes { buffer in
+            Result { () throws(SystemError) in try read(into: buffer, at: offset) }
+        }.get()
+        bytes.removeSubrange(n...)
+        return bytes
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(SystemError) {
+        var done = 0
+        while done < buffer.count {
+            let n = try retryingEINTR("write", path) {
+                pwrite(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            done += n
+        }
+    }
+
+    public func write(_ bytes: [UInt8], at offset: UInt64) throws(SystemError) {
+        try bytes.withUnsafeBytes { buffer in
+            Result { () throws(SystemError) in try write(buffer, at: offset) }
+        }.get()
+    }
+
+    public func sync() throws(SystemError) {
+        _ = try retryingEINTR("fsync", path) { fsync(descriptor) }
+    }
+
+    public func syncFilesystem() throws(SystemError) {
+        _ = try retryingEINTR("syncfs", path) { ds_syncfs(descriptor) }
+    }
+
+    public func truncate(to size: UInt64) throws(SystemError) {
+        _ = try retryingEINTR("ftruncate", path) { ftruncate(descriptor, off_t(size)) }
+    }
+
+    /// Hints the kernel that the file is read from start to end.
+    public func adviseSequential() { _ = ds_fadvise_sequential(descriptor) }
+
+    /// Drops a range from the page cache (after it was read once and will not be again).
+    public func adviseDontNeed(offset: UInt64, length: UInt64) {
+        _ = ds_fadvise_dontneed(descriptor, Int64(offset), Int64(length))
+    }
+}
