@@ -9,6 +9,14 @@ public struct ChunkLocation: Sendable, Equatable {
     public var offset: UInt64
     public var rawLength: UInt32
     public var encoding: ChunkEncoding
+
+    public init(pack: UInt32, storedLength: UInt32, offset: UInt64, rawLength: UInt32, encoding: ChunkEncoding) {
+        self.pack = pack
+        self.storedLength = storedLength
+        self.offset = offset
+        self.rawLength = rawLength
+        self.encoding = encoding
+    }
 }
 
 /// The chunk index in memory: digest -> location, from every segment under `index/`.

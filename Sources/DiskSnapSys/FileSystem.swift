@@ -126,3 +126,22 @@ extension FileSystem {
         _ = try retryingEINTR("rmdir", path) { rmdir(path) }
     }
 }
+
+extension FileSystem {
+    /// write(2) of a whole buffer to a descriptor (standard output and error); errors ignored.
+    public static func writeRaw(descriptor: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.write(descriptor, buffer.baseAddress! + done, buffer.count - done)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            done += n
+        }
+        return done
+    }
+}
+
+/// Online CPU count.
+public enum ProcessInfoCores {
+    public static var count: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+}

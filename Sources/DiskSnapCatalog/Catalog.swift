@@ -1,0 +1,70 @@
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+
+/// The snapshot records of a repository.
+public struct Catalog: Sendable {
+    public let repository: Repository
+
+    public init(repository: Repository) { self.repository = repository }
+
+    /// The lock a creator holds for its whole run; a `progressing` record whose lock is free
+    /// belongs to a process that died.
+    public static func creationLockName(_ id: SnapshotID) -> String { "create-\(id.rawValue)" }
+
+    public func save(_ record: SnapshotRecord) throws {
+        try repository.publish(RecordJSON.encode(record), to: repository.recordPath(record.snapshotId))
+    }
+
+    public func record(_ id: SnapshotID) throws -> SnapshotRecord {
+        let path = repository.recordPath(id)
+        guard FileSystem.exists(path) else { throw CatalogError.notFound("no snapshot \(id) in \(repository.root)") }
+        return effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path))
+    }
+
+    /// Every record, oldest first. A record that does not parse is an error here; `check`
+    /// reports such records one by one.
+    public func records() throws -> [SnapshotRecord] {
+        var result: [SnapshotRecord] = []
+        for name in try FileSystem.listDirectory(repository.snapshotsDirectory) where name.hasSuffix(".json") {
+            let path = "\(repository.snapshotsDirectory)/\(name)"
+            result.append(effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)))
+        }
+        return result.sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }
+    }
+
+    /// The record as readers should see it: `progressing` with no living creator is `failed`.
+    func effective(_ record: SnapshotRecord) -> SnapshotRecord {
+        guard record.status == .progressing, !repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) else {
+            return record
+        }
+        var failed = record
+        failed.status = .failed
+        failed.failureReason = failed.failureReason ?? "the creating process ended before the snapshot completed"
+        return failed
+    }
+
+    /// Finds a snapshot by id or by name. A name shared by several snapshots is ambiguous.
+    public func find(_ reference: String) throws -> SnapshotRecord {
+        if let id = SnapshotID(reference) { return try record(id) }
+        let matches = try records().filter { $0.snapshotName == reference }
+        switch matches.count {
+        case 0: throw CatalogError.notFound("no snapshot with id or name '\(reference)' in \(repository.root)")
+        case 1: return matches[0]
+        default:
+            throw CatalogError.ambiguous("name '\(reference)' belongs to \(matches.count) snapshots (\(matches.map(\.snapshotId.rawValue).joined(separator: ", "))); use an id")
+        }
+    }
+
+    /// Removes a snapshot: the record first, then its fixed index (reverse of creation),
+    /// so a crash in between leaves an unreferenced index, never a record without one.
+    public func delete(_ record: SnapshotRecord) throws {
+        if repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) {
+            throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot \(record.snapshotId) is still being created")
+        }
+        try FileSystem.removeIfExists(repository.recordPath(record.snapshotId))
+        try FileSystem.syncDirectory(repository.snapshotsDirectory)
+        try FileSystem.removeIfExists(repository.fixedIndexPath(record.snapshotId))
+        try FileSystem.syncDirectory(repository.fixedIndexDirectory)
+    }
+}

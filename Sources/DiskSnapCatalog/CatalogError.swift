@@ -1,0 +1,25 @@
+import DiskSnapSys
+
+/// Errors about snapshots as records: names, descriptions, lookup. Codes follow the ECS
+/// `CreateSnapshot` document where it has one.
+public struct CatalogError: CodedError {
+    public let code: String
+    public let message: String
+    public let exitStatus: ExitStatus
+
+    public static func malformedName(_ message: String) -> CatalogError {
+        CatalogError(code: "InvalidSnapshotName.Malformed", message: message, exitStatus: .invalidParameter)
+    }
+    public static func malformedDescription(_ message: String) -> CatalogError {
+        CatalogError(code: "InvalidDescription.Malformed", message: message, exitStatus: .invalidParameter)
+    }
+    public static func notFound(_ message: String) -> CatalogError {
+        CatalogError(code: "InvalidSnapshotId.NotFound", message: message, exitStatus: .notFound)
+    }
+    public static func ambiguous(_ message: String) -> CatalogError {
+        CatalogError(code: "InvalidSnapshotName.Ambiguous", message: message, exitStatus: .invalidParameter)
+    }
+    public static func busy(_ code: String, _ message: String) -> CatalogError {
+        CatalogError(code: code, message: message, exitStatus: .busy)
+    }
+}

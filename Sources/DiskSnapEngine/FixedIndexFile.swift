@@ -1,0 +1,99 @@
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+
+/// Builds a fixed index in a temporary file: entries are written at their position as
+/// workers finish runs, in any order; chunks never written stay zero (= zero chunk).
+/// Memory does not grow with the disk.
+final class FixedIndexBuilder: Sendable {
+    let file: OpenFile
+    let diskSize: UInt64
+    let chunkSize: UInt32
+
+    init(path: String, diskSize: UInt64, chunkSize: UInt32) throws {
+        file = try OpenFile(path: path, mode: [.readWrite, .create, .exclusive])
+        self.diskSize = diskSize
+        self.chunkSize = chunkSize
+        let count = FixedIndexHeader.chunkCount(diskSize: diskSize, chunkSize: chunkSize)
+        try file.truncate(to: UInt64(FixedIndexHeader.size) + count * UInt64(FixedIndexHeader.entrySize))
+    }
+
+    func write(entries: UnsafeRawBufferPointer, firstChunk: UInt64) throws {
+        try file.write(entries, at: UInt64(FixedIndexHeader.size) + firstChunk * UInt64(FixedIndexHeader.entrySize))
+    }
+
+    /// Checksums the entries, writes the header, fsyncs and publishes at `path`.
+    func publish(at path: String, snapshotID: SnapshotID, createdUnixSeconds: Int64) throws -> ChunkDigest {
+        let count = FixedIndexHeader.chunkCount(diskSize: diskSize, chunkSize: chunkSize)
+        let digest = try FixedIndexReader.digestEntries(file: file, count: count)
+        let header = FixedIndexHeader(diskSize: diskSize, chunkSize: chunkSize, createdUnixSeconds: createdUnixSeconds,
+                                      entriesDigest: digest, snapshotID: snapshotID.rawValue)
+        let bytes = header.encode()
+        _ = try FixedIndexHeader.decode(bytes, file: "new fixed index")  // decode what we publish
+        try file.write(bytes, at: 0)
+        try file.sync()
+        try FileSystem.rename(file.path, to: path)
+        try FileSystem.syncDirectory(FileSystem.directoryName(of: path))
+        return digest
+    }
+}
+
+/// Reads a published fixed index after checking its header and the checksum of its entries.
+struct FixedIndexReader {
+    let header: FixedIndexHeader
+    let file: OpenFile
+
+    static let entriesPerRead = 1 << 15
+
+    init(path: String) throws {
+        guard FileSystem.exists(path) else { throw FormatError(file: path, "fixed index is missing") }
+        file = try OpenFile(path: path)
+        header = try FixedIndexHeader.decode(try file.readBytes(count: FixedIndexHeader.size, at: 0), file: path)
+        let size = try file.status().size
+        guard size == header.fileSize else {
+            throw FormatError(file: path, "is \(size) bytes; its header says \(header.fileSize) (truncated or extended)")
+        }
+        guard try Self.digestEntries(file: file, count: header.chunkCount) == header.entriesDigest else {
+            throw FormatError(file: path, "entries checksum mismatch (damaged)")
+        }
+    }
+
+    static func digestEntries(file: OpenFile, count: UInt64) throws -> ChunkDigest {
+        var hasher = StreamingDigest()
+        var buffer = [UInt8](repeating: 0, count: entriesPerRead * FixedIndexHeader.entrySize)
+        var done: UInt64 = 0
+        while done < count {
+            let n = Int(min(UInt64(entriesPerRead), count - done))
+            let byteCount = n * FixedIndexHeader.entrySize
+            try buffer.withUnsafeMutableBytes { b in
+                try file.readExactly(into: UnsafeMutableRawBufferPointer(rebasing: b[..<byteCount]),
+                                     at: UInt64(FixedIndexHeader.size) + done * UInt64(FixedIndexHeader.entrySize))
+            }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[..<byteCount])) }
+            done += UInt64(n)
+        }
+        return hasher.finish()
+    }
+
+    /// The digests of chunks `[first, first + count)`.
+    func entries(first: UInt64, count: Int) throws -> [ChunkDigest] {
+        let bytes = try file.readBytes(count: count * FixedIndexHeader.entrySize,
+                                       at: UInt64(FixedIndexHeader.size) + first * UInt64(FixedIndexHeader.entrySize))
+        guard bytes.count == count * FixedIndexHeader.entrySize else {
+            throw FormatError(file: file.path, "ends inside the entries")
+        }
+        return bytes.withUnsafeBytes { raw in
+            (0..<count).map { ChunkDigest(bytes: UnsafeRawBufferPointer(rebasing: raw[$0 * 32..<($0 + 1) * 32])) }
+        }
+    }
+
+    /// Calls `body` with every (chunk number, digest), in order, a block at a time.
+    func forEach(_ body: (UInt64, ChunkDigest) throws -> Void) throws {
+        var first: UInt64 = 0
+        while first < header.chunkCount {
+            let n = Int(min(UInt64(Self.entriesPerRead), header.chunkCount - first))
+            for (i, digest) in try entries(first: first, count: n).enumerated() { try body(first + UInt64(i), digest) }
+            first += UInt64(n)
+        }
+    }
+}

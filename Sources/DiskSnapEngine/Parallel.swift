@@ -1,0 +1,99 @@
+import Dispatch
+import Synchronization
+import DiskSnapSys
+
+/// Hands out units of work to worker threads; the first failure stops everyone.
+final class WorkQueue: Sendable {
+    let count: Int
+    private let cursor = Atomic<Int>(0)
+    private let failure = Mutex<(any Error)?>(nil)
+    private let failed = Atomic<Bool>(false)
+
+    init(count: Int) { self.count = count }
+
+    /// The next unit, or nil when all are taken or a worker failed.
+    func take() -> Int? {
+        if failed.load(ordering: .relaxed) { return nil }
+        let i = cursor.wrappingAdd(1, ordering: .relaxed).oldValue
+        return i < count ? i : nil
+    }
+
+    func fail(_ error: any Error) {
+        failure.withLock { if $0 == nil { $0 = error } }
+        failed.store(true, ordering: .relaxed)
+    }
+
+    var firstError: (any Error)? { failure.withLock { $0 } }
+}
+
+/// Bytes done against a total, drawn on a terminal as bytes, rate and ETA.
+final class Progress: Sendable {
+    let total: UInt64
+    let label: String
+    let done = Atomic<UInt64>(0)
+    private let start = DispatchTime.now().uptimeNanoseconds
+    private let visible: Bool
+
+    init(label: String, total: UInt64, visible: Bool) {
+        self.label = label
+        self.total = total
+        self.visible = visible
+    }
+
+    func add(_ bytes: UInt64) { done.wrappingAdd(bytes, ordering: .relaxed) }
+
+    var elapsedSeconds: Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+
+    func render() {
+        guard visible else { return }
+        let done = self.done.load(ordering: .relaxed), elapsed = max(elapsedSeconds, 0.001)
+        let rate = Double(done) / elapsed
+        let eta = rate > 0 && total > done ? Double(total - done) / rate : 0
+        let percent = total > 0 ? Double(done) * 100 / Double(total) : 100
+        let line = "\(label) \(ByteFormat.human(done)) / \(ByteFormat.human(total)) (\(Int(percent))%)  \(ByteFormat.human(UInt64(rate)))/s  ETA \(Int(eta.rounded()))s"
+        writeStandardError("\r\u{1B}[K" + line)
+    }
+
+    func finish() {
+        if visible { writeStandardError("\r\u{1B}[K") }
+    }
+}
+
+/// Runs `body(worker, queue)` on `workers` threads and waits, drawing `progress` meanwhile.
+/// Rethrows the first error a worker reported.
+func runParallel(workers: Int, queue: WorkQueue, progress: Progress?, _ body: @escaping @Sendable (Int, WorkQueue) throws -> Void) throws {
+    let group = DispatchGroup()
+    for worker in 0..<workers {
+        DispatchQueue.global().async(group: group) {
+            do { try body(worker, queue) } catch { queue.fail(error) }
+        }
+    }
+    while group.wait(timeout: .now() + .milliseconds(250)) == .timedOut { progress?.render() }
+    progress?.finish()
+    if let error = queue.firstError { throw error }
+}
+
+public enum ByteFormat {
+    public static func human(_ bytes: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var value = Double(bytes), unit = 0
+        while value >= 1024 && unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
+
+func writeStandardError(_ text: String) {
+    var bytes = Array(text.utf8)
+    _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
+}
+
+/// Worker threads for a pipeline: one per core, bounded.
+public enum Workers {
+    public static var defaultCount: Int {
+        if let text = FileSystem.environment("DISKSNAP_WORKERS"), let n = Int(text), n > 0 { return min(n, 64) }
+        return max(1, min(ProcessInfoCores.count, 64))
+    }
+}

@@ -1,0 +1,191 @@
+import Synchronization
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+import DiskSnapCatalog
+
+public struct RestoreRequest: Sendable {
+    public var snapshot: String
+    public var targetPath: String
+    public var force = false
+    public var showProgress = false
+    public var workers = Workers.defaultCount
+
+    public init(snapshot: String, targetPath: String) {
+        self.snapshot = snapshot
+        self.targetPath = targetPath
+    }
+}
+
+public struct RestoreResult: Sendable {
+    public var record: SnapshotRecord
+    public var targetPath: String
+    public var bytesWritten: UInt64
+    public var seconds: Double
+}
+
+/// Writes a snapshot's bytes to a file or block device, in parallel, verifying every chunk.
+///
+/// A file target is built under a temporary name in the target's directory and renamed
+/// into place only when complete and fsynced: a half-restored file never has the final
+/// name. Zero chunks are holes in files and BLKZEROOUT ranges on devices.
+public struct Restorer {
+    let repository: Repository
+
+    public init(repository: Repository) { self.repository = repository }
+
+    public func restore(_ request: RestoreRequest) throws -> RestoreResult {
+        let lock = try repository.lock(.shared, for: "restore")
+        defer { withExtendedLifetime(lock) {} }
+        let record = try Catalog(repository: repository).find(request.snapshot)
+        guard record.status == .accomplished else {
+            throw EngineError.snapshotNotRestorable("snapshot \(record.snapshotId) is \(record.status.rawValue); only an accomplished snapshot can be restored")
+        }
+        let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+        guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
+            throw FormatError(file: fixed.file.path, "does not belong to snapshot \(record.snapshotId) (size or id differ)")
+        }
+        let index = try ChunkIndex.load(from: repository)
+        let target = try Target.open(request.targetPath, size: record.sourceSize, force: request.force)
+        do {
+            let progress = Progress(label: "restore", total: record.sourceSize, visible: request.showProgress)
+            let chunkSize = UInt64(record.chunkSize)
+            let runs = WorkPlan.runs(dataRanges: record.sourceSize > 0 ? [ByteRange(start: 0, end: record.sourceSize)] : [],
+                                     chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
+            let work = RestoreWork(record: record, fixed: fixed, index: index, packs: PackFiles(repository: repository, index: index),
+                                   target: target, runs: runs, chunkSize: chunkSize, progress: progress)
+            try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress) { _, queue in
+                try work.run(queue)
+            }
+            try target.commit()
+            return RestoreResult(record: record, targetPath: target.finalPath, bytesWritten: work.written.load(ordering: .relaxed),
+                                 seconds: progress.elapsedSeconds)
+        } catch {
+            target.abandon()
+            throw error
+        }
+    }
+}
+
+/// Where a restore writes.
+final class Target: Sendable {
+    let finalPath: String
+    let file: OpenFile
+    let isBlockDevice: Bool
+
+    private init(finalPath: String, file: OpenFile, isBlockDevice: Bool) {
+        self.finalPath = finalPath
+        self.file = file
+        self.isBlockDevice = isBlockDevice
+    }
+
+    static func open(_ path: String, size: UInt64, force: Bool) throws -> Target {
+        let finalPath = FileSystem.absolutePath(path)
+        if let status = try FileSystem.statusIfExists(finalPath) {
+            if status.isBlockDevice {
+                guard force else {
+                    throw EngineError.targetExists("\(finalPath) is a block device; restoring overwrites all of it (pass --force)")
+                }
+                // O_EXCL on a block device: EBUSY while it is mounted or otherwise held.
+                let opened = Result { () throws(SystemError) in try OpenFile(path: finalPath, mode: [.writeOnly, .exclusive]) }
+                if case .failure(let error) = opened, error.code == "IO.Busy" {
+                    throw EngineError.sourceInUse("\(finalPath) is in use (mounted or held by another device); unmount it first")
+                }
+                let file = try opened.get()
+                let deviceSize = try BlockDevice.size(file)
+                guard deviceSize >= size else {
+                    throw EngineError.targetTooSmall("\(finalPath) holds \(deviceSize) bytes; the snapshot needs \(size)")
+                }
+                return Target(finalPath: finalPath, file: file, isBlockDevice: true)
+            }
+            guard status.isRegularFile else {
+                throw EngineError.targetExists("\(finalPath) exists and is neither a regular file nor a block device")
+            }
+            guard force else { throw EngineError.targetExists("\(finalPath) exists (pass --force to replace it)") }
+        }
+        let directory = FileSystem.directoryName(of: finalPath)
+        let temporary = directory + "/." + FileSystem.uniqueTemporaryName(for: finalPath).replacingOccurrences(of: ".tmp", with: ".disksnap-partial")
+        let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
+        do {
+            try file.truncate(to: size)  // a sparse file: unwritten ranges are holes
+        } catch {
+            try? FileSystem.removeIfExists(temporary)
+            throw error
+        }
+        return Target(finalPath: finalPath, file: file, isBlockDevice: false)
+    }
+
+    func commit() throws {
+        try file.sync()
+        guard !isBlockDevice else { return }
+        try FileSystem.rename(file.path, to: finalPath)
+        try FileSystem.syncDirectory(FileSystem.directoryName(of: finalPath))
+    }
+
+    func abandon() {
+        if !isBlockDevice { try? FileSystem.removeIfExists(file.path) }
+    }
+}
+
+private final class RestoreWork: Sendable {
+    let record: SnapshotRecord
+    let fixed: FixedIndexReader
+    let index: ChunkIndex
+    let packs: PackFiles
+    let target: Target
+    let runs: [ChunkRun]
+    let chunkSize: UInt64
+    let progress: Progress
+    let written = Atomic<UInt64>(0)
+
+    init(record: SnapshotRecord, fixed: FixedIndexReader, index: ChunkIndex, packs: PackFiles, target: Target,
+         runs: [ChunkRun], chunkSize: UInt64, progress: Progress) {
+        self.record = record
+        self.fixed = fixed
+        self.index = index
+        self.packs = packs
+        self.target = target
+        self.runs = runs
+        self.chunkSize = chunkSize
+        self.progress = progress
+    }
+
+    func run(_ queue: WorkQueue) throws {
+        let reader = ChunkReader(index: index, packs: packs)
+        let maxChunks = runs.map { Int($0.end - $0.first) }.max() ?? 1
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxChunks * Int(chunkSize), alignment: 4096)
+        defer { buffer.deallocate() }
+        while let i = queue.take() {
+            let run = runs[i]
+            let digests = try fixed.entries(first: run.first, count: Int(run.end - run.first))
+            // Consecutive data chunks are gathered in `buffer` and written with one pwrite.
+            var pendingStart: UInt64? = nil, pendingLength = 0
+            func flush() throws {
+                guard let start = pendingStart, pendingLength > 0 else { return }
+                try target.file.write(UnsafeRawBufferPointer(rebasing: buffer[..<pendingLength]), at: start)
+                written.wrappingAdd(UInt64(pendingLength), ordering: .relaxed)
+                pendingStart = nil
+                pendingLength = 0
+            }
+            for (c, digest) in digests.enumerated() {
+                let offset = (run.first + UInt64(c)) * chunkSize
+                let length = Int(min(chunkSize, record.sourceSize - offset))
+                if digest.isZero {
+                    try flush()
+                    if target.isBlockDevice { try BlockDevice.zeroOut(target.file, offset: offset, length: UInt64(length)) }
+                    continue
+                }
+                if pendingStart == nil { pendingStart = offset }
+                let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[pendingLength..<pendingLength + length])
+                do {
+                    try reader.read(digest, into: slot)
+                } catch let error as any CodedError {
+                    throw ContextError(underlying: error, context: "snapshot \(record.snapshotId), chunk at offset \(offset)")
+                }
+                pendingLength += length
+            }
+            try flush()
+            progress.add(min(run.end * chunkSize, record.sourceSize) - run.first * chunkSize)
+        }
+    }
+}

@@ -1,0 +1,195 @@
+import Foundation
+import Synchronization
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+import DiskSnapCatalog
+
+/// What a caller asks of `create`.
+public struct CreateRequest: Sendable {
+    public var sourcePath: String
+    public var name: SnapshotName
+    public var description: SnapshotDescription
+    public var allowLive = false
+    public var showProgress = false
+    public var workers = Workers.defaultCount
+
+    public init(sourcePath: String, name: SnapshotName, description: SnapshotDescription) {
+        self.sourcePath = sourcePath
+        self.name = name
+        self.description = description
+    }
+}
+
+/// Takes a snapshot: the pipeline of docs/DESIGN.md ("Snapshot pipeline").
+///
+/// Each worker takes a run of consecutive chunks, reads it with one pread into its own
+/// buffer, and for each chunk: zero check -> SHA-256 -> claim in the store -> zstd -> append
+/// to a pack. Entries go to the fixed index file at their position. Memory is workers x
+/// (run buffer + compression buffer), whatever the disk's size.
+public struct Snapshotter {
+    /// Bytes one worker reads at once (rounded to whole chunks).
+    public static let runBytes = 4 << 20
+
+    let repository: Repository
+
+    public init(repository: Repository) { self.repository = repository }
+
+    public func create(_ request: CreateRequest) throws -> SnapshotRecord {
+        let repositoryLock = try repository.lock(.shared, for: "create")
+        defer { withExtendedLifetime(repositoryLock) {} }
+        let sourcePath = FileSystem.absolutePath(request.sourcePath)
+        let source = try Source.open(sourcePath)
+        if !request.allowLive, let mount = source.writableMounts().first {
+            throw EngineError.sourceInUse("\(sourcePath) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
+        }
+        let sourceLockName = "source-" + Array(sourcePath.utf8).withUnsafeBytes { ChunkDigest(hashing: $0) }.hex.prefix(24)
+        guard let sourceLock = try repository.tryLock(name: String(sourceLockName)) else {
+            throw CatalogError.busy("IncorrectDiskStatus.CreatingSnapshot", "a snapshot of \(sourcePath) is already being created")
+        }
+        defer { withExtendedLifetime(sourceLock) {} }
+
+        let id = SnapshotID.generate()
+        guard let creationLock = try repository.tryLock(name: Catalog.creationLockName(id)) else {
+            throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot id \(id) is locked")
+        }
+        defer {
+            try? FileSystem.removeIfExists(creationLock.path)
+            withExtendedLifetime(creationLock) {}
+        }
+        let catalog = Catalog(repository: repository)
+        var record = SnapshotRecord(snapshotId: id, snapshotName: request.name.rawValue, description: request.description.rawValue,
+                                    sourcePath: sourcePath, sourceKind: source.kind, sourceSize: source.size,
+                                    chunkSize: repository.config.chunkSize.bytes)
+        record.content = ContentProbe.probe(path: sourcePath)
+        if record.content?.isEmpty == true { record.content = nil }
+        try catalog.save(record)
+
+        let area = try TemporaryArea(repository: repository)
+        defer { area.remove() }
+        do {
+            try run(source: source, request: request, record: &record, area: area)
+            record.status = .accomplished
+            record.completionTime = ISOTime.now()
+            try catalog.save(record)
+            return record
+        } catch {
+            record.status = .failed
+            record.failureReason = (error as? any CodedError)?.description ?? "\(error)"
+            record.completionTime = ISOTime.now()
+            try? catalog.save(record)
+            throw error
+        }
+    }
+
+    private func run(source: Source, request: CreateRequest, record: inout SnapshotRecord, area: TemporaryArea) throws {
+        let chunkSize = UInt64(repository.config.chunkSize.bytes)
+        let index = try ChunkIndex.load(from: repository)
+        let writer = ChunkWriter(repository: repository, index: index, area: area)
+        let fixed = try FixedIndexBuilder(path: area.path("index.fidx"), diskSize: source.size, chunkSize: UInt32(chunkSize))
+        let runs = WorkPlan.runs(dataRanges: source.dataRanges, chunkSize: chunkSize,
+                                 maxChunks: UInt64(max(1, Self.runBytes / Int(chunkSize))))
+        let totalToRead = runs.reduce(UInt64(0)) { $0 + min($1.end * chunkSize, source.size) - $1.first * chunkSize }
+        let progress = Progress(label: "snapshot", total: totalToRead, visible: request.showProgress)
+        let counters = Counters()
+        let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, runs: runs, chunkSize: chunkSize,
+                                compression: repository.config.compression, counters: counters, progress: progress)
+        try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress) { _, queue in
+            try pipeline.work(queue)
+        }
+        if let change = try source.changeSinceOpen() {
+            if !request.allowLive {
+                throw EngineError.sourceChanged("\(source.path) changed while it was read: \(change); the snapshot would not be one point in time (stop the writer or pass --allow-live)")
+            }
+            record.crashConsistent = false
+        }
+        if request.allowLive && source.kind == .blockDevice && !source.writableMounts().isEmpty {
+            record.crashConsistent = false
+        }
+        let summary = try writer.finish()
+        let digest = try fixed.publish(at: repository.fixedIndexPath(record.snapshotId), snapshotID: record.snapshotId,
+                                       createdUnixSeconds: Int64(Date().timeIntervalSince1970))
+        record.fixedIndexDigest = digest.hex
+        record.bytesRead = counters.bytesRead.load(ordering: .relaxed)
+        record.zeroBytes = source.size - counters.nonZeroBytes.load(ordering: .relaxed)
+        record.bytesStoredNew = summary.bytesStored
+        record.chunksStoredNew = summary.chunksStored
+    }
+}
+
+final class Counters: Sendable {
+    let bytesRead = Atomic<UInt64>(0)
+    let nonZeroBytes = Atomic<UInt64>(0)
+}
+
+/// The per-chunk work, shared by the workers; each worker owns its buffers.
+private struct Pipeline: Sendable {
+    let source: Source
+    let writer: ChunkWriter
+    let fixed: FixedIndexBuilder
+    let runs: [ChunkRun]
+    let chunkSize: UInt64
+    let compression: Compression
+    let counters: Counters
+    let progress: Progress
+
+    func work(_ queue: WorkQueue) throws {
+        let maxChunks = runs.map { Int($0.end - $0.first) }.max() ?? 1
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxChunks * Int(chunkSize), alignment: 4096)
+        defer { buffer.deallocate() }
+        let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(Int(chunkSize)), alignment: 64)
+        defer { compressed.deallocate() }
+        var entries = [UInt8](repeating: 0, count: maxChunks * ChunkDigest.byteCount)
+        let compressor = makeCompressor()
+
+        while let i = queue.take() {
+            let run = runs[i]
+            let start = run.first * chunkSize, end = min(run.end * chunkSize, source.size)
+            let span = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(end - start)])
+            do {
+                try source.file.readExactly(into: span, at: start)
+            } catch {
+                throw ContextError(underlying: error, context: "reading \(source.path) at offset \(start)")
+            }
+            counters.bytesRead.wrappingAdd(end - start, ordering: .relaxed)
+            var nonZero: UInt64 = 0
+            for c in 0..<Int(run.end - run.first) {
+                let chunkStart = c * Int(chunkSize)
+                let chunk = UnsafeRawBufferPointer(rebasing: span[chunkStart..<min(chunkStart + Int(chunkSize), span.count)])
+                var digest = ChunkDigest.zero
+                if !isAllZero(chunk) {
+                    nonZero += UInt64(chunk.count)
+                    digest = ChunkDigest(hashing: chunk)
+                    if writer.claim(digest) { try store(digest, chunk, compressor, compressed) }
+                }
+                entries.withUnsafeMutableBytes { dst in
+                    digest.withBytes { UnsafeMutableRawBufferPointer(rebasing: dst[c * 32..<(c + 1) * 32]).copyMemory(from: $0) }
+                }
+            }
+            counters.nonZeroBytes.wrappingAdd(nonZero, ordering: .relaxed)
+            try entries.withUnsafeBytes { try fixed.write(entries: UnsafeRawBufferPointer(rebasing: $0[..<(Int(run.end - run.first) * 32)]), firstChunk: run.first) }
+            if source.kind == .file { source.file.adviseDontNeed(offset: start, length: end - start) }
+            progress.add(end - start)
+        }
+    }
+
+    private func makeCompressor() -> ZstdCompressor? {
+        switch compression {
+        case .none: return nil
+        case .zstd(let level): return ZstdCompressor(level: level)
+        }
+    }
+
+    /// Compresses when that shrinks the chunk; otherwise stores it raw.
+    private func store(_ digest: ChunkDigest, _ chunk: UnsafeRawBufferPointer, _ compressor: ZstdCompressor?,
+                       _ compressed: UnsafeMutableRawBufferPointer) throws {
+        if let compressor {
+            let n = try compressor.compress(chunk, into: compressed)
+            if n < chunk.count {
+                try writer.append(digest, stored: UnsafeRawBufferPointer(rebasing: compressed[..<n]), rawLength: chunk.count, encoding: .zstd)
+                return
+            }
+        }
+        try writer.append(digest, stored: chunk, rawLength: chunk.count, encoding: .raw)
+    }
+}

@@ -1,0 +1,79 @@
+import DiskSnapSys
+import DiskSnapFormat
+
+/// A disk being read: a regular file (raw image) or a block device.
+struct Source {
+    let path: String
+    let file: OpenFile
+    let kind: SourceKind
+    let size: UInt64
+    let statusBefore: FileStatus
+    /// Byte ranges that may hold data; the rest is holes and is never read.
+    let dataRanges: [ByteRange]
+
+    static func open(_ path: String) throws -> Source {
+        guard let status = try FileSystem.statusIfExists(path) else { throw EngineError.sourceNotFound(path) }
+        if status.isBlockDevice {
+            // O_DIRECT: a snapshot read passes once; it must not flush the page cache.
+            let file = try (try? OpenFile(path: path, mode: .direct)) ?? OpenFile(path: path)
+            let size = try BlockDevice.size(file)
+            return Source(path: path, file: file, kind: .blockDevice, size: size, statusBefore: status,
+                          dataRanges: size > 0 ? [ByteRange(start: 0, end: size)] : [])
+        }
+        guard status.isRegularFile else {
+            throw EngineError.sourceUnsupported("source \(path) is neither a regular file nor a block device")
+        }
+        let file = try OpenFile(path: path)
+        file.adviseSequential()
+        let ranges = try Extents.dataRanges(of: file, size: status.size)
+        return Source(path: path, file: file, kind: .file, size: status.size, statusBefore: status, dataRanges: ranges)
+    }
+
+    /// Mounts that make a point-in-time read impossible: the device mounted read-write.
+    func writableMounts() -> [Mounts.Mount] {
+        guard kind == .blockDevice else { return [] }
+        return Mounts.mounts(ofDevice: statusBefore.representedDevice).filter(\.readWrite)
+    }
+
+    /// Why the source is not the same file as when it was opened, or nil.
+    func changeSinceOpen() throws -> String? {
+        guard kind == .file else { return nil }
+        let now = try file.status()
+        if now.size != statusBefore.size { return "its size changed from \(statusBefore.size) to \(now.size) bytes" }
+        if now.modificationTime != statusBefore.modificationTime { return "it was modified (mtime changed)" }
+        if now.changeTime != statusBefore.changeTime { return "its inode changed (ctime changed)" }
+        return nil
+    }
+}
+
+/// Consecutive chunks `[first, end)` read and processed as one unit of work.
+struct ChunkRun: Sendable {
+    var first: UInt64
+    var end: UInt64
+}
+
+enum WorkPlan {
+    /// The chunks that touch `ranges`, cut into runs of at most `maxChunks`. Chunks outside
+    /// every run lie wholly in holes: they are zero entries without being read.
+    static func runs(dataRanges ranges: [ByteRange], chunkSize: UInt64, maxChunks: UInt64) -> [ChunkRun] {
+        var merged: [ChunkRun] = []
+        for range in ranges where range.count > 0 {
+            let first = range.start / chunkSize, end = (range.end + chunkSize - 1) / chunkSize
+            if let last = merged.last, first <= last.end {
+                merged[merged.count - 1].end = max(last.end, end)
+            } else {
+                merged.append(ChunkRun(first: first, end: end))
+            }
+        }
+        var runs: [ChunkRun] = []
+        for run in merged {
+            var first = run.first
+            while first < run.end {
+                let end = min(run.end, first + maxChunks)
+                runs.append(ChunkRun(first: first, end: end))
+                first = end
+            }
+        }
+        return runs
+    }
+}

@@ -1,0 +1,40 @@
+import ArgumentParser
+import DiskSnapFormat
+import DiskSnapCatalog
+import DiskSnapEngine
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one snapshot, by id or name.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Snapshot id or name.")
+    var snapshot: String
+    @Flag(help: "Print the snapshot as a JSON object.")
+    var json = false
+
+    func run() throws {
+        try runReporting(json: json) {
+            let r = try Catalog(repository: try global.openRepository()).find(snapshot)
+            if json {
+                Output.json(r)
+                return
+            }
+            var rows: [[String]] = [
+                ["SnapshotId", r.snapshotId.rawValue], ["SnapshotName", r.snapshotName], ["Description", r.description],
+                ["Status", r.status.rawValue + (r.failureReason.map { " (\($0))" } ?? "")],
+                ["SourcePath", r.sourcePath], ["SourceKind", r.sourceKind.rawValue],
+                ["SourceSize", "\(r.sourceSize) (\(ByteFormat.human(r.sourceSize)))"],
+                ["ChunkSize", "\(r.chunkSize)"], ["CreationTime", r.creationTime],
+                ["BytesRead", "\(r.bytesRead) (\(ByteFormat.human(r.bytesRead)))"],
+                ["BytesStoredNew", "\(r.bytesStoredNew) (\(ByteFormat.human(r.bytesStoredNew)))"],
+                ["ZeroBytes", "\(r.zeroBytes) (\(ByteFormat.human(r.zeroBytes)))"],
+                ["CrashConsistent", r.crashConsistent ? "yes" : "no (source changed while read)"],
+            ]
+            if let c = r.content {
+                if let t = c.partitionTableType { rows.append(["PartitionTable", t + (c.partitionTableUUID.map { " \($0)" } ?? "")]) }
+                if let t = c.contentType { rows.append(["Content", [t, c.contentUUID, c.contentLabel.map { "label \($0)" }].compactMap { $0 }.joined(separator: " ")]) }
+            }
+            Output.line(Table.format(rows))
+        }
+    }
+}
