@@ -65,10 +65,15 @@ public enum FileSystem {
         return names.sorted()
     }
 
+    /// The whole file, read until end of file (files under /proc report a size of 0).
     public static func readFile(_ path: String) throws(SystemError) -> [UInt8] {
         let file = try OpenFile(path: path)
-        let size = try file.status().size
-        return try file.readBytes(count: Int(size), at: 0)
+        var bytes = try file.readBytes(count: max(Int(try file.status().size), 4096), at: 0)
+        while true {
+            let more = try file.readBytes(count: 65536, at: UInt64(bytes.count))
+            if more.isEmpty { return bytes }
+            bytes += more
+        }
     }
 
     /// Writes `bytes` to `path` atomically: a temporary file in `temporaryDirectory` (same

@@ -1,0 +1,253 @@
+"""Bad input, corruption, concurrency and crashes: clear coded errors, nothing lost."""
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import pytest
+from conftest import BIN, DiskSnap, Loop, sha256
+
+
+def only_file(directory, suffix):
+    names = [n for n in os.listdir(directory) if n.endswith(suffix)]
+    assert len(names) == 1, names
+    return os.path.join(directory, names[0])
+
+
+@pytest.mark.parametrize("name", ["a", "1abc", "auto-x", "http://x", "bad name", "x" * 129])
+def test_malformed_name_is_refused_with_its_code(ds, test_disk, name):
+    r = ds.run("create", test_disk["v1"], "--name", name, check=False)
+    assert r.code == 2 and "InvalidSnapshotName.Malformed" in r.err
+    assert name in r.err or len(name) > 100
+
+
+def test_malformed_description_and_json_error(ds, test_disk):
+    r = ds.run("create", test_disk["v1"], "--name", "ok1", "--description", "https://x", "--json", check=False)
+    assert r.code == 2
+    body = json.loads(r.out)
+    assert body["Code"] == "InvalidDescription.Malformed" and body["RequestId"]
+
+
+def test_missing_source_and_snapshot(ds, tmp_path, test_disk):
+    r = ds.run("create", tmp_path / "nope.img", "--name", "x1", check=False)
+    assert r.code == 3 and "InvalidDiskId.NotFound" in r.err and "nope.img" in r.err
+    ds.create(test_disk["v1"], "one")
+    for command in (["show", "s-aaaaaaaaaaaaaaaaaaaa"], ["restore", "missing", tmp_path / "o.img"], ["delete", "missing"]):
+        r = ds.run(*command, check=False)
+        assert r.code == 3 and "InvalidSnapshotId.NotFound" in r.err
+    assert not os.path.exists(tmp_path / "o.img")
+
+
+def test_missing_repository(tmp_path):
+    r = DiskSnap(str(tmp_path / "none")).run("list", check=False)
+    assert r.code == 3 and "Repository.NotFound" in r.err
+
+
+def test_existing_target_needs_force(ds, test_disk, tmp_path):
+    snap = ds.create(test_disk["v1"], "one")
+    target = tmp_path / "exists.img"
+    target.write_bytes(b"precious")
+    r = ds.run("restore", snap, target, check=False)
+    assert r.code == 4 and "Target.Exists" in r.err
+    assert target.read_bytes() == b"precious"
+    ds.run("restore", snap, target, "--force")
+    assert sha256(target) == sha256(test_disk["v1"])
+
+
+def test_same_name_twice_is_ambiguous_by_name_but_ids_work(ds, test_disk):
+    a = ds.create(test_disk["v1"], "daily")
+    b = ds.create(test_disk["v1"], "daily")
+    r = ds.run("show", "daily", check=False)
+    assert r.code == 2 and a in r.err and b in r.err
+    assert ds.show(b)["SnapshotId"] == b
+
+
+def test_delete_removes_record_and_index(ds, test_disk):
+    a = ds.create(test_disk["v1"], "keep")
+    b = ds.create(test_disk["v2"], "drop")
+    ds.run("delete", "drop")
+    assert [r["SnapshotId"] for r in ds.run("list", "--json").json()] == [a]
+    assert not os.path.exists(os.path.join(ds.repo, "fixed", b + ".fidx"))
+    assert ds.run("check", "--read-data").code == 0
+
+
+def test_flipped_byte_in_pack_data_is_found_and_never_restored(ds, test_disk, tmp_path):
+    snap = ds.create(test_disk["v1"], "one")
+    pack = only_file(os.path.join(ds.repo, "packs"), ".pack")
+    with open(pack, "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    structural = ds.run("check", check=False)
+    assert structural.code == 0, "a data byte is invisible to the structural check by design"
+    deep = ds.run("check", "--read-data", check=False)
+    assert deep.code == 1
+    assert "Chunk.Corrupt" in deep.out and os.path.basename(pack)[:-5] in deep.out and snap in deep.out
+    out = tmp_path / "out.img"
+    r = ds.run("restore", snap, out, check=False)
+    assert r.code == 6 and "Chunk.Corrupt" in r.err and snap in r.err and "offset" in r.err
+    assert not os.path.exists(out), "no partial target may carry the final name"
+    assert [n for n in os.listdir(tmp_path) if "disksnap-partial" in n] == []
+
+
+def test_truncated_index_segment_is_reported(ds, test_disk, tmp_path):
+    snap = ds.create(test_disk["v1"], "one")
+    segment = only_file(os.path.join(ds.repo, "index"), ".idx")
+    os.truncate(segment, os.path.getsize(segment) // 2)
+    r = ds.run("check", check=False)
+    assert r.code == 1 and "Repository.Corrupt" in r.out and os.path.basename(segment) in r.out
+    assert "Chunk.Missing" in r.out and snap in r.out
+    restore = ds.run("restore", snap, tmp_path / "o.img", check=False)
+    assert restore.code == 6 and not os.path.exists(tmp_path / "o.img")
+
+
+def test_deleted_pack_is_reported_with_affected_snapshots(ds, test_disk, tmp_path):
+    snap = ds.create(test_disk["v1"], "one")
+    pack = only_file(os.path.join(ds.repo, "packs"), ".pack")
+    os.remove(pack)
+    r = ds.run("check", check=False)
+    assert r.code == 1 and "is missing" in r.out and snap in r.out
+    restore = ds.run("restore", snap, tmp_path / "o.img", check=False)
+    assert restore.code == 6 and "Chunk.Missing" in restore.err
+    assert not os.path.exists(tmp_path / "o.img")
+
+
+def test_damaged_fixed_index_and_record(ds, test_disk, tmp_path):
+    a = ds.create(test_disk["v1"], "one")
+    b = ds.create(test_disk["v1"], "two")
+    fidx = os.path.join(ds.repo, "fixed", a + ".fidx")
+    with open(fidx, "r+b") as f:
+        f.seek(4096 + 40)
+        f.write(b"\x01")
+    record = os.path.join(ds.repo, "snapshots", b + ".json")
+    with open(record, "w") as f:
+        f.write("{ not json")
+    r = ds.run("check", check=False)
+    assert r.code == 1 and a in r.out and b in r.out and "entries checksum" in r.out
+    restore = ds.run("restore", a, tmp_path / "o.img", check=False)
+    assert restore.code == 6 and "Repository.Corrupt" in restore.err
+
+
+def test_concurrent_create_of_one_source_is_refused(ds, test_disk):
+    ds.create(test_disk["v1"], "first")
+    # Hold the source's creation lock the way a running create does.
+    name = "source-" + hashlib.sha256(os.path.abspath(test_disk["v1"]).encode()).hexdigest()[:24]
+    with open(os.path.join(ds.repo, "locks", name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        r = ds.run("create", test_disk["v1"], "--name", "second", check=False)
+    assert r.code == 5 and "IncorrectDiskStatus.CreatingSnapshot" in r.err
+    ds.create(test_disk["v1"], "third")  # free again
+
+
+def test_parallel_creates_of_different_sources_both_succeed(ds, test_disk, tmp_path):
+    ds.run("init")
+    procs = [subprocess.Popen([BIN, "--repo", ds.repo, "create", test_disk[v], "--name", v], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for v in ("v1", "v2")]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert ds.run("check", "--read-data").code == 0
+    for v in ("v1", "v2"):
+        ds.run("restore", v, tmp_path / f"{v}.img")
+        assert sha256(tmp_path / f"{v}.img") == sha256(test_disk[v])
+
+
+def big_random_image(tmp_path, mib=192):
+    image = tmp_path / "big.img"
+    with open(image, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return image
+
+
+def test_kill_9_during_create_leaves_a_valid_repository(ds, test_disk, tmp_path):
+    keep = ds.create(test_disk["v1"], "before")
+    image = big_random_image(tmp_path)
+    proc = subprocess.Popen([BIN, "--repo", ds.repo, "create", image, "--name", "killed"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, DISKSNAP_WORKERS="1"))
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    listed = {r["SnapshotName"]: r for r in ds.run("list", "--json").json()}
+    if "killed" in listed:  # killed after the record was written: it must read as failed
+        assert listed["killed"]["Status"] == "failed"
+    assert ds.run("check", "--read-data").code == 0
+    ds.run("restore", keep, tmp_path / "keep.img")
+    assert sha256(tmp_path / "keep.img") == sha256(test_disk["v1"])
+    ds.create(test_disk["v2"], "after")
+    work = [n for n in os.listdir(os.path.join(ds.repo, "tmp"))]
+    assert work == [], f"abandoned work areas must be removed by the next writer: {work}"
+
+
+def test_source_changing_during_read_fails_unless_allow_live(ds, tmp_path):
+    image = big_random_image(tmp_path, 128)
+    stop = threading.Event()
+
+    def scribble():
+        with open(image, "r+b") as f:
+            while not stop.is_set():
+                f.seek(0)
+                f.write(os.urandom(16))
+                f.flush()
+                time.sleep(0.002)
+
+    writer = threading.Thread(target=scribble)
+    writer.start()
+    try:
+        r = ds.run("create", image, "--name", "live", check=False)
+        assert r.code == 4 and "Source.ChangedDuringRead" in r.err
+        record = ds.run("list", "--json").json()[0]
+        assert record["Status"] == "failed" and "changed" in record["FailureReason"]
+        snap = ds.create(image, "live2", "--allow-live")
+        assert ds.show(snap)["CrashConsistent"] is False
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_block_device_mounted_read_write_is_refused(ds, tmp_path):
+    fs = tmp_path / "fs.img"
+    with open(fs, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(fs)], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with Loop(str(fs)) as dev:
+        subprocess.run(["mount", dev, str(mnt)], check=True)
+        try:
+            r = ds.run("create", dev, "--name", "mounted", check=False)
+            assert r.code == 4 and "Source.InUse" in r.err and str(mnt) in r.err
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+            snap = ds.create(dev, "readonly")
+            assert ds.show(snap)["Content"]["ContentType"] == "ext4"
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_no_progress_noise_when_not_a_terminal(ds, test_disk, tmp_path):
+    r = ds.run("create", test_disk["v1"], "--name", "quiet")
+    assert r.err == "" and r.out.strip().startswith("s-")
+    r = ds.run("restore", "quiet", tmp_path / "q.img")
+    assert r.err == ""
+
+
+def test_full_disk_fails_cleanly_and_frees_its_files(tmp_path, test_disk):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    try:
+        ds = DiskSnap(str(small / "repo"))
+        ds.run("init")
+        image = big_random_image(tmp_path, 40)
+        r = ds.run("create", image, "--name", "toobig", check=False)
+        assert r.code == 7 and "IO.NoSpace" in r.err
+        assert os.listdir(small / "repo" / "tmp") == []
+        assert ds.run("check").code == 0
+        ds.create(test_disk["v1"], "fits")  # ~4 MiB of chunks after compression
+        assert ds.run("check", "--read-data").code == 0
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
