@@ -6,7 +6,7 @@ struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a repository (create does this with defaults when needed).")
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "Chunk size: a power of two from 64K to 16M (default 256K).")
+    @Option(help: "Chunk size: a power of two from 64K to 16M (default 64K).")
     var chunkSize: String?
     @Option(help: "Chunk compression: zstd:LEVEL (1-19) or none (default zstd:3).")
     var compression: String?
