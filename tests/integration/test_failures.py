@@ -164,23 +164,41 @@ def big_random_image(tmp_path, mib=192):
     return image
 
 
+def wait_for_work_area_pack(repo, proc, timeout=60):
+    """Blocks until the create has a pack in its work area: mid-pipeline, record written."""
+    deadline = time.monotonic() + timeout
+    tmp = os.path.join(repo, "tmp")
+    while time.monotonic() < deadline:
+        for area in os.listdir(tmp) if os.path.isdir(tmp) else []:
+            path = os.path.join(tmp, area)
+            if os.path.isdir(path) and any(n.endswith(".pack") for n in os.listdir(path)):
+                return
+        assert proc.poll() is None, "create ended before it could be killed"
+        time.sleep(0.001)
+    raise AssertionError("create never started writing")
+
+
 def test_kill_9_during_create_leaves_a_valid_repository(ds, test_disk, tmp_path):
     keep = ds.create(test_disk["v1"], "before")
-    image = big_random_image(tmp_path)
+    image = big_random_image(tmp_path, 256)
     proc = subprocess.Popen([BIN, "--repo", ds.repo, "create", image, "--name", "killed"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, DISKSNAP_WORKERS="1"))
-    time.sleep(0.4)
+    wait_for_work_area_pack(ds.repo, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     listed = {r["SnapshotName"]: r for r in ds.run("list", "--json").json()}
-    if "killed" in listed:  # killed after the record was written: it must read as failed
-        assert listed["killed"]["Status"] == "failed"
+    assert listed["killed"]["Status"] == "failed"
+    assert "ended before" in listed["killed"]["FailureReason"]
     assert ds.run("check", "--read-data").code == 0
+    r = ds.run("restore", "killed", tmp_path / "k.img", check=False)
+    assert r.code == 4 and "IncorrectSnapshotStatus" in r.err
     ds.run("restore", keep, tmp_path / "keep.img")
     assert sha256(tmp_path / "keep.img") == sha256(test_disk["v1"])
     ds.create(test_disk["v2"], "after")
     work = [n for n in os.listdir(os.path.join(ds.repo, "tmp"))]
     assert work == [], f"abandoned work areas must be removed by the next writer: {work}"
+    ds.run("delete", "killed")
+    assert "killed" not in {r["SnapshotName"] for r in ds.run("list", "--json").json()}
 
 
 def test_source_changing_during_read_fails_unless_allow_live(ds, tmp_path):
