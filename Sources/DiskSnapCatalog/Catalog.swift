@@ -22,15 +22,20 @@ public struct Catalog: Sendable {
         return effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path))
     }
 
-    /// Every record, oldest first. A record that does not parse is an error here; `check`
-    /// reports such records one by one.
-    public func records() throws -> [SnapshotRecord] {
+    /// Every readable record, oldest first, and the errors of those that do not parse: one
+    /// damaged record must not hide the others (`check` reports it too).
+    public func records() throws -> (records: [SnapshotRecord], damaged: [FormatError]) {
         var result: [SnapshotRecord] = []
+        var damaged: [FormatError] = []
         for name in try FileSystem.listDirectory(repository.snapshotsDirectory) where name.hasSuffix(".json") {
             let path = "\(repository.snapshotsDirectory)/\(name)"
-            result.append(effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)))
+            do {
+                result.append(effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)))
+            } catch let error as FormatError {
+                damaged.append(error)
+            }
         }
-        return result.sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }
+        return (result.sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }, damaged)
     }
 
     /// The record as readers should see it: `progressing` with no living creator is `failed`.
@@ -47,7 +52,7 @@ public struct Catalog: Sendable {
     /// Finds a snapshot by id or by name. A name shared by several snapshots is ambiguous.
     public func find(_ reference: String) throws -> SnapshotRecord {
         if let id = SnapshotID(reference) { return try record(id) }
-        let matches = try records().filter { $0.snapshotName == reference }
+        let matches = try records().records.filter { $0.snapshotName == reference }
         switch matches.count {
         case 0: throw CatalogError.notFound("no snapshot with id or name '\(reference)' in \(repository.root)")
         case 1: return matches[0]

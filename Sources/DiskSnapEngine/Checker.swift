@@ -191,7 +191,7 @@ public struct RepositoryStats: Sendable, Codable {
 
     public static func gather(_ repository: Repository) throws -> RepositoryStats {
         let index = try ChunkIndex.load(from: repository)
-        let records = try Catalog(repository: repository).records()
+        let records = try Catalog(repository: repository).records().records
         let packs = try repository.packIDs()
         let packBytes = try packs.reduce(UInt64(0)) { $0 + (try FileSystem.status(repository.packPath($1)).size) }
         return RepositoryStats(repository: repository.root, chunkSize: repository.config.chunkSize.bytes,

@@ -158,8 +158,10 @@ private final class RestoreWork: Sendable {
         while let i = queue.take() {
             let run = runs[i]
             let digests = try fixed.entries(first: run.first, count: Int(run.end - run.first))
-            // Consecutive data chunks are gathered in `buffer` and written with one pwrite.
+            // Consecutive data chunks are gathered in `buffer` and written with one pwrite;
+            // consecutive zero chunks on a device are zeroed with one BLKZEROOUT.
             var pendingStart: UInt64? = nil, pendingLength = 0
+            var zeroStart: UInt64? = nil, zeroLength: UInt64 = 0
             func flush() throws {
                 guard let start = pendingStart, pendingLength > 0 else { return }
                 try target.file.write(UnsafeRawBufferPointer(rebasing: buffer[..<pendingLength]), at: start)
@@ -167,14 +169,24 @@ private final class RestoreWork: Sendable {
                 pendingStart = nil
                 pendingLength = 0
             }
+            func flushZeros() throws {
+                guard let start = zeroStart, zeroLength > 0 else { return }
+                try BlockDevice.zeroOut(target.file, offset: start, length: zeroLength)
+                zeroStart = nil
+                zeroLength = 0
+            }
             for (c, digest) in digests.enumerated() {
                 let offset = (run.first + UInt64(c)) * chunkSize
                 let length = Int(min(chunkSize, record.sourceSize - offset))
                 if digest.isZero {
                     try flush()
-                    if target.isBlockDevice { try BlockDevice.zeroOut(target.file, offset: offset, length: UInt64(length)) }
+                    if target.isBlockDevice {
+                        if zeroStart == nil { zeroStart = offset }
+                        zeroLength += UInt64(length)
+                    }
                     continue
                 }
+                try flushZeros()
                 if pendingStart == nil { pendingStart = offset }
                 let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[pendingLength..<pendingLength + length])
                 do {
@@ -185,6 +197,7 @@ private final class RestoreWork: Sendable {
                 pendingLength += length
             }
             try flush()
+            try flushZeros()
             progress.add(min(run.end * chunkSize, record.sourceSize) - run.first * chunkSize)
         }
     }

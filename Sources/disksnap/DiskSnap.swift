@@ -67,6 +67,11 @@ enum Output {
         _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
     }
 
+    static func warning(_ text: String) {
+        var bytes = Array(("disksnap: warning: " + text + "\n").utf8)
+        _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
+    }
+
     static func json<T: Encodable>(_ value: T) {
         var bytes = RecordJSON.encode(value)
         _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 1, $0) }

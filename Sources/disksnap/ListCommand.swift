@@ -12,7 +12,8 @@ struct List: ParsableCommand {
 
     func run() throws {
         try runReporting(json: json) {
-            let records = try Catalog(repository: try global.openRepository()).records()
+            let (records, damaged) = try Catalog(repository: try global.openRepository()).records()
+            for error in damaged { Output.warning("\(error.code): \(error.message) (run 'disksnap check')") }
             if json {
                 Output.json(records)
                 return

@@ -130,6 +130,9 @@ def test_damaged_fixed_index_and_record(ds, test_disk, tmp_path):
     assert r.code == 1 and a in r.out and b in r.out and "entries checksum" in r.out
     restore = ds.run("restore", a, tmp_path / "o.img", check=False)
     assert restore.code == 6 and "Repository.Corrupt" in restore.err
+    listed = ds.run("list", "--json")  # the damaged record does not hide the others
+    assert [r["SnapshotId"] for r in listed.json()] == [a]
+    assert "Repository.Corrupt" in listed.err and b in listed.err
 
 
 def test_concurrent_create_of_one_source_is_refused(ds, test_disk):
