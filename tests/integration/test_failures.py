@@ -272,3 +272,26 @@ def test_full_disk_fails_cleanly_and_frees_its_files(tmp_path, test_disk):
         assert ds.run("check", "--read-data").code == 0
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_incompressible_chunks_are_stored_raw_without_overhead(ds, tmp_path):
+    image = big_random_image(tmp_path, 8)
+    record = ds.show(ds.create(image, "random"))
+    assert record["BytesStoredNew"] == 8 << 20, "zstd output larger than the chunk must not be kept"
+    compressible = tmp_path / "text.img"
+    compressible.write_bytes(b"disksnap compresses text well\n" * 300_000)
+    text = ds.show(ds.create(compressible, "text"))
+    assert text["BytesStoredNew"] < os.path.getsize(compressible) / 20
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "version"])
+def test_damaged_config_is_a_clear_error(ds, test_disk, damage):
+    ds.create(test_disk["v1"], "one")
+    config = os.path.join(ds.repo, "config.json")
+    text = open(config).read()
+    with open(config, "w") as f:
+        f.write({"truncate": text[: len(text) // 2], "garbage": "\x00\x01zz",
+                 "version": text.replace('"FormatVersion" : 1', '"FormatVersion" : 99')}[damage])
+    for command in (["list"], ["create", test_disk["v1"], "--name", "two"], ["check"]):
+        r = ds.run(*command, check=False)
+        assert r.code == 6 and "Repository.Corrupt" in r.err and "config.json" in r.err, (command, r.err)
