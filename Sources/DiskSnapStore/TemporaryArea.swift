@@ -12,7 +12,7 @@ public final class TemporaryArea: Sendable {
         let name = "w-" + RandomUUID.generate()
         let lockPath = "\(repository.temporaryDirectory)/\(name).lock"
         guard let lock = try FileLock.tryAcquire(path: lockPath, kind: .exclusive) else {
-            throw SystemError(errno: 16, operation: "lock work area", path: lockPath)
+            throw StoreError(.repositoryLocked, "work area lock \(lockPath) is held by another process")
         }
         directory = "\(repository.temporaryDirectory)/\(name)"
         try FileSystem.makeDirectory(directory)

@@ -25,11 +25,5 @@ public final class FileLock: Sendable {
 
     public var path: String { file.path }
 
-    /// Writes who holds the lock into the lock file, for people reading it.
-    public func record(_ text: String) {
-        try? file.truncate(to: 0)
-        try? file.write(Array(text.utf8), at: 0)
-    }
-
     deinit { flock(file.descriptor, LOCK_UN) }
 }

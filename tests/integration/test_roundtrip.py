@@ -143,3 +143,17 @@ def test_init_settings_are_used(tmp_path, test_disk):
     bad = DiskSnap(str(tmp_path / "bad")).run("init", "--chunk-size", "96K", check=False)
     assert bad.code == 2 and "InvalidParameter.ChunkSize" in bad.err
     assert not os.path.exists(tmp_path / "bad" / "config.json")
+
+
+def test_empty_and_odd_sized_sources_round_trip(ds, tmp_path):
+    empty = tmp_path / "empty.img"
+    empty.write_bytes(b"")
+    odd = tmp_path / "odd.img"
+    odd.write_bytes(os.urandom(1_234_567))  # not a multiple of the chunk size or of 512
+    for image in (empty, odd):
+        snap = ds.create(image, "e-" + image.stem)
+        assert ds.show(snap)["SourceSize"] == os.path.getsize(image)
+        out = tmp_path / (image.stem + ".out")
+        ds.run("restore", snap, out)
+        assert sha256(out) == sha256(image)
+    assert ds.run("check", "--read-data").code == 0
