@@ -7,6 +7,18 @@ public struct CatalogError: CodedError {
     public let message: String
     public let exitStatus: ExitStatus
 
+    public init(code: String, message: String, exitStatus: ExitStatus) {
+        self.code = code
+        self.message = message
+        self.exitStatus = exitStatus
+    }
+
+    public static func invalid(_ code: String, _ message: String) -> CatalogError {
+        CatalogError(code: code, message: message, exitStatus: .invalidParameter)
+    }
+    public static func quota(_ code: String, _ message: String) -> CatalogError {
+        CatalogError(code: code, message: message, exitStatus: .quota)
+    }
     public static func malformedName(_ message: String) -> CatalogError {
         CatalogError(code: "InvalidSnapshotName.Malformed", message: message, exitStatus: .invalidParameter)
     }

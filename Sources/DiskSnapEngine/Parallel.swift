@@ -61,14 +61,17 @@ final class Progress: Sendable {
 
 /// Runs `body(worker, queue)` on `workers` threads and waits, drawing `progress` meanwhile.
 /// Rethrows the first error a worker reported.
-func runParallel(workers: Int, queue: WorkQueue, progress: Progress?, _ body: @escaping @Sendable (Int, WorkQueue) throws -> Void) throws {
+func runParallel(workers: Int, queue: WorkQueue, progress: Progress?, tick: () -> Void = {}, _ body: @escaping @Sendable (Int, WorkQueue) throws -> Void) throws {
     let group = DispatchGroup()
     for worker in 0..<workers {
         DispatchQueue.global().async(group: group) {
             do { try body(worker, queue) } catch { queue.fail(error) }
         }
     }
-    while group.wait(timeout: .now() + .milliseconds(250)) == .timedOut { progress?.render() }
+    while group.wait(timeout: .now() + .milliseconds(250)) == .timedOut {
+        progress?.render()
+        tick()
+    }
     progress?.finish()
     if let error = queue.firstError { throw error }
 }

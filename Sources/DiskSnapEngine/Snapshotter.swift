@@ -7,18 +7,36 @@ import DiskSnapCatalog
 
 /// What a caller asks of `create`.
 public struct CreateRequest: Sendable {
-    public var sourcePath: String
-    public var name: SnapshotName
-    public var description: SnapshotDescription
+    /// A disk id, a disk name, or a path (registered on first use).
+    public var source: String
+    public var name: String
+    public var description: String = ""
+    public var tags: [Tag] = []
+    public var clientToken: ClientToken?
+    /// Set only by the automatic-snapshot runner: allows the reserved `auto` prefix.
+    public var automatic = false
     public var allowLive = false
     public var showProgress = false
     public var workers = Workers.defaultCount
 
-    public init(sourcePath: String, name: SnapshotName, description: SnapshotDescription) {
-        self.sourcePath = sourcePath
+    public init(source: String, name: String) {
+        self.source = source
         self.name = name
-        self.description = description
     }
+
+    /// What makes two requests "the same parameters" for a client token.
+    var fingerprint: String {
+        let tagText = tags.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: "\u{1}")
+        let text = [name, description, tagText].joined(separator: "\u{0}")
+        return Array(text.utf8).withUnsafeBytes { ChunkDigest(hashing: $0) }.hex
+    }
+}
+
+/// What `create` did: a new snapshot, or the one an earlier request with the same client
+/// token made.
+public struct CreateResult: Sendable {
+    public var record: SnapshotRecord
+    public var reused: Bool
 }
 
 /// Takes a snapshot: the pipeline of docs/DESIGN.md ("Snapshot pipeline").
@@ -35,19 +53,36 @@ public struct Snapshotter {
 
     public init(repository: Repository) { self.repository = repository }
 
-    public func create(_ request: CreateRequest) throws -> SnapshotRecord {
+    public var rules: RuleSet { (Profile(rawValue: repository.config.profile ?? "ecs") ?? .ecs).rules }
+
+    public func create(_ request: CreateRequest) throws -> CreateResult {
         let repositoryLock = try repository.lock(.shared, for: "create")
         defer { withExtendedLifetime(repositoryLock) {} }
-        let sourcePath = FileSystem.absolutePath(request.sourcePath)
-        let source = try Source.open(sourcePath)
-        if !request.allowLive, let mount = source.writableMounts().first {
-            throw EngineError.sourceInUse("\(sourcePath) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
+        let rules = self.rules
+        // Every rule is checked before any data is read.
+        try rules.validateName(request.name, automatic: request.automatic)
+        try rules.validateDescription(request.description)
+        try Tag.validate(request.tags)
+
+        let catalog = Catalog(repository: repository)
+        var catalogLock: FileLock? = try repository.lockCatalog()
+        let disk = try DiskRegistry(repository: repository).resolveOrRegister(request.source)
+        let records = try catalog.records().records
+        if let token = request.clientToken?.rawValue,
+           let prior = records.first(where: { $0.clientToken == token && $0.status != .failed }) {
+            guard prior.requestFingerprint == request.fingerprint && prior.sourceDiskId == disk.diskId else {
+                throw CatalogError.invalid("IdempotentParameterMismatch", "client token '\(token)' was used for snapshot \(prior.snapshotId) with other parameters")
+            }
+            return CreateResult(record: prior, reused: true)
         }
-        let sourceLockName = "source-" + Array(sourcePath.utf8).withUnsafeBytes { ChunkDigest(hashing: $0) }.hex.prefix(24)
-        guard let sourceLock = try repository.tryLock(name: String(sourceLockName)) else {
-            throw CatalogError.busy("IncorrectDiskStatus.CreatingSnapshot", "a snapshot of \(sourcePath) is already being created")
+        guard let diskLock = try repository.tryLock(name: "disk-\(disk.diskId.rawValue)") else {
+            throw CatalogError.busy("IncorrectDiskStatus.CreatingSnapshot", "a snapshot of disk \(disk.diskId) (\(disk.diskName)) is being created; try again later")
         }
-        defer { withExtendedLifetime(sourceLock) {} }
+        defer { withExtendedLifetime(diskLock) {} }
+        let live = records.filter { $0.status != .failed }
+        try QuotaPolicy.checkUniqueName(rules: rules, name: request.name, disk: disk, live: live)
+        try QuotaPolicy.check(rules: rules, disk: disk, disks: try DiskRegistry(repository: repository).disks(),
+                              live: live, repositoryCap: repository.config.maxSnapshots)
 
         let id = SnapshotID.generate()
         guard let creationLock = try repository.tryLock(name: Catalog.creationLockName(id)) else {
@@ -57,22 +92,38 @@ public struct Snapshotter {
             try? FileSystem.removeIfExists(creationLock.path)
             withExtendedLifetime(creationLock) {}
         }
-        let catalog = Catalog(repository: repository)
-        var record = SnapshotRecord(snapshotId: id, snapshotName: request.name.rawValue, description: request.description.rawValue,
-                                    sourcePath: sourcePath, sourceKind: source.kind, sourceSize: source.size,
-                                    chunkSize: repository.config.chunkSize.bytes)
-        record.content = ContentProbe.probe(path: sourcePath)
-        if record.content?.isEmpty == true { record.content = nil }
+        guard let sourceStatus = try FileSystem.statusIfExists(disk.path) else { throw EngineError.sourceNotFound(disk.path) }
+        var record = SnapshotRecord(snapshotId: id, snapshotName: request.name, description: request.description,
+                                    sourcePath: disk.path, sourceKind: sourceStatus.isBlockDevice ? .blockDevice : .file,
+                                    sourceSize: sourceStatus.size, chunkSize: repository.config.chunkSize.bytes)
+        record.sourceDiskId = disk.diskId
+        record.sourceDiskType = disk.diskType
+        record.tags = request.tags.map { TagPair(key: $0.key, value: $0.value) }
+        record.clientToken = request.clientToken?.rawValue
+        record.requestFingerprint = request.fingerprint
+        record.automatic = request.automatic
         try catalog.save(record)
+        catalogLock = nil  // the record now counts for every later rule check
+        _ = catalogLock
 
         let area = try TemporaryArea(repository: repository)
         defer { area.remove() }
         do {
+            let source = try Source.open(disk.path)
+            record.sourceKind = source.kind
+            record.sourceSize = source.size
+            record.chunkCount = FixedIndexHeader.chunkCount(diskSize: source.size, chunkSize: UInt32(record.chunkSize))
+            if !request.allowLive, let mount = source.writableMounts().first {
+                throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
+            }
+            record.content = ContentProbe.probe(path: disk.path)
+            if record.content?.isEmpty == true { record.content = nil }
             try run(source: source, request: request, record: &record, area: area)
             record.status = .accomplished
+            record.progress = "100%"
             record.completionTime = ISOTime.now()
             try catalog.save(record)
-            return record
+            return CreateResult(record: record, reused: false)
         } catch {
             record.status = .failed
             record.failureReason = (error as? any CodedError)?.description ?? "\(error)"
@@ -94,7 +145,17 @@ public struct Snapshotter {
         let counters = Counters()
         let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, runs: runs, chunkSize: chunkSize,
                                 compression: repository.config.compression, counters: counters, progress: progress)
-        try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress) { _, queue in
+        // Progress is written into the record about once a second, for `list`/`show` elsewhere.
+        let catalog = Catalog(repository: repository)
+        var snapshotForProgress = record
+        var lastSave = progress.elapsedSeconds
+        let tick = {
+            guard progress.elapsedSeconds - lastSave >= 1, totalToRead > 0 else { return }
+            lastSave = progress.elapsedSeconds
+            snapshotForProgress.progress = "\(progress.done.load(ordering: .relaxed) * 100 / totalToRead)%"
+            try? catalog.save(snapshotForProgress)
+        }
+        try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress, tick: tick) { _, queue in
             try pipeline.work(queue)
         }
         if let change = try source.changeSinceOpen() {

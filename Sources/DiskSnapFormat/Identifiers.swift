@@ -12,26 +12,39 @@ enum Base32 {
     }
 }
 
-/// `s-` and 20 base32 characters (100 random bits).
-public struct SnapshotID: Hashable, Sendable, Codable, CustomStringConvertible, Comparable {
+/// What a prefixed id names: its prefix says so (`s-` snapshot, `d-` disk).
+public protocol IDKind: Sendable {
+    static var prefix: String { get }
+    static var noun: String { get }
+}
+public enum SnapshotKind: IDKind {
     public static let prefix = "s-"
-    static let randomCount = 20
+    public static let noun = "snapshot"
+}
+public enum DiskKind: IDKind {
+    public static let prefix = "d-"
+    public static let noun = "disk"
+}
+
+/// A prefix and 20 base32 characters (100 random bits).
+public struct PrefixedID<Kind: IDKind>: Hashable, Sendable, Codable, CustomStringConvertible, Comparable {
+    static var randomCount: Int { 20 }
     public let rawValue: String
 
-    public static func generate() -> SnapshotID { SnapshotID(unchecked: prefix + Base32.random(count: randomCount)) }
+    public static func generate() -> PrefixedID { PrefixedID(unchecked: Kind.prefix + Base32.random(count: randomCount)) }
 
     private init(unchecked: String) { rawValue = unchecked }
 
-    /// nil unless `text` has the form of a snapshot id.
+    /// nil unless `text` has the form of such an id.
     public init?(_ text: String) {
-        guard text.hasPrefix(Self.prefix), Base32.isValid(text.dropFirst(2), count: Self.randomCount) else { return nil }
+        guard text.hasPrefix(Kind.prefix), Base32.isValid(text.dropFirst(Kind.prefix.count), count: Self.randomCount) else { return nil }
         rawValue = text
     }
 
     public init(from decoder: Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
-        guard let id = SnapshotID(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad snapshot id \(text)"))
+        guard let id = PrefixedID(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad \(Kind.noun) id \(text)"))
         }
         self = id
     }
@@ -42,8 +55,11 @@ public struct SnapshotID: Hashable, Sendable, Codable, CustomStringConvertible, 
     }
 
     public var description: String { rawValue }
-    public static func < (a: SnapshotID, b: SnapshotID) -> Bool { a.rawValue < b.rawValue }
+    public static func < (a: PrefixedID, b: PrefixedID) -> Bool { a.rawValue < b.rawValue }
 }
+
+public typealias SnapshotID = PrefixedID<SnapshotKind>
+public typealias DiskID = PrefixedID<DiskKind>
 
 /// A pack's name: 16 random bytes, written as 32 hex digits.
 public struct PackID: Hashable, Sendable, CustomStringConvertible {

@@ -49,6 +49,10 @@ public struct RepositoryConfig: Codable, Sendable, Equatable {
     public var chunkSize: ChunkSize
     public var compression: Compression
     public var creationTime: String
+    /// Rule profile (`ecs`, `wuying`, `swas`, `css`); absent means `ecs`.
+    public var profile: String?
+    /// Repository-wide cap on snapshots; absent means none.
+    public var maxSnapshots: Int?
 
     public init(chunkSize: ChunkSize, compression: Compression) {
         formatVersion = Self.formatVersion
@@ -109,6 +113,17 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
     public var failureReason: String?
     /// Entries digest of the fixed index, binding record and index together.
     public var fixedIndexDigest: String?
+    /// The registered disk this is a snapshot of, and its type.
+    public var sourceDiskId: DiskID?
+    public var sourceDiskType: String?
+    public var tags: [TagPair] = []
+    /// Set by `--client-token`, with a digest of the parameters it was used with.
+    public var clientToken: String?
+    public var requestFingerprint: String?
+    /// Made by the automatic-snapshot runner (`disksnap auto`), not by hand.
+    public var automatic: Bool = false
+    /// Percent of the source read, as the documents write it ("37%"); "100%" when done.
+    public var progress: String = "0%"
 
     public init(snapshotId: SnapshotID, snapshotName: String, description: String, sourcePath: String,
                 sourceKind: SourceKind, sourceSize: UInt64, chunkSize: Int) {
@@ -128,6 +143,48 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
         let record = try RecordJSON.decode(SnapshotRecord.self, from: bytes, file: file)
         guard record.formatVersion == formatVersion else {
             throw FormatError(file: file, "snapshot record version \(record.formatVersion) is not supported")
+        }
+        return record
+    }
+}
+
+/// A tag as stored; validated by the catalog's `Tag`.
+public struct TagPair: Codable, Sendable, Equatable, Hashable {
+    public var key: String
+    public var value: String
+    public init(key: String, value: String) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// `disks/<DiskId>.json`: a registered disk.
+public struct DiskRecord: Codable, Sendable, Equatable {
+    public static let formatVersion = 1
+    public var formatVersion: Int = Self.formatVersion
+    public var diskId: DiskID
+    public var diskName: String
+    /// Absolute path of the image file or block device.
+    public var path: String
+    /// `system` or `data`.
+    public var diskType: String
+    /// The VM (instance) the disk belongs to, when given.
+    public var instance: String?
+    public var creationTime: String
+
+    public init(diskId: DiskID, diskName: String, path: String, diskType: String, instance: String?) {
+        self.diskId = diskId
+        self.diskName = diskName
+        self.path = path
+        self.diskType = diskType
+        self.instance = instance
+        creationTime = ISOTime.now()
+    }
+
+    public static func decode(_ bytes: [UInt8], file: String) throws(FormatError) -> DiskRecord {
+        let record = try RecordJSON.decode(DiskRecord.self, from: bytes, file: file)
+        guard record.formatVersion == formatVersion else {
+            throw FormatError(file: file, "disk record version \(record.formatVersion) is not supported")
         }
         return record
     }

@@ -19,12 +19,14 @@ public final class Repository: Sendable {
     public var indexDirectory: String { root + "/index" }
     public var fixedIndexDirectory: String { root + "/fixed" }
     public var snapshotsDirectory: String { root + "/snapshots" }
+    public var disksDirectory: String { root + "/disks" }
     public var locksDirectory: String { root + "/locks" }
     public var temporaryDirectory: String { root + "/tmp" }
 
     public func packPath(_ id: PackID) -> String { "\(packsDirectory)/\(id.hex).pack" }
     public func fixedIndexPath(_ id: SnapshotID) -> String { "\(fixedIndexDirectory)/\(id.rawValue).fidx" }
     public func recordPath(_ id: SnapshotID) -> String { "\(snapshotsDirectory)/\(id.rawValue).json" }
+    public func diskPath(_ id: DiskID) -> String { "\(disksDirectory)/\(id.rawValue).json" }
 
     private init(root: String, config: RepositoryConfig) {
         self.root = root
@@ -32,7 +34,7 @@ public final class Repository: Sendable {
     }
 
     static func subdirectories(of root: String) -> [String] {
-        ["packs", "index", "fixed", "snapshots", "locks", "tmp"].map { root + "/" + $0 }
+        ["packs", "index", "fixed", "snapshots", "disks", "locks", "tmp"].map { root + "/" + $0 }
     }
 
     /// Opens an existing repository.
@@ -100,6 +102,12 @@ public final class Repository: Sendable {
     }
 
     /// A named exclusive lock (a snapshot in creation, a source being read); nil when held.
+    /// The catalog lock: held for the milliseconds in which rules are checked against the
+    /// records and a new record is written, so that two creates cannot both pass a quota.
+    public func lockCatalog() throws -> FileLock {
+        try FileLock.acquire(path: locksDirectory + "/catalog.lock", kind: .exclusive)
+    }
+
     public func tryLock(name: String) throws -> FileLock? {
         try FileLock.tryAcquire(path: "\(locksDirectory)/\(name).lock", kind: .exclusive)
     }

@@ -9,6 +9,18 @@ public protocol CodedError: Error, CustomStringConvertible {
 
 extension CodedError {
     public var description: String { "\(code): \(message)" }
+
+    /// The HTTP status the API documents give this class of error.
+    public var httpStatus: Int {
+        switch exitStatus {
+        case .success: 200
+        case .invalidParameter, .usage, .problemsFound: 400
+        case .notFound: 404
+        case .quota, .busy: 403
+        case .conflict: 409
+        case .corrupt, .ioError, .internalError: 500
+        }
+    }
 }
 
 /// Process exit statuses; the table in docs/CLI.md is the contract.
@@ -29,6 +41,10 @@ public enum ExitStatus: Int32, Sendable {
     case corrupt = 6
     /// Reading or writing failed (EIO, ENOSPC, permissions).
     case ioError = 7
+    /// A snapshot quota would be exceeded.
+    case quota = 8
+    /// A bug or an unexpected state.
+    case internalError = 70
     /// Command-line usage error (from the argument parser).
     case usage = 64
 }

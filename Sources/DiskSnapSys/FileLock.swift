@@ -21,6 +21,16 @@ public final class FileLock: Sendable {
         return FileLock(file: file)
     }
 
+    /// Takes the lock, waiting for it. Only for locks held for a short moment.
+    public static func acquire(path: String, kind: Kind) throws(SystemError) -> FileLock {
+        let file = try OpenFile(path: path, mode: [.readWrite, .create], permissions: 0o644)
+        while flock(file.descriptor, kind == .shared ? LOCK_SH : LOCK_EX) != 0 {
+            if errno == EINTR { continue }
+            throw SystemError.current("flock", path)
+        }
+        return FileLock(file: file)
+    }
+
     private init(file: OpenFile) { self.file = file }
 
     public var path: String { file.path }

@@ -5,15 +5,19 @@ import DiskSnapCatalog
 import DiskSnapEngine
 
 struct Create: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Snapshot a disk image or block device.")
+    static let configuration = CommandConfiguration(abstract: "Snapshot a disk: a registered disk's id or name, or a path (registered on first use).")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "A raw disk image file or a block device.")
+    @Argument(help: "Disk id, disk name, raw image file or block device.")
     var source: String
-    @Option(help: "Snapshot name: 2-128 characters, a letter first, then letters, digits, '_', ':', '-'.")
+    @Option(help: "Snapshot name, under the repository profile's rules (docs/RULES.md).")
     var name: String
-    @Option(help: "Description: 2-256 characters.")
+    @Option(help: "Description, under the profile's rules.")
     var description: String = ""
+    @Option(name: .customLong("tag"), help: "KEY=VALUE (repeatable, at most 20).")
+    var tags: [String] = []
+    @Option(help: "Idempotency token (at most 64 ASCII characters): a retry with the same token and parameters returns the same SnapshotId.")
+    var clientToken: String?
     @Flag(help: "Accept a source that changes while read (the snapshot is marked not crash-consistent).")
     var allowLive = false
     @Flag(help: "Print {\"SnapshotId\", \"RequestId\"} as JSON.")
@@ -21,15 +25,18 @@ struct Create: ParsableCommand {
 
     func run() throws {
         try runReporting(json: json) {
-            var request = CreateRequest(sourcePath: source, name: try SnapshotName(name), description: try SnapshotDescription(description))
+            var request = CreateRequest(source: source, name: name)
+            request.description = description
+            request.tags = try tags.map { try Tag(parsing: $0) }
+            request.clientToken = try clientToken.map { try ClientToken($0) }
             request.allowLive = allowLive
             request.showProgress = Output.stderrIsTerminal
             let repository = try Repository.openOrInitialize(at: global.repositoryPath)
-            let record = try Snapshotter(repository: repository).create(request)
+            let result = try Snapshotter(repository: repository).create(request)
             if json {
-                Output.json(CreateResponse(snapshotId: record.snapshotId.rawValue, requestId: RandomUUID.generate()))
+                Output.json(CreateResponse(snapshotId: result.record.snapshotId.rawValue, requestId: RandomUUID.generate()))
             } else {
-                Output.line(record.snapshotId.rawValue)
+                Output.line(result.record.snapshotId.rawValue)
             }
         }
     }

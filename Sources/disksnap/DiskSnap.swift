@@ -8,9 +8,9 @@ struct DiskSnap: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "disksnap",
         abstract: "Point-in-time snapshots of disks into a deduplicated, compressed store.",
-        discussion: "Exit statuses: 0 success, 1 check found problems, 2 invalid parameter, 3 not found, 4 conflict, 5 busy, 6 repository corrupt, 7 I/O error, 64 usage. See docs/CLI.md.",
+        discussion: "Exit statuses: 0 success, 1 check found problems, 2 invalid parameter, 3 not found, 4 conflict, 5 busy, 6 repository corrupt, 7 I/O error, 8 quota exceeded, 70 internal error, 64 usage. See docs/CLI.md.",
         version: "0.1.0",
-        subcommands: [Init.self, Create.self, List.self, Show.self, Restore.self, Delete.self, Check.self, Stats.self]
+        subcommands: [Init.self, Disk.self, Create.self, List.self, Show.self, Restore.self, Delete.self, Check.self, Stats.self]
     )
 
     /// Lets `--repo` stand before the subcommand as well as after it.
@@ -38,7 +38,7 @@ func runReporting(json: Bool = false, _ body: () throws -> Void) throws {
         try body()
     } catch let error as any CodedError {
         if json {
-            Output.json(ErrorBody(code: error.code, message: error.message, requestId: RandomUUID.generate()))
+            Output.json(ErrorBody(code: error.code, message: error.message, httpStatus: error.httpStatus, requestId: RandomUUID.generate()))
         }
         Output.error("\(error.code): \(error.message)")
         throw ExitCode(error.exitStatus.rawValue)
@@ -53,6 +53,7 @@ func runReporting(json: Bool = false, _ body: () throws -> Void) throws {
 struct ErrorBody: Encodable {
     var code: String
     var message: String
+    var httpStatus: Int
     var requestId: String
 }
 
@@ -63,7 +64,7 @@ enum Output {
     }
 
     static func error(_ text: String) {
-        var bytes = Array(("disksnap: error: " + text + "\n").utf8)
+        var bytes = Array(("Error: " + text + "\n").utf8)
         _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
     }
 

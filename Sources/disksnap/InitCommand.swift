@@ -1,6 +1,7 @@
 import ArgumentParser
 import DiskSnapFormat
 import DiskSnapStore
+import DiskSnapCatalog
 
 struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a repository (create does this with defaults when needed).")
@@ -10,6 +11,10 @@ struct Init: ParsableCommand {
     var chunkSize: String?
     @Option(help: "Chunk compression: zstd:LEVEL (1-19) or none (default zstd:3).")
     var compression: String?
+    @Option(help: "Rule profile: ecs (default), wuying, swas or css (docs/RULES.md).")
+    var profile: String = "ecs"
+    @Option(help: "Repository-wide cap on snapshots, on top of the profile's limits.")
+    var maxSnapshots: Int?
     @Flag(help: "Print the repository settings as JSON.")
     var json = false
 
@@ -17,11 +22,20 @@ struct Init: ParsableCommand {
         try runReporting(json: json) {
             let size = try chunkSize.map { try ChunkSize(parsing: $0) } ?? .default
             let method = try compression.map { try Compression(parsing: $0) } ?? .default
-            let repository = try Repository.initialize(at: global.repositoryPath, config: RepositoryConfig(chunkSize: size, compression: method))
+            guard let chosen = Profile(rawValue: profile) else {
+                throw CatalogError.invalid("InvalidParameter.Profile", "profile '\(profile)' is not one of \(Profile.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            if let cap = maxSnapshots, cap < 1 {
+                throw CatalogError.invalid("InvalidParameter.MaxSnapshots", "--max-snapshots \(cap) must be at least 1")
+            }
+            var config = RepositoryConfig(chunkSize: size, compression: method)
+            config.profile = chosen.rawValue
+            config.maxSnapshots = maxSnapshots
+            let repository = try Repository.initialize(at: global.repositoryPath, config: config)
             if json {
                 Output.json(repository.config)
             } else {
-                Output.line("initialized repository \(repository.root) (chunk size \(size), compression \(method))")
+                Output.line("initialized repository \(repository.root) (chunk size \(size), compression \(method), profile \(chosen.rawValue)\(maxSnapshots.map { ", at most \($0) snapshots" } ?? ""))")
             }
         }
     }

@@ -1,25 +1,51 @@
 import ArgumentParser
 import DiskSnapFormat
 import DiskSnapCatalog
+import DiskSnapStore
 import DiskSnapEngine
 
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List snapshots, oldest first.")
 
     @OptionGroup var global: GlobalOptions
+    @Option(help: "Only snapshots of this disk (id, name or path).")
+    var disk: String?
+    @Option(help: "Only snapshots with this name.")
+    var name: String?
+    @Option(help: "Only snapshots with this status: progressing, accomplished or failed.")
+    var status: String?
+    @Option(name: .customLong("tag"), help: "Only snapshots with this tag: KEY or KEY=VALUE (repeatable; all must match).")
+    var tags: [String] = []
     @Flag(help: "Print an array of snapshot objects as JSON.")
     var json = false
 
     func run() throws {
         try runReporting(json: json) {
-            let (records, damaged) = try Catalog(repository: try global.openRepository()).records()
+            let repository = try global.openRepository()
+            var (records, damaged) = try Catalog(repository: repository).records()
+            if let disk {
+                let id = try DiskRegistry(repository: repository).get(disk).diskId
+                records = records.filter { $0.sourceDiskId == id }
+            }
+            if let name { records = records.filter { $0.snapshotName == name } }
+            if let status {
+                guard let wanted = SnapshotStatus(rawValue: status) else {
+                    throw CatalogError.invalid("InvalidParameter.Status", "status '\(status)' is not progressing, accomplished or failed")
+                }
+                records = records.filter { $0.status == wanted }
+            }
+            for filter in tags {
+                let parts = filter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                records = records.filter { $0.tags.contains { $0.key == parts[0] && (parts.count == 1 || $0.value == parts[1]) } }
+            }
             for error in damaged { Output.warning("\(error.code): \(error.message) (run 'disksnap check')") }
             if json {
                 Output.json(records)
                 return
             }
-            Output.line(Table.format([["ID", "NAME", "STATUS", "SIZE", "STORED NEW", "CREATED", "SOURCE"]] + records.map {
-                [$0.snapshotId.rawValue, $0.snapshotName, $0.status.rawValue, ByteFormat.human($0.sourceSize),
+            Output.line(Table.format([["ID", "NAME", "DISK", "STATUS", "SIZE", "STORED NEW", "CREATED", "SOURCE"]] + records.map {
+                [$0.snapshotId.rawValue, $0.snapshotName, $0.sourceDiskId?.rawValue ?? "-",
+                 $0.status == .progressing ? "progressing \($0.progress)" : $0.status.rawValue, ByteFormat.human($0.sourceSize),
                  ByteFormat.human($0.bytesStoredNew), $0.creationTime, $0.sourcePath]
             }))
         }

@@ -1,27 +1,158 @@
 import Testing
 @testable import DiskSnapCatalog
 @testable import DiskSnapEngine
+import DiskSnapFormat
 @testable import DiskSnapSys
 
-@Suite struct NameTests {
-    @Test(arguments: ["ab", "daily-1", "db:backup_2", "数据盘快照", String(repeating: "a", count: 128)])
-    func validNames(name: String) throws {
-        #expect(try SnapshotName(name).rawValue == name)
+/// One row per (profile, name): nil means valid, otherwise the exact error code.
+let nameCases: [(Profile, String, String?)] = {
+    let a = { (n: Int) in "a" + String(repeating: "b", count: n - 1) }
+    var rows: [(Profile, String, String?)] = []
+    // Lengths: 1, 2, the limit, the limit + 1, for each profile.
+    for (profile, low, high) in [(Profile.ecs, 2, 128), (.wuying, 2, 127), (.swas, 2, 50), (.css, 4, 64)] {
+        let code = profile.rules.nameMalformedCode
+        rows += [(profile, a(low - 1), code), (profile, a(low), nil), (profile, a(high), nil), (profile, a(high + 1), code)]
     }
+    rows += [
+        (.ecs, "a", "InvalidSnapshotName.Malformed"), (.ecs, String(repeating: "x", count: 127), nil),
+        (.ecs, "数据盘快照", nil), (.ecs, "快照:daily-1_a", nil), (.wuying, "数据盘快照", "InvalidSnapshotName.Malformed"),
+        (.swas, "数据盘", nil), (.css, "快照快照", "InvalidSnapshotName.Malformed"),
+        (.ecs, "auto-daily", "InvalidSnapshotName.Malformed"), (.ecs, "Auto-daily", "InvalidSnapshotName.Malformed"),
+        (.wuying, "autox", "InvalidSnapshotName.Malformed"), (.swas, "AUTO1", "InvalidSnapshotName.ValueNotSupported"),
+        (.css, "auto-daily", nil),
+        (.ecs, "http://x", "InvalidSnapshotName.Malformed"), (.ecs, "https://x", "InvalidSnapshotName.Malformed"),
+        (.ecs, "HTTP://x", "InvalidSnapshotName.Malformed"), (.swas, "https://x", "InvalidSnapshotName.ValueNotSupported"),
+        (.ecs, "db:backup", nil), (.wuying, "db:backup", "InvalidSnapshotName.Malformed"), (.css, "db:backup", "InvalidSnapshotName.Malformed"),
+        (.ecs, "1abc", "InvalidSnapshotName.Malformed"), (.css, "_abcd", "InvalidSnapshotName.Malformed"),
+        (.ecs, "has space", "InvalidSnapshotName.Malformed"), (.ecs, "semi;colon", "InvalidSnapshotName.Malformed"),
+        (.wuying, "snap_2-x", nil), (.css, "Snap_2-x", nil), (.ecs, "", "InvalidSnapshotName.Malformed"),
+    ]
+    return rows
+}()
 
-    @Test(arguments: ["a", "1abc", "_x", "auto-daily", "autox", "http://x", "https://x", "has space", "semi;colon",
-                      String(repeating: "a", count: 129), ""])
-    func malformedNames(name: String) {
-        #expect(throws: CatalogError.self) { try SnapshotName(name) }
-        do { _ = try SnapshotName(name) } catch { #expect(error.code == "InvalidSnapshotName.Malformed") }
-    }
-
-    @Test func descriptions() throws {
-        #expect(try SnapshotDescription("").rawValue == "")
-        #expect(try SnapshotDescription("nightly").rawValue == "nightly")
-        for bad in ["x", "http://a", String(repeating: "d", count: 257)] {
-            #expect(throws: CatalogError.self) { try SnapshotDescription(bad) }
+@Suite struct ProfileRuleTests {
+    @Test(arguments: nameCases)
+    func names(profile: Profile, name: String, code: String?) {
+        do {
+            try profile.rules.validateName(name)
+            #expect(code == nil, "\(profile) accepted '\(name)'")
+        } catch {
+            #expect(error.code == code, "\(profile) '\(name)': \(error.message)")
+            #expect(name.isEmpty || error.message.contains(name.prefix(20)))
         }
+    }
+
+    @Test func automaticRunnerMayUseAuto() throws {
+        try Profile.ecs.rules.validateName("auto-20261124", automatic: true)
+    }
+
+    @Test(arguments: [
+        (Profile.ecs, "", true), (.ecs, "x", false), (.ecs, "ok", true), (.ecs, String(repeating: "d", count: 256), true),
+        (.ecs, String(repeating: "d", count: 257), false), (.ecs, "http://x", false), (.ecs, "https://x", false),
+        (.wuying, String(repeating: "d", count: 128), true), (.wuying, String(repeating: "d", count: 129), false), (.wuying, "x", true),
+        (.swas, String(repeating: "d", count: 256), true), (.css, String(repeating: "d", count: 256), true),
+        (.css, String(repeating: "d", count: 257), false),
+        (.css, "a!b", false), (.css, "a<b", false), (.css, "a>b", false), (.css, "a'b", false), (.css, "a=b", false),
+        (.css, "a&b", false), (.css, "a\"b", false), (.css, "plain text", true), (.ecs, "a!b<c>", true),
+    ])
+    func descriptions(profile: Profile, text: String, valid: Bool) {
+        do {
+            try profile.rules.validateDescription(text)
+            #expect(valid, "\(profile) accepted '\(text)'")
+        } catch {
+            #expect(!valid && error.code == "InvalidDescription.Malformed")
+        }
+    }
+
+    @Test func cssNamesAreUniqueWithoutRegardToCase() {
+        #expect(Profile.css.rules.sameName("Daily", "dAILY"))
+        #expect(!Profile.ecs.rules.sameName("Daily", "daily"))
+    }
+}
+
+@Suite struct TagAndTokenTests {
+    @Test(arguments: [
+        ("k=v", nil), ("k=", nil), ("k", nil), ("=v", "InvalidParameter.TagKey"),
+        (String(repeating: "k", count: 64) + "=v", nil), (String(repeating: "k", count: 65) + "=v", "InvalidParameter.TagKey"),
+        ("acs:x=v", "InvalidParameter.TagKey"), ("aliyunX=v", "InvalidParameter.TagKey"), ("ACS:x=v", "InvalidParameter.TagKey"),
+        ("my-http://x=v", "InvalidParameter.TagKey"), ("k=see https://x", "InvalidParameter.TagValue"),
+        ("k=" + String(repeating: "v", count: 64), nil), ("k=" + String(repeating: "v", count: 65), "InvalidParameter.TagValue"),
+        ("k=a=b", nil),
+    ] as [(String, String?)])
+    func tags(text: String, code: String?) {
+        do {
+            _ = try Tag(parsing: text)
+            #expect(code == nil, "accepted '\(text)'")
+        } catch {
+            #expect(error.code == code)
+        }
+    }
+
+    @Test func tagCountAndDuplicates() throws {
+        let twenty = try (1...20).map { try Tag(key: "k\($0)", value: "") }
+        try Tag.validate(twenty)
+        #expect(throws: CatalogError.self) { try Tag.validate(twenty + [try Tag(key: "k21", value: "")]) }
+        #expect(throws: CatalogError.self) { try Tag.validate([try Tag(key: "a", value: "1"), try Tag(key: "a", value: "2")]) }
+    }
+
+    @Test func clientTokens() throws {
+        _ = try ClientToken("123e4567-e89b-12d3-a456-426655440000")
+        _ = try ClientToken(String(repeating: "t", count: 64))
+        for bad in ["", String(repeating: "t", count: 65), "tök", "has space"] {
+            #expect(throws: CatalogError.self) { try ClientToken(bad) }
+        }
+    }
+}
+
+@Suite struct QuotaPolicyTests {
+    func disk(_ instance: String? = nil) -> DiskRecord {
+        DiskRecord(diskId: .generate(), diskName: "d", path: "/d", diskType: "data", instance: instance)
+    }
+    func snapshots(_ count: Int, of disk: DiskRecord) -> [SnapshotRecord] {
+        (0..<count).map { i in
+            var r = SnapshotRecord(snapshotId: .generate(), snapshotName: "s\(i)", description: "", sourcePath: "/d",
+                                   sourceKind: .file, sourceSize: 1, chunkSize: 65536)
+            r.sourceDiskId = disk.diskId
+            return r
+        }
+    }
+
+    @Test func sixtyFourPerDisk() throws {
+        let d = disk()
+        try QuotaPolicy.check(rules: Profile.ecs.rules, disk: d, disks: [d], live: snapshots(63, of: d), repositoryCap: nil)
+        do {
+            try QuotaPolicy.check(rules: Profile.ecs.rules, disk: d, disks: [d], live: snapshots(64, of: d), repositoryCap: nil)
+            Issue.record("65th allowed")
+        } catch { #expect(error.code == "QuotaExceed.Snapshot" && error.exitStatus == .quota && error.httpStatus == 403) }
+        // Another disk is not affected by this one's count.
+        let other = disk()
+        try QuotaPolicy.check(rules: Profile.ecs.rules, disk: other, disks: [d, other], live: snapshots(64, of: d), repositoryCap: nil)
+    }
+
+    @Test func simpleApplicationServerLimits() throws {
+        let a1 = disk("vm-a"), a2 = disk("vm-a"), b = disk("vm-b")
+        let rules = Profile.swas.rules
+        // 3 per instance, counted over all of its disks.
+        let onA = snapshots(2, of: a1) + snapshots(1, of: a2)
+        #expect(throws: CatalogError.self) { try QuotaPolicy.check(rules: rules, disk: a2, disks: [a1, a2, b], live: onA, repositoryCap: nil) }
+        try QuotaPolicy.check(rules: rules, disk: b, disks: [a1, a2, b], live: onA, repositoryCap: nil)
+        // Account cap: 3 x instances, never above 15.
+        let many = (0..<6).map { disk("vm-\($0)") }
+        let full = many.prefix(5).flatMap { snapshots(3, of: $0) }
+        do {
+            try QuotaPolicy.check(rules: rules, disk: many[5], disks: many, live: full, repositoryCap: nil)
+            Issue.record("16th allowed")
+        } catch { #expect(error.code == "SnapshotLimitExceed" && error.message.contains("15")) }
+    }
+
+    @Test func repositoryCapAndUniqueNames() throws {
+        let d = disk()
+        #expect(throws: CatalogError.self) { try QuotaPolicy.check(rules: Profile.css.rules, disk: d, disks: [d], live: snapshots(2, of: d), repositoryCap: 2) }
+        let live = snapshots(1, of: d)  // named "s0"
+        #expect(throws: CatalogError.self) { try QuotaPolicy.checkUniqueName(rules: Profile.ecs.rules, name: "s0", disk: d, live: live) }
+        try QuotaPolicy.checkUniqueName(rules: Profile.ecs.rules, name: "S0", disk: d, live: live)
+        #expect(throws: CatalogError.self) { try QuotaPolicy.checkUniqueName(rules: Profile.css.rules, name: "S0", disk: d, live: live) }
+        try QuotaPolicy.checkUniqueName(rules: Profile.ecs.rules, name: "s0", disk: disk(), live: live)
     }
 }
 

@@ -57,9 +57,11 @@ def test_existing_target_needs_force(ds, test_disk, tmp_path):
     assert sha256(target) == sha256(test_disk["v1"])
 
 
-def test_same_name_twice_is_ambiguous_by_name_but_ids_work(ds, test_disk):
+def test_names_are_unique_per_disk_and_ambiguous_across_disks(ds, test_disk):
     a = ds.create(test_disk["v1"], "daily")
-    b = ds.create(test_disk["v1"], "daily")
+    again = ds.run("create", test_disk["v1"], "--name", "daily", check=False)
+    assert again.code == 2 and "InvalidSnapshotName.Duplicate" in again.err and a in again.err
+    b = ds.create(test_disk["v2"], "daily")  # another disk may use the name
     r = ds.run("show", "daily", check=False)
     assert r.code == 2 and a in r.err and b in r.err
     assert ds.show(b)["SnapshotId"] == b
@@ -135,15 +137,29 @@ def test_damaged_fixed_index_and_record(ds, test_disk, tmp_path):
     assert "Repository.Corrupt" in listed.err and b in listed.err
 
 
-def test_concurrent_create_of_one_source_is_refused(ds, test_disk):
-    ds.create(test_disk["v1"], "first")
-    # Hold the source's creation lock the way a running create does.
-    name = "source-" + hashlib.sha256(os.path.abspath(test_disk["v1"]).encode()).hexdigest()[:24]
-    with open(os.path.join(ds.repo, "locks", name + ".lock"), "w") as lock:
+def test_concurrent_create_of_one_disk_is_refused(ds, test_disk):
+    disk = ds.run("disk", "add", test_disk["v1"], "--name", "vm1", "--json").json()["DiskId"]
+    # Hold the disk's creation lock the way a running create does.
+    with open(os.path.join(ds.repo, "locks", f"disk-{disk}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        r = ds.run("create", test_disk["v1"], "--name", "second", check=False)
+        r = ds.run("create", "vm1", "--name", "second", "--json", check=False)
     assert r.code == 5 and "IncorrectDiskStatus.CreatingSnapshot" in r.err
-    ds.create(test_disk["v1"], "third")  # free again
+    assert json.loads(r.out)["HttpStatus"] == 403
+    ds.create(disk, "third")  # free again
+
+
+def test_two_processes_racing_on_one_disk_exactly_one_wins(ds, tmp_path):
+    image = big_random_image(tmp_path, 128)
+    ds.run("disk", "add", image, "--name", "racer")
+    env = dict(os.environ, DISKSNAP_WORKERS="1")
+    procs = [subprocess.Popen([BIN, "--repo", ds.repo, "create", "racer", "--name", f"race{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    codes = sorted(r[2] for r in results)
+    assert codes == [0, 5], results
+    loser = next(r for r in results if r[2] == 5)
+    assert "IncorrectDiskStatus.CreatingSnapshot" in loser[1]
+    assert [r["Status"] for r in ds.run("list", "--json").json()] == ["accomplished"]
 
 
 def test_parallel_creates_of_different_sources_both_succeed(ds, test_disk, tmp_path):

@@ -1,0 +1,96 @@
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+
+/// The registered disks of a repository (`disks/<DiskId>.json`).
+public struct DiskRegistry: Sendable {
+    public let repository: Repository
+    public static let diskTypes = ["system", "data"]
+
+    public init(repository: Repository) { self.repository = repository }
+
+    public func disks() throws -> [DiskRecord] {
+        try FileSystem.listDirectory(repository.disksDirectory).filter { $0.hasSuffix(".json") }.map { name in
+            let path = "\(repository.disksDirectory)/\(name)"
+            return try DiskRecord.decode(try FileSystem.readFile(path), file: path)
+        }.sorted { ($0.creationTime, $0.diskId) < ($1.creationTime, $1.diskId) }
+    }
+
+    /// A disk by id, name, or (absolute or relative) path.
+    public func find(_ reference: String) throws -> DiskRecord? {
+        let all = try disks()
+        if let id = DiskID(reference) { return all.first { $0.diskId == id } }
+        if let byName = all.first(where: { $0.diskName == reference }) { return byName }
+        let path = FileSystem.absolutePath(reference)
+        return all.first { $0.path == path }
+    }
+
+    public func get(_ reference: String) throws -> DiskRecord {
+        guard let disk = try find(reference) else {
+            throw CatalogError(code: "InvalidDiskId.NotFound", message: "no disk with id, name or path '\(reference)'", exitStatus: .notFound)
+        }
+        return disk
+    }
+
+    /// Registers a disk. Call with the catalog lock held.
+    public func add(path: String, name: String, type: String, instance: String?) throws -> DiskRecord {
+        try Self.validateDiskName(name)
+        guard Self.diskTypes.contains(type) else {
+            throw CatalogError.invalid("InvalidParameter.DiskType", "disk type '\(type)' is not 'system' or 'data'")
+        }
+        if let instance { try Self.validateDiskName(instance, what: "instance name") }
+        let absolute = FileSystem.absolutePath(path)
+        guard FileSystem.exists(absolute) else {
+            throw CatalogError(code: "InvalidDiskId.NotFound", message: "disk path \(absolute) does not exist", exitStatus: .notFound)
+        }
+        let existing = try disks()
+        if let same = existing.first(where: { $0.path == absolute }) {
+            throw CatalogError(code: "InvalidDiskPath.Duplicate", message: "\(absolute) is already registered as \(same.diskId) (\(same.diskName))", exitStatus: .conflict)
+        }
+        if existing.contains(where: { $0.diskName == name }) {
+            throw CatalogError(code: "InvalidDiskName.Duplicate", message: "a disk named '\(name)' exists", exitStatus: .conflict)
+        }
+        let record = DiskRecord(diskId: .generate(), diskName: name, path: absolute, diskType: type, instance: instance)
+        try repository.publish(RecordJSON.encode(record), to: repository.diskPath(record.diskId))
+        return record
+    }
+
+    /// The disk at `reference` (id, name or path); a path not yet registered is registered
+    /// as a data disk named after its file. Call with the catalog lock held.
+    public func resolveOrRegister(_ reference: String) throws -> DiskRecord {
+        if let disk = try find(reference) { return disk }
+        guard DiskID(reference) == nil, FileSystem.exists(FileSystem.absolutePath(reference)) else {
+            throw CatalogError(code: "InvalidDiskId.NotFound", message: "no disk with id, name or path '\(reference)'", exitStatus: .notFound)
+        }
+        let names = Set(try disks().map(\.diskName))
+        let base = Self.nameFromPath(reference)
+        var name = base, n = 2
+        while names.contains(name) {
+            name = "\(base)-\(n)"
+            n += 1
+        }
+        return try add(path: reference, name: name, type: "data", instance: nil)
+    }
+
+    public func remove(_ disk: DiskRecord) throws {
+        try FileSystem.removeIfExists(repository.diskPath(disk.diskId))
+        try FileSystem.syncDirectory(repository.disksDirectory)
+    }
+
+    /// Disk names: 1-128 characters, letters, digits, `_ . : -`, a letter or digit first.
+    static func validateDiskName(_ name: String, what: String = "disk name") throws(CatalogError) {
+        let allowed = name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "_.:-".unicodeScalars.contains($0) }
+        guard (1...128).contains(name.count), allowed, let first = name.unicodeScalars.first, !"_.:-".unicodeScalars.contains(first) else {
+            throw CatalogError.invalid("InvalidDiskName.Malformed", "\(what) '\(name)' must be 1-128 letters, digits, '_', '.', ':', '-', starting with a letter or digit")
+        }
+    }
+
+    static func nameFromPath(_ path: String) -> String {
+        let base = path.split(separator: "/").last.map(String.init) ?? "disk"
+        let cleaned = String(base.unicodeScalars.map { scalar -> Character in
+            ("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) || ("0"..."9").contains(scalar) || "_.:-".unicodeScalars.contains(scalar) ? Character(scalar) : "-"
+        }).prefix(100)
+        let trimmed = cleaned.drop { "_.:-".contains($0) }
+        return trimmed.isEmpty ? "disk" : String(trimmed)
+    }
+}
