@@ -145,12 +145,13 @@ public struct Snapshotter {
         let counters = Counters()
         let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, runs: runs, chunkSize: chunkSize,
                                 compression: repository.config.compression, counters: counters, progress: progress)
-        // Progress is written into the record about once a second, for `list`/`show` elsewhere.
+        // Progress is written into the record every 250 ms tick (one small atomic write), for
+        // `list`/`show` in other processes.
         let catalog = Catalog(repository: repository)
         var snapshotForProgress = record
         var lastSave = progress.elapsedSeconds
         let tick = {
-            guard progress.elapsedSeconds - lastSave >= 1, totalToRead > 0 else { return }
+            guard progress.elapsedSeconds - lastSave >= 0.2, totalToRead > 0 else { return }
             lastSave = progress.elapsedSeconds
             snapshotForProgress.progress = "\(progress.done.load(ordering: .relaxed) * 100 / totalToRead)%"
             try? catalog.save(snapshotForProgress)

@@ -190,12 +190,13 @@ public struct DiskRecord: Codable, Sendable, Equatable {
     }
 }
 
-/// ISO 8601 UTC timestamps with seconds, as the API documents write them.
+/// ISO 8601 UTC timestamps with milliseconds ("2026-11-24T11:14:05.123Z"), so that records
+/// made in the same second still sort in the order they were made.
 public enum ISOTime {
     public static func now() -> String { format(Date()) }
     public static func format(_ date: Date) -> String {
         let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         formatter.timeZone = TimeZone(identifier: "UTC")
         return formatter.string(from: date)
     }

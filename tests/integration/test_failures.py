@@ -214,6 +214,8 @@ def test_kill_9_during_create_leaves_a_valid_repository(ds, test_disk, tmp_path)
     ds.run("restore", keep, tmp_path / "keep.img")
     assert sha256(tmp_path / "keep.img") == sha256(test_disk["v1"])
     ds.create(test_disk["v2"], "after")
+    retry = ds.create(image, "retried")  # the dead creator does not block its disk
+    assert ds.show(retry)["Status"] == "accomplished"
     work = [n for n in os.listdir(os.path.join(ds.repo, "tmp"))]
     assert work == [], f"abandoned work areas must be removed by the next writer: {work}"
     ds.run("delete", "killed")
