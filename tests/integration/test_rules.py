@@ -163,3 +163,40 @@ def test_progress_is_visible_from_another_process(ds, tmp_path):
     assert any(p not in ("0%", "100%") for p in progressing), f"no intermediate progress seen: {progressing[-5:]}"
     final = ds.run("list", "--json").json()[0]
     assert final["Status"] == "accomplished" and final["Progress"] == "100%"
+
+
+def test_automatic_snapshots_keep_policy_and_manual_safety(ds, tiny):
+    manual = ds.create(tiny, "manual1")
+    made = [ds.run("auto", tiny, "--keep", "2", "--json").json() for _ in range(3)]
+    assert all(m["SnapshotName"].startswith("auto-") for m in made)
+    assert made[2]["DeletedSnapshotIds"] == [made[0]["SnapshotId"]]
+    listed = {r["SnapshotId"]: r for r in ds.run("list", "--json").json()}
+    assert set(listed) == {manual, made[1]["SnapshotId"], made[2]["SnapshotId"]}
+    assert listed[made[2]["SnapshotId"]]["Automatic"] is True and listed[manual]["Automatic"] is False
+    # retention 0 days: every older automatic snapshot expires, the new one stays, manual stays.
+    last = ds.run("auto", tiny, "--retention-days", "0", "--json").json()
+    assert sorted(r["SnapshotId"] for r in ds.run("list", "--json").json()) == sorted([manual, last["SnapshotId"]])
+
+
+def test_at_the_limit_the_oldest_automatic_snapshot_makes_room(tmp_path, tiny):
+    ds = DiskSnap(str(tmp_path / "cap"))
+    ds.run("init", "--max-snapshots", "3")
+    manual = ds.create(tiny, "manual1")
+    autos = [ds.run("auto", tiny, "--json").json()["SnapshotId"] for _ in range(2)]
+    third = ds.run("auto", tiny, "--json").json()
+    assert third["DeletedSnapshotIds"] == [autos[0]]
+    ids = sorted(r["SnapshotId"] for r in ds.run("list", "--json").json())
+    assert ids == sorted([manual, autos[1], third["SnapshotId"]])
+    # A manual snapshot at the limit is never deleted: with no automatic one left, auto fails.
+    ds2 = DiskSnap(str(tmp_path / "manualonly"))
+    ds2.run("init", "--max-snapshots", "1")
+    keep = ds2.create(tiny, "manual2")
+    r = ds2.run("auto", tiny, check=False)
+    assert r.code == 8 and "QuotaExceed.Snapshot" in r.err
+    assert [x["SnapshotId"] for x in ds2.run("list", "--json").json()] == [keep]
+
+
+def test_users_cannot_name_snapshots_auto(ds, tiny):
+    for name in ("auto", "auto-1", "Auto1", "AUTOx"):
+        r = ds.run("create", tiny, "--name", name, check=False)
+        assert r.code == 2 and "InvalidSnapshotName.Malformed" in r.err
