@@ -177,6 +177,10 @@ public struct RepositoryStats: Sendable, Codable {
     public var repository: String
     public var chunkSize: Int
     public var compression: String
+    /// Rule profile (docs/RULES.md) and repository-wide snapshot cap.
+    public var profile: String
+    public var maxSnapshots: Int?
+    public var diskCount: Int
     public var chunkCount: Int
     /// Compressed bytes of all indexed chunks.
     public var storedBytes: UInt64
@@ -195,7 +199,9 @@ public struct RepositoryStats: Sendable, Codable {
         let packs = try repository.packIDs()
         let packBytes = try packs.reduce(UInt64(0)) { $0 + (try FileSystem.status(repository.packPath($1)).size) }
         return RepositoryStats(repository: repository.root, chunkSize: repository.config.chunkSize.bytes,
-                               compression: repository.config.compression.description, chunkCount: index.count,
+                               compression: repository.config.compression.description,
+                               profile: repository.config.profile ?? "ecs", maxSnapshots: repository.config.maxSnapshots,
+                               diskCount: try DiskRegistry(repository: repository).disks().count, chunkCount: index.count,
                                storedBytes: index.storedBytes, rawBytes: index.rawBytes, packCount: packs.count,
                                packBytes: packBytes, snapshotCount: records.count,
                                logicalBytes: records.reduce(0) { $0 + $1.sourceSize })

@@ -18,6 +18,7 @@ struct Stats: ParsableCommand {
             let ratio = s.storedBytes > 0 ? Double(s.logicalBytes) / Double(s.storedBytes) : 0
             Output.line(Table.format([
                 ["Repository", s.repository], ["ChunkSize", "\(s.chunkSize)"], ["Compression", s.compression],
+                ["Profile", s.profile + (s.maxSnapshots.map { " (at most \($0) snapshots)" } ?? "")], ["Disks", "\(s.diskCount)"],
                 ["Snapshots", "\(s.snapshotCount)"], ["Chunks", "\(s.chunkCount)"],
                 ["StoredBytes", "\(s.storedBytes) (\(ByteFormat.human(s.storedBytes)))"],
                 ["RawBytes", "\(s.rawBytes) (\(ByteFormat.human(s.rawBytes)))"],

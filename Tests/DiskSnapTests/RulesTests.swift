@@ -178,3 +178,43 @@ let nameCases: [(Profile, String, String?)] = {
         #expect(Mounts.mounts(ofDevice: 7 << 8 | 4, mountInfo: text).map(\.readWrite) == [false])
     }
 }
+
+@Suite struct AutoPolicyTests {
+    let disk = DiskRecord(diskId: .generate(), diskName: "d", path: "/d", diskType: "data", instance: nil)
+
+    func record(_ name: String, automatic: Bool, minute: Int) -> SnapshotRecord {
+        var r = SnapshotRecord(snapshotId: .generate(), snapshotName: name, description: "", sourcePath: "/d",
+                               sourceKind: .file, sourceSize: 1, chunkSize: 65536)
+        r.sourceDiskId = disk.diskId
+        r.automatic = automatic
+        r.status = .accomplished
+        r.creationTime = String(format: "2026-11-24T10:%02d:00.000Z", minute)
+        return r
+    }
+
+    @Test func makeRoomEvictsOldestAutomaticOnly() throws {
+        let live = [record("m1", automatic: false, minute: 1), record("a1", automatic: true, minute: 2),
+                    record("a2", automatic: true, minute: 3)]
+        let evict = try AutoPolicy.makeRoom(rules: Profile.ecs.rules, disk: disk, disks: [disk], live: live, repositoryCap: 3)
+        #expect(evict.map(\.snapshotName) == ["a1"])
+        #expect(try AutoPolicy.makeRoom(rules: Profile.ecs.rules, disk: disk, disks: [disk], live: live, repositoryCap: 4).isEmpty)
+        let manualOnly = [record("m1", automatic: false, minute: 1), record("m2", automatic: false, minute: 2)]
+        #expect(throws: CatalogError.self) {
+            try AutoPolicy.makeRoom(rules: Profile.ecs.rules, disk: disk, disks: [disk], live: manualOnly, repositoryCap: 2)
+        }
+    }
+
+    @Test func expiryByKeepAndRetention() {
+        let a = (1...4).map { record("a\($0)", automatic: true, minute: $0) }
+        let manual = record("m", automatic: false, minute: 0)
+        let now = ISOTime.parse("2026-11-24T10:10:00Z")!
+        let keep2 = AutoPolicy.expired(disk: disk, live: a + [manual], keep: 2, retentionDays: nil, now: now, justMade: a[3].snapshotId)
+        #expect(keep2.map(\.snapshotName) == ["a2", "a1"])
+        let none = AutoPolicy.expired(disk: disk, live: a, keep: 10, retentionDays: 1, now: now, justMade: nil)
+        #expect(none.isEmpty)
+        let old = AutoPolicy.expired(disk: disk, live: a + [manual], keep: nil, retentionDays: 0, now: now, justMade: a[3].snapshotId)
+        #expect(old.map(\.snapshotName) == ["a1", "a2", "a3"])
+        #expect(AutoPolicy.name(at: now) == "auto-20261124-101000-000")
+        #expect((try? Profile.ecs.rules.validateName(AutoPolicy.name(at: now), automatic: true)) != nil)
+    }
+}
