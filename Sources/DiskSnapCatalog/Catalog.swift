@@ -38,6 +38,19 @@ public struct Catalog: Sendable {
         return (result.sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }, damaged)
     }
 
+    /// Rewrites as `failed` every `progressing` record whose creator is gone. Writers call it
+    /// under the catalog lock; a creator takes its lock before it writes its first record,
+    /// so a live creation is never marked.
+    public func markDeadCreationsFailed() throws {
+        for name in try FileSystem.listDirectory(repository.snapshotsDirectory) where name.hasSuffix(".json") {
+            let path = "\(repository.snapshotsDirectory)/\(name)"
+            guard let stored = try? SnapshotRecord.decode(try FileSystem.readFile(path), file: path),
+                  stored.status == .progressing else { continue }
+            let seen = effective(stored)
+            if seen.status == .failed { try save(seen) }
+        }
+    }
+
     /// The record as readers should see it: `progressing` with no living creator is `failed`.
     func effective(_ record: SnapshotRecord) -> SnapshotRecord {
         guard record.status == .progressing, !repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) else {

@@ -67,6 +67,7 @@ public struct Snapshotter {
         let catalog = Catalog(repository: repository)
         var catalogLock: FileLock? = try repository.lockCatalog()
         let disk = try DiskRegistry(repository: repository).resolveOrRegister(request.source)
+        try catalog.markDeadCreationsFailed()
         let records = try catalog.records().records
         if let token = request.clientToken?.rawValue,
            let prior = records.first(where: { $0.clientToken == token && $0.status != .failed }) {

@@ -21,7 +21,10 @@ struct Show: ParsableCommand {
             }
             var rows: [[String]] = [
                 ["SnapshotId", r.snapshotId.rawValue], ["SnapshotName", r.snapshotName], ["Description", r.description],
-                ["Status", r.status.rawValue + (r.failureReason.map { " (\($0))" } ?? "")],
+                ["Status", r.status.rawValue + (r.status == .progressing ? " \(r.progress)" : "") + (r.failureReason.map { " (\($0))" } ?? "")],
+                ["SourceDiskId", (r.sourceDiskId?.rawValue ?? "-") + (r.sourceDiskType.map { " (\($0))" } ?? "")],
+                ["Tags", r.tags.isEmpty ? "-" : r.tags.map { $0.value.isEmpty ? $0.key : "\($0.key)=\($0.value)" }.joined(separator: ", ")],
+                ["Automatic", r.automatic ? "yes" : "no"],
                 ["SourcePath", r.sourcePath], ["SourceKind", r.sourceKind.rawValue],
                 ["SourceSize", "\(r.sourceSize) (\(ByteFormat.human(r.sourceSize)))"],
                 ["ChunkSize", "\(r.chunkSize)"], ["CreationTime", r.creationTime],

@@ -216,6 +216,8 @@ def test_kill_9_during_create_leaves_a_valid_repository(ds, test_disk, tmp_path)
     ds.create(test_disk["v2"], "after")
     retry = ds.create(image, "retried")  # the dead creator does not block its disk
     assert ds.show(retry)["Status"] == "accomplished"
+    stored = json.load(open(os.path.join(ds.repo, "snapshots", listed["killed"]["SnapshotId"] + ".json")))
+    assert stored["Status"] == "failed", "the next create marks the dead creation failed on disk"
     work = [n for n in os.listdir(os.path.join(ds.repo, "tmp"))]
     assert work == [], f"abandoned work areas must be removed by the next writer: {work}"
     ds.run("delete", "killed")
