@@ -41,8 +41,27 @@ public enum RecordJSON {
     }
 }
 
+/// A JSON record with a `FormatVersion`; decoding refuses versions it does not know.
+public protocol VersionedRecord: Codable {
+    static var formatVersion: Int { get }
+    /// What the record is, for error messages ("snapshot record").
+    static var noun: String { get }
+    var formatVersion: Int { get }
+}
+
+extension VersionedRecord {
+    public static func decode(_ bytes: [UInt8], file: String) throws(FormatError) -> Self {
+        let record = try RecordJSON.decode(Self.self, from: bytes, file: file)
+        guard record.formatVersion == formatVersion else {
+            throw FormatError(file: file, "\(noun) format version \(record.formatVersion) is not supported (this disksnap reads \(formatVersion))")
+        }
+        return record
+    }
+}
+
 /// `config.json`: what every writer must agree on. Written once by `init`.
-public struct RepositoryConfig: Codable, Sendable, Equatable {
+public struct RepositoryConfig: VersionedRecord, Sendable, Equatable {
+    public static let noun = "repository"
     public static let formatVersion = 1
     public var formatVersion: Int
     public var repositoryId: String
@@ -61,14 +80,6 @@ public struct RepositoryConfig: Codable, Sendable, Equatable {
         self.compression = compression
         creationTime = ISOTime.now()
     }
-
-    public static func decode(_ bytes: [UInt8], file: String) throws(FormatError) -> RepositoryConfig {
-        let config = try RecordJSON.decode(RepositoryConfig.self, from: bytes, file: file)
-        guard config.formatVersion == formatVersion else {
-            throw FormatError(file: file, "repository format version \(config.formatVersion) is not supported (this disksnap reads \(formatVersion))")
-        }
-        return config
-    }
 }
 
 /// Where a snapshot stands. A `progressing` record whose creator is gone (its lock is free)
@@ -83,7 +94,8 @@ public enum SourceKind: String, Codable, Sendable {
 
 /// `snapshots/<SnapshotId>.json`: one snapshot. Rewritten atomically as it goes from
 /// `progressing` to `accomplished` or `failed`.
-public struct SnapshotRecord: Codable, Sendable, Equatable {
+public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
+    public static let noun = "snapshot record"
     public static let formatVersion = 1
     public var formatVersion: Int = Self.formatVersion
     public var snapshotId: SnapshotID
@@ -138,14 +150,6 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
         self.chunkCount = FixedIndexHeader.chunkCount(diskSize: sourceSize, chunkSize: UInt32(chunkSize))
         self.creationTime = ISOTime.now()
     }
-
-    public static func decode(_ bytes: [UInt8], file: String) throws(FormatError) -> SnapshotRecord {
-        let record = try RecordJSON.decode(SnapshotRecord.self, from: bytes, file: file)
-        guard record.formatVersion == formatVersion else {
-            throw FormatError(file: file, "snapshot record version \(record.formatVersion) is not supported")
-        }
-        return record
-    }
 }
 
 /// A tag as stored; validated by the catalog's `Tag`.
@@ -159,7 +163,8 @@ public struct TagPair: Codable, Sendable, Equatable, Hashable {
 }
 
 /// `disks/<DiskId>.json`: a registered disk.
-public struct DiskRecord: Codable, Sendable, Equatable {
+public struct DiskRecord: VersionedRecord, Sendable, Equatable {
+    public static let noun = "disk record"
     public static let formatVersion = 1
     public var formatVersion: Int = Self.formatVersion
     public var diskId: DiskID
@@ -179,14 +184,6 @@ public struct DiskRecord: Codable, Sendable, Equatable {
         self.diskType = diskType
         self.instance = instance
         creationTime = ISOTime.now()
-    }
-
-    public static func decode(_ bytes: [UInt8], file: String) throws(FormatError) -> DiskRecord {
-        let record = try RecordJSON.decode(DiskRecord.self, from: bytes, file: file)
-        guard record.formatVersion == formatVersion else {
-            throw FormatError(file: file, "disk record version \(record.formatVersion) is not supported")
-        }
-        return record
     }
 }
 
