@@ -22,6 +22,13 @@ int ds_block_logical_sector_size(int fd, uint32_t *size_bytes) {
     return rc;
 }
 
+int ds_block_physical_sector_size(int fd, uint32_t *size_bytes) {
+    unsigned int size = 0;
+    int rc = ioctl(fd, BLKPBSZGET, &size);
+    if (rc == 0) *size_bytes = (uint32_t)size;
+    return rc;
+}
+
 int ds_block_zero_out(int fd, uint64_t start, uint64_t length) {
     uint64_t range[2] = { start, length };
     return ioctl(fd, BLKZEROOUT, range);

@@ -6,12 +6,17 @@ public struct CatalogError: CodedError {
     public let code: String
     public let message: String
     public let exitStatus: ExitStatus
+    /// Set where the document gives another status than the class's.
+    let documentedHTTPStatus: Int?
 
-    public init(code: String, message: String, exitStatus: ExitStatus) {
+    public init(code: String, message: String, exitStatus: ExitStatus, httpStatus: Int? = nil) {
         self.code = code
         self.message = message
         self.exitStatus = exitStatus
+        self.documentedHTTPStatus = httpStatus
     }
+
+    public var httpStatus: Int { documentedHTTPStatus ?? exitStatus.defaultHTTPStatus }
 
     public static func invalid(_ code: String, _ message: String) -> CatalogError {
         CatalogError(code: code, message: message, exitStatus: .invalidParameter)

@@ -50,7 +50,8 @@ public struct DiskRegistry: Sendable {
         if existing.contains(where: { $0.diskName == name }) {
             throw CatalogError(code: "InvalidDiskName.Duplicate", message: "a disk named '\(name)' exists", exitStatus: .conflict)
         }
-        let record = DiskRecord(diskId: .generate(), diskName: name, path: absolute, diskType: type, instance: instance)
+        var record = DiskRecord(diskId: .generate(), diskName: name, path: absolute, diskType: type, instance: instance)
+        record.identity = try DiskProbe.identify(path: absolute)
         try repository.publish(RecordJSON.encode(record), to: repository.diskPath(record.diskId))
         return record
     }

@@ -16,6 +16,8 @@ public struct CreateRequest: Sendable {
     /// Set only by the automatic-snapshot runner: allows the reserved `auto` prefix.
     public var automatic = false
     public var allowLive = false
+    /// Snapshot even when another disk now sits at the registered path.
+    public var force = false
     public var showProgress = false
     public var workers = Workers.defaultCount
 
@@ -85,6 +87,24 @@ public struct Snapshotter {
         try QuotaPolicy.check(rules: rules, disk: disk, disks: try DiskRegistry(repository: repository).disks(),
                               live: live, repositoryCap: repository.config.maxSnapshots)
 
+        // Is it still the same disk? (A few sectors of metadata, read before any data.)
+        let identity = try DiskProbe.identify(path: disk.path)
+        var identityChange: String?
+        if let recorded = disk.identity {
+            switch IdentityPolicy.compare(recorded: recorded, now: identity) {
+            case .same: break
+            case .changed(let what): identityChange = what
+            case .different(let why) where !request.force:
+                throw CatalogError(code: "DiskId.ValueNotSupported", message: "another disk now sits at \(disk.path), registered as \(disk.diskId) (\(disk.diskName)): \(why); pass --force to snapshot it anyway", exitStatus: .conflict, httpStatus: 403)
+            case .different(let why): identityChange = "replaced (--force): " + why
+            }
+        }
+        if disk.identity == nil || identityChange != nil {
+            var updated = disk
+            updated.identity = identity
+            try repository.publish(RecordJSON.encode(updated), to: repository.diskPath(disk.diskId))
+        }
+
         let id = SnapshotID.generate()
         guard let creationLock = try repository.tryLock(name: Catalog.creationLockName(id)) else {
             throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot id \(id) is locked")
@@ -103,6 +123,8 @@ public struct Snapshotter {
         record.clientToken = request.clientToken?.rawValue
         record.requestFingerprint = request.fingerprint
         record.automatic = request.automatic
+        record.identity = identity
+        record.identityChange = identityChange
         try catalog.save(record)
         catalogLock = nil  // the record now counts for every later rule check
         _ = catalogLock
@@ -117,8 +139,6 @@ public struct Snapshotter {
             if !request.allowLive, let mount = source.writableMounts().first {
                 throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
             }
-            record.content = ContentProbe.probe(path: disk.path)
-            if record.content?.isEmpty == true { record.content = nil }
             try run(source: source, request: request, record: &record, area: area)
             record.status = .accomplished
             record.progress = "100%"

@@ -19,7 +19,9 @@ public enum RecordJSON {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .custom { path in
             let key = path.last!.stringValue
-            return PascalKey(key.prefix(1).lowercased() + key.dropFirst())
+            // "SnapshotId" -> "snapshotId"; an all-capitals key ("UUID") stays as it is.
+            let second = key.dropFirst().first
+            return PascalKey(second?.isUppercase == true ? key : key.prefix(1).lowercased() + key.dropFirst())
         }
         do {
             return try decoder.decode(type, from: Data(bytes))
@@ -119,8 +121,10 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     public var zeroBytes: UInt64 = 0
     /// False when the source changed while it was read and `--allow-live` accepted that.
     public var crashConsistent: Bool = true
-    /// What libblkid found on the source at snapshot time.
-    public var content: ContentSummary?
+    /// What libblkid found on the source at snapshot time (docs/FORMAT.md, "Disk identity").
+    public var identity: DiskIdentity?
+    /// How the disk differs from the identity recorded before ("grown ...", "repartitioned ...").
+    public var identityChange: String?
     /// For `failed`: why.
     public var failureReason: String?
     /// Entries digest of the fixed index, binding record and index together.
@@ -176,6 +180,9 @@ public struct DiskRecord: VersionedRecord, Sendable, Equatable {
     /// The VM (instance) the disk belongs to, when given.
     public var instance: String?
     public var creationTime: String
+    /// What libblkid found when the disk was registered, updated by later snapshots that
+    /// saw it grow, be repartitioned, or be replaced with --force.
+    public var identity: DiskIdentity?
 
     public init(diskId: DiskID, diskName: String, path: String, diskType: String, instance: String?) {
         self.diskId = diskId

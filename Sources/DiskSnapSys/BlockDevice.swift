@@ -17,6 +17,12 @@ public enum BlockDevice {
         return size
     }
 
+    public static func physicalSectorSize(_ file: OpenFile) throws(SystemError) -> UInt32 {
+        var size: UInt32 = 0
+        _ = try retryingEINTR("ioctl(BLKPBSZGET)", file.path) { ds_block_physical_sector_size(file.descriptor, &size) }
+        return size
+    }
+
     /// Zeroes `length` bytes at `offset` with BLKZEROOUT; the kernel falls back to writing
     /// zeroes when the device cannot unmap, so the range always reads back as zeroes.
     public static func zeroOut(_ file: OpenFile, offset: UInt64, length: UInt64) throws(SystemError) {

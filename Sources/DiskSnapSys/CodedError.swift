@@ -5,14 +5,20 @@ public protocol CodedError: Error, CustomStringConvertible {
     var code: String { get }
     var message: String { get }
     var exitStatus: ExitStatus { get }
+    /// The HTTP status of the API documents; by default from the exit status's class.
+    var httpStatus: Int { get }
 }
 
 extension CodedError {
     public var description: String { "\(code): \(message)" }
 
+    public var httpStatus: Int { exitStatus.defaultHTTPStatus }
+}
+
+extension ExitStatus {
     /// The HTTP status the API documents give this class of error.
-    public var httpStatus: Int {
-        switch exitStatus {
+    public var defaultHTTPStatus: Int {
+        switch self {
         case .success: 200
         case .invalidParameter, .usage, .problemsFound: 400
         case .notFound: 404

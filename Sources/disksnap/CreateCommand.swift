@@ -20,6 +20,8 @@ struct Create: ParsableCommand {
     var clientToken: String?
     @Flag(help: "Accept a source that changes while read (the snapshot is marked not crash-consistent).")
     var allowLive = false
+    @Flag(help: "Snapshot even when another disk now sits at the registered path.")
+    var force = false
     @Flag(help: "Print {\"SnapshotId\", \"RequestId\"} as JSON.")
     var json = false
 
@@ -30,6 +32,7 @@ struct Create: ParsableCommand {
             request.tags = try tags.map { try Tag(parsing: $0) }
             request.clientToken = try clientToken.map { try ClientToken($0) }
             request.allowLive = allowLive
+            request.force = force
             request.showProgress = Output.stderrIsTerminal
             let repository = try Repository.openOrInitialize(at: global.repositoryPath)
             let result = try Snapshotter(repository: repository).create(request)

@@ -16,6 +16,10 @@ struct List: ParsableCommand {
     var status: String?
     @Option(name: .customLong("tag"), help: "Only snapshots with this tag: KEY or KEY=VALUE (repeatable; all must match).")
     var tags: [String] = []
+    @Option(help: "Only snapshots holding a filesystem with this UUID (at snapshot time).")
+    var fsUuid: String?
+    @Option(help: "Only snapshots holding a filesystem with this label (at snapshot time).")
+    var fsLabel: String?
     @Flag(help: "Print an array of snapshot objects as JSON.")
     var json = false
 
@@ -34,6 +38,10 @@ struct List: ParsableCommand {
                 }
                 records = records.filter { $0.status == wanted }
             }
+            if let fsUuid {
+                records = records.filter { $0.identity?.filesystems.contains { $0.uuid?.lowercased() == fsUuid.lowercased() } == true }
+            }
+            if let fsLabel { records = records.filter { $0.identity?.filesystems.contains { $0.label == fsLabel } == true } }
             for filter in tags {
                 let parts = filter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
                 records = records.filter { $0.tags.contains { $0.key == parts[0] && (parts.count == 1 || $0.value == parts[1]) } }

@@ -33,10 +33,10 @@ struct Show: ParsableCommand {
                 ["ZeroBytes", "\(r.zeroBytes) (\(ByteFormat.human(r.zeroBytes)))"],
                 ["CrashConsistent", r.crashConsistent ? "yes" : "no (source changed while read)"],
             ]
-            if let c = r.content {
-                if let t = c.partitionTableType { rows.append(["PartitionTable", t + (c.partitionTableUUID.map { " \($0)" } ?? "")]) }
-                if let t = c.contentType { rows.append(["Content", [t, c.contentUUID, c.contentLabel.map { "label \($0)" }].compactMap { $0 }.joined(separator: " ")]) }
-            }
+            if let change = r.identityChange { rows.append(["IdentityChange", change]) }
+            Output.line(Table.format(rows))
+            if let identity = r.identity { Output.line("\n" + IdentityText.render(identity)) }
+            return
             Output.line(Table.format(rows))
         }
     }

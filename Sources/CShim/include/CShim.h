@@ -22,6 +22,8 @@ int64_t ds_seek_hole(int fd, int64_t offset);
 int ds_block_device_size(int fd, uint64_t *size_bytes);
 /// Logical sector size of a block device (BLKSSZGET). Returns 0 or -1 with errno.
 int ds_block_logical_sector_size(int fd, uint32_t *size_bytes);
+/// Physical sector size of a block device (BLKPBSZGET). Returns 0 or -1 with errno.
+int ds_block_physical_sector_size(int fd, uint32_t *size_bytes);
 /// Zero a byte range of a block device (BLKZEROOUT): the kernel uses write-zeroes or
 /// discard-with-zeroes when the device offers them. Returns 0 or -1 with errno.
 int ds_block_zero_out(int fd, uint64_t start, uint64_t length);

@@ -1,0 +1,144 @@
+"""Issue #4: disk identity from libblkid, checked against blkid -p and sfdisk -J on real images."""
+import json
+import os
+import subprocess
+import pytest
+from conftest import BIN, DiskSnap, Loop, sha256, e2fsck_partition
+
+MIB = 1 << 20
+
+
+def run(*argv, **kw):
+    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True, **kw).stdout
+
+
+def probe(path):
+    r = subprocess.run([BIN, "probe", str(path), "--json"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def blkid(path, offset=None, size=None):
+    argv = ["blkid", "-p", "-o", "export"] + (["-O", str(offset), "-S", str(size)] if offset is not None else []) + [str(path)]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+def assert_content_matches(ours, theirs):
+    for key, field in (("TYPE", "Type"), ("UUID", "UUID"), ("LABEL", "Label"), ("VERSION", "Version"), ("USAGE", "Usage")):
+        assert (ours or {}).get(field) == theirs.get(key), (key, ours, theirs)
+
+
+def make_disk(path, size, table, parts):
+    """A disk image with a partition table (sfdisk) and filesystems made on loop devices."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    script = f"label: {table}\n" + "".join(f"size={p['size'] // 512}, type={p['type']}\n" for p in parts)
+    subprocess.run(["sfdisk", "-q", str(path)], input=script, text=True, check=True, capture_output=True)
+    layout = json.loads(run("sfdisk", "-J", path))["partitiontable"]["partitions"]
+    for p, entry in zip(parts, layout):
+        if p.get("mkfs"):
+            with Loop(str(path), entry["start"] * 512, entry["size"] * 512) as dev:
+                subprocess.run(p["mkfs"] + [dev], check=True, capture_output=True, input=p.get("input"), text=True)
+    return layout
+
+
+@pytest.fixture(scope="module")
+def gpt_disk(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt") / "gpt.img"
+    parts = [
+        {"size": 40 * MIB, "type": "0FC63DAF-8484-4E32-A4D9-A74D3A11F7E0", "mkfs": ["mkfs.ext4", "-q", "-L", "rootfs"]},
+        {"size": 40 * MIB, "type": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "mkfs": ["mkfs.vfat", "-n", "ESP"]},
+        {"size": 16 * MIB, "type": "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "mkfs": ["mkswap", "-L", "swp"]},
+        {"size": 320 * MIB, "type": "0FC63DAF-8484-4E32-A4D9-A74D3A11F7E0", "mkfs": ["mkfs.xfs", "-q", "-L", "data"]},
+        {"size": 24 * MIB, "type": "CA7D7CCB-63ED-4C53-861C-1742536059CC",
+         "mkfs": ["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-"],
+         "input": "secret"},
+    ]
+    layout = make_disk(path, 460 * MIB, "gpt", parts)
+    return path, layout
+
+
+def test_gpt_disk_matches_blkid_and_sfdisk(gpt_disk):
+    path, layout = gpt_disk
+    ours = probe(path)
+    whole = blkid(path)
+    table = json.loads(run("sfdisk", "-J", path))["partitiontable"]
+    assert ours["PartitionTableType"] == whole["PTTYPE"] == "gpt"
+    assert ours["PartitionTableUUID"] == whole["PTUUID"] == table["id"].lower()
+    assert ours["Size"] == os.path.getsize(path)
+    assert "Problem" not in ours
+    assert len(ours["Partitions"]) == len(layout) == 5
+    for mine, theirs in zip(ours["Partitions"], layout):
+        assert mine["Start"] == theirs["start"] * 512 and mine["Size"] == theirs["size"] * 512
+        assert mine["Type"] == theirs["type"].lower() and mine["UUID"] == theirs["uuid"].lower()
+        assert_content_matches(mine.get("Content"), blkid(path, mine["Start"], mine["Size"]))
+    types = [p.get("Content", {}).get("Type") for p in ours["Partitions"]]
+    assert types == ["ext4", "vfat", "swap", "xfs", "crypto_LUKS"]
+    assert ours["Partitions"][0]["Content"]["Label"] == "rootfs"
+
+
+def test_dos_table_bare_filesystem_and_zero_disk(tmp_path):
+    dos = tmp_path / "dos.img"
+    layout = make_disk(dos, 64 * MIB, "dos", [{"size": 30 * MIB, "type": "83", "mkfs": ["mkfs.ext4", "-q", "-L", "boot"]},
+                                              {"size": 20 * MIB, "type": "c", "mkfs": ["mkfs.vfat"]}])
+    ours = probe(dos)
+    whole = blkid(dos)
+    assert ours["PartitionTableType"] == whole["PTTYPE"] == "dos" and ours["PartitionTableUUID"] == whole["PTUUID"]
+    assert [p["Type"] for p in ours["Partitions"]] == ["83", "c"]
+    for mine, theirs in zip(ours["Partitions"], layout):
+        assert mine["Start"] == theirs["start"] * 512
+        assert_content_matches(mine.get("Content"), blkid(dos, mine["Start"], mine["Size"]))
+
+    bare = tmp_path / "bare.img"
+    with open(bare, "wb") as f:
+        f.truncate(32 * MIB)
+    run("mkfs.ext4", "-q", "-L", "whole", bare)
+    ours = probe(bare)
+    assert "PartitionTableType" not in ours and ours["Partitions"] == []
+    assert_content_matches(ours["Content"], blkid(bare))
+
+    zero = tmp_path / "zero.img"
+    with open(zero, "wb") as f:
+        f.truncate(8 * MIB)
+    ours = probe(zero)
+    assert ours == {"Partitions": [], "Size": 8 * MIB}
+    assert blkid(zero) == {}
+
+
+def test_broken_gpt_is_reported_not_empty(tmp_path, gpt_disk):
+    src, _ = gpt_disk
+    broken = tmp_path / "broken.img"
+    run("cp", "--sparse=always", src, broken)
+    size = os.path.getsize(broken)
+    with open(broken, "r+b") as f:
+        f.seek(512)  # primary GPT header
+        f.write(b"\0" * 512)
+        f.seek(size - 512)  # backup GPT header
+        f.write(b"\0" * 512)
+    ours = probe(broken)
+    assert "GPT" in ours.get("Problem", ""), ours
+    assert ours["Partitions"] == []
+
+
+def test_huge_sparse_image_probes_fast(tmp_path):
+    huge = tmp_path / "huge.img"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)
+    subprocess.run(["sfdisk", "-q", str(huge)], input="label: gpt\nsize=2097152, type=linux\n", text=True, check=True, capture_output=True)
+    r = subprocess.run([BIN, "probe", str(huge), "--json"], capture_output=True, text=True, timeout=10)
+    ours = json.loads(r.stdout)
+    assert ours["Size"] == 1 << 40 and ours["PartitionTableType"] == "gpt" and len(ours["Partitions"]) == 1
+
+
+def test_probe_of_loop_device_reports_sectors(gpt_disk):
+    path, _ = gpt_disk
+    with Loop(str(path), read_only=True) as dev:
+        ours = probe(dev)
+    assert ours["LogicalSectorSize"] == 512 and ours["PhysicalSectorSize"] >= 512
+    assert ours["PartitionTableType"] == "gpt" and len(ours["Partitions"]) == 5
+
+
+def test_missing_probe_source(tmp_path):
+    r = subprocess.run([BIN, "probe", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 3 and "IO.NotFound" in r.stderr
