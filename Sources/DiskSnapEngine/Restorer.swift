@@ -8,6 +8,8 @@ public struct RestoreRequest: Sendable {
     public var snapshot: String
     public var targetPath: String
     public var force = false
+    /// Restore only this partition (its byte range from the identity recorded at snapshot time).
+    public var partition: Int?
     public var showProgress = false
     public var workers = Workers.defaultCount
 
@@ -45,15 +47,16 @@ public struct Restorer {
         guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
             throw FormatError(file: fixed.file.path, "does not belong to snapshot \(record.snapshotId) (size or id differ)")
         }
+        let range = try byteRange(of: record, partition: request.partition)
         let index = try ChunkIndex.load(from: repository)
-        let target = try Target.open(request.targetPath, size: record.sourceSize, force: request.force)
+        let target = try Target.open(request.targetPath, size: range.count, force: request.force)
         do {
-            let progress = Progress(label: "restore", total: record.sourceSize, visible: request.showProgress)
+            let progress = Progress(label: "restore", total: range.count, visible: request.showProgress)
             let chunkSize = UInt64(record.chunkSize)
-            let runs = WorkPlan.runs(dataRanges: record.sourceSize > 0 ? [ByteRange(start: 0, end: record.sourceSize)] : [],
+            let runs = WorkPlan.runs(dataRanges: range.count > 0 ? [range] : [],
                                      chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
             let work = RestoreWork(record: record, fixed: fixed, index: index, packs: PackFiles(repository: repository, index: index),
-                                   target: target, runs: runs, chunkSize: chunkSize, progress: progress)
+                                   target: target, range: range, runs: runs, chunkSize: chunkSize, progress: progress)
             try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress) { _, queue in
                 try work.run(queue)
             }
@@ -64,6 +67,23 @@ public struct Restorer {
             target.abandon()
             throw error
         }
+    }
+}
+
+extension Restorer {
+    /// The bytes of the disk to restore: all of it, or one partition of the recorded table.
+    func byteRange(of record: SnapshotRecord, partition number: Int?) throws -> ByteRange {
+        guard let number else { return ByteRange(start: 0, end: record.sourceSize) }
+        guard let identity = record.identity, identity.partitionTableType != nil else {
+            throw EngineError(code: "InvalidParameter.Partition", "snapshot \(record.snapshotId) recorded no partition table", exitStatus: .invalidParameter)
+        }
+        guard let part = identity.partitions.first(where: { $0.number == number }) else {
+            throw EngineError(code: "InvalidParameter.Partition", "snapshot \(record.snapshotId) has no partition \(number) (it has \(identity.partitions.map { String($0.number) }.joined(separator: ", ")))", exitStatus: .invalidParameter)
+        }
+        guard part.start + part.size <= record.sourceSize else {
+            throw EngineError(code: "InvalidParameter.Partition", "partition \(number) ends past the disk", exitStatus: .invalidParameter)
+        }
+        return ByteRange(start: part.start, end: part.start + part.size)
     }
 }
 
@@ -133,13 +153,16 @@ private final class RestoreWork: Sendable {
     let index: ChunkIndex
     let packs: PackFiles
     let target: Target
+    /// The disk bytes being restored; disk offset `range.start` lands at target offset 0.
+    let range: ByteRange
     let runs: [ChunkRun]
     let chunkSize: UInt64
     let progress: Progress
     let written = Atomic<UInt64>(0)
 
     init(record: SnapshotRecord, fixed: FixedIndexReader, index: ChunkIndex, packs: PackFiles, target: Target,
-         runs: [ChunkRun], chunkSize: UInt64, progress: Progress) {
+         range: ByteRange, runs: [ChunkRun], chunkSize: UInt64, progress: Progress) {
+        self.range = range
         self.record = record
         self.fixed = fixed
         self.index = index
@@ -148,6 +171,12 @@ private final class RestoreWork: Sendable {
         self.runs = runs
         self.chunkSize = chunkSize
         self.progress = progress
+    }
+
+    /// The part of disk bytes `[start, start + length)` inside `range`.
+    func clipped(_ start: UInt64, _ length: UInt64) -> ByteRange? {
+        let lower = max(start, range.start), upper = min(start + length, range.end)
+        return lower < upper ? ByteRange(start: lower, end: upper) : nil
     }
 
     func run(_ queue: WorkQueue) throws {
@@ -164,14 +193,19 @@ private final class RestoreWork: Sendable {
             var zeroStart: UInt64? = nil, zeroLength: UInt64 = 0
             func flush() throws {
                 guard let start = pendingStart, pendingLength > 0 else { return }
-                try target.file.write(UnsafeRawBufferPointer(rebasing: buffer[..<pendingLength]), at: start)
-                written.wrappingAdd(UInt64(pendingLength), ordering: .relaxed)
+                if let clip = clipped(start, UInt64(pendingLength)) {
+                    let from = Int(clip.start - start)
+                    try target.file.write(UnsafeRawBufferPointer(rebasing: buffer[from..<from + Int(clip.count)]), at: clip.start - range.start)
+                    written.wrappingAdd(clip.count, ordering: .relaxed)
+                }
                 pendingStart = nil
                 pendingLength = 0
             }
             func flushZeros() throws {
                 guard let start = zeroStart, zeroLength > 0 else { return }
-                try BlockDevice.zeroOut(target.file, offset: start, length: zeroLength)
+                if let clip = clipped(start, zeroLength) {
+                    try BlockDevice.zeroOut(target.file, offset: clip.start - range.start, length: clip.count)
+                }
                 zeroStart = nil
                 zeroLength = 0
             }
@@ -198,7 +232,9 @@ private final class RestoreWork: Sendable {
             }
             try flush()
             try flushZeros()
-            progress.add(min(run.end * chunkSize, record.sourceSize) - run.first * chunkSize)
+            if let done = clipped(run.first * chunkSize, min(run.end * chunkSize, record.sourceSize) - run.first * chunkSize) {
+                progress.add(done.count)
+            }
         }
     }
 }

@@ -10,6 +10,8 @@ struct Restore: ParsableCommand {
     var snapshot: String
     @Argument(help: "A new file, an existing file (with --force) or a block device (with --force).")
     var target: String
+    @Option(help: "Restore only partition N of the table recorded at snapshot time.")
+    var partition: Int?
     @Flag(help: "Replace an existing file or overwrite a block device.")
     var force = false
     @Flag(help: "Print the result as JSON.")
@@ -19,13 +21,14 @@ struct Restore: ParsableCommand {
         try runReporting(json: json) {
             var request = RestoreRequest(snapshot: snapshot, targetPath: target)
             request.force = force
+            request.partition = partition
             request.showProgress = Output.stderrIsTerminal
             let result = try Restorer(repository: try global.openRepository()).restore(request)
             if json {
                 Output.json(RestoreResponse(snapshotId: result.record.snapshotId.rawValue, target: result.targetPath,
                                             bytesWritten: result.bytesWritten, seconds: result.seconds))
             } else {
-                Output.line("restored \(result.record.snapshotId) to \(result.targetPath): \(ByteFormat.human(result.record.sourceSize)), \(ByteFormat.human(result.bytesWritten)) written in \(String(format: "%.2f", result.seconds)) s")
+                Output.line("restored \(result.record.snapshotId) to \(result.targetPath): \(partition.map { "partition \($0), " } ?? "")\(ByteFormat.human(result.bytesWritten)) written in \(String(format: "%.2f", result.seconds)) s")
             }
         }
     }

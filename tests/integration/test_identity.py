@@ -142,3 +142,62 @@ def test_probe_of_loop_device_reports_sectors(gpt_disk):
 def test_missing_probe_source(tmp_path):
     r = subprocess.run([BIN, "probe", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 3 and "IO.NotFound" in r.stderr
+
+
+def test_identity_recorded_compared_and_filterable(ds, test_disk, tmp_path):
+    image = tmp_path / "disk.img"
+    run("cp", "--sparse=always", test_disk["v1"], image)
+    snap = ds.create(image, "first")
+    record = ds.show(snap)
+    part = record["Identity"]["Partitions"][0]
+    assert part["Content"]["Type"] == "ext4" and part["Content"]["Label"] == "disksnap-test"
+    text = ds.run("show", snap).out
+    assert "disksnap-test" in text and "gpt" in text
+    fs_uuid = part["Content"]["UUID"]
+    assert [r["SnapshotId"] for r in ds.run("list", "--json", "--fs-uuid", fs_uuid.upper()).json()] == [snap]
+    assert [r["SnapshotId"] for r in ds.run("list", "--json", "--fs-label", "disksnap-test").json()] == [snap]
+    assert ds.run("list", "--json", "--fs-label", "other").json() == []
+    # The disk grows: same disk, recorded as such.
+    with open(image, "r+b") as f:
+        f.truncate(os.path.getsize(image) + 8 * MIB)
+    grown = ds.show(ds.create(image, "grown"))
+    assert "grown" in grown["IdentityChange"]
+    # Another disk at the same path: refused unless --force.
+    other = tmp_path / "other.img"
+    make_disk(other, 48 * MIB, "gpt", [{"size": 20 * MIB, "type": "0FC63DAF-8484-4E32-A4D9-A74D3A11F7E0", "mkfs": ["mkfs.ext4", "-q"]}])
+    os.replace(other, image)
+    r = ds.run("create", image, "--name", "third", "--json", check=False)
+    assert r.code == 4 and json.loads(r.out)["Code"] == "DiskId.ValueNotSupported" and json.loads(r.out)["HttpStatus"] == 403
+    assert "partition table UUID" in r.err
+    assert [x["SnapshotName"] for x in ds.run("list", "--json").json()] == ["first", "grown"], "a refusal writes no record"
+    forced = ds.show(ds.create(image, "third", "--force"))
+    assert forced["IdentityChange"].startswith("replaced (--force)")
+    ds.create(image, "fourth")  # the disk now carries the new identity
+
+
+def test_restore_one_partition(ds, test_disk, gpt_disk, tmp_path):
+    snap = ds.create(test_disk["v2"], "v2")
+    out = tmp_path / "part1.img"
+    ds.run("restore", snap, out, "--partition", "1")
+    expected = tmp_path / "expected.img"
+    off, size = test_disk["partition_offset"], test_disk["partition_size"]
+    run("dd", f"if={test_disk['v2']}", f"of={expected}", "bs=1M", f"skip={off >> 20}", f"count={size >> 20}", "status=none")
+    assert os.path.getsize(out) == size and sha256(out) == sha256(expected)
+    subprocess.run(["e2fsck", "-fn", str(out)], check=True, capture_output=True)
+    listing = run("debugfs", "-R", "ls -l /", out)
+    assert "new-1.bin" in listing and "random.bin" in listing
+    # To a block device, and partitions of other filesystems.
+    gpt, _ = gpt_disk
+    snap2 = ds.create(gpt, "multi")
+    record = ds.show(snap2)
+    vfat = next(p for p in record["Identity"]["Partitions"] if p["Content"]["Type"] == "vfat")
+    target = tmp_path / "target.img"
+    with open(target, "wb") as f:
+        f.write(os.urandom(MIB))
+        f.truncate(vfat["Size"])
+    with Loop(str(target)) as dev:
+        ds.run("restore", snap2, dev, "--partition", str(vfat["Number"]), "--force")
+        fsck = subprocess.run(["fsck.vfat", "-n", dev], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout
+    r = ds.run("restore", snap2, tmp_path / "x.img", "--partition", "9", check=False)
+    assert r.code == 2 and "InvalidParameter.Partition" in r.err and not os.path.exists(tmp_path / "x.img")
