@@ -16,10 +16,16 @@ public struct DiskRegistry: Sendable {
         }.sorted { ($0.creationTime, $0.diskId) < ($1.creationTime, $1.diskId) }
     }
 
-    /// A disk by id, name, or (absolute or relative) path.
+    /// A disk by id, name, (absolute or relative) path, or tag (`UUID=`, `LABEL=`,
+    /// `PARTUUID=`, `PTUUID=`): registered disks' recorded identities first, then libblkid's
+    /// view of this machine's devices.
     public func find(_ reference: String) throws -> DiskRecord? {
         let all = try disks()
         if let id = DiskID(reference) { return all.first { $0.diskId == id } }
+        if let tag = DiskTag(reference) {
+            if let known = all.first(where: { $0.identity.map(tag.matches) == true }) { return known }
+            return try tag.devicePath().flatMap { path in all.first { $0.path == path } }
+        }
         if let byName = all.first(where: { $0.diskName == reference }) { return byName }
         let path = FileSystem.absolutePath(reference)
         return all.first { $0.path == path }
@@ -60,6 +66,12 @@ public struct DiskRegistry: Sendable {
     /// as a data disk named after its file. Call with the catalog lock held.
     public func resolveOrRegister(_ reference: String) throws -> DiskRecord {
         if let disk = try find(reference) { return disk }
+        if let tag = DiskTag(reference) {
+            guard let path = try tag.devicePath() else {
+                throw CatalogError(code: "InvalidDiskId.NotFound", message: "no registered disk or device on this machine has \(reference)", exitStatus: .notFound)
+            }
+            return try resolveOrRegister(path)
+        }
         guard DiskID(reference) == nil, FileSystem.exists(FileSystem.absolutePath(reference)) else {
             throw CatalogError(code: "InvalidDiskId.NotFound", message: "no disk with id, name or path '\(reference)'", exitStatus: .notFound)
         }
@@ -93,5 +105,44 @@ public struct DiskRegistry: Sendable {
         }).prefix(100)
         let trimmed = cleaned.drop { "_.:-".contains($0) }
         return trimmed.isEmpty ? "disk" : String(trimmed)
+    }
+}
+
+/// `UUID=...`, `LABEL=...`, `PARTUUID=...`, `PTUUID=...`, as `blkid -t` and `findfs` take them.
+public struct DiskTag: Sendable {
+    public static let names = ["UUID", "LABEL", "PARTUUID", "PTUUID"]
+    public let name: String
+    public let value: String
+
+    public init?(_ text: String) {
+        guard let eq = text.firstIndex(of: "="), Self.names.contains(String(text[..<eq])) else { return nil }
+        name = String(text[..<eq])
+        value = String(text[text.index(after: eq)...]).trimmingCharacters(in: "\"")
+        guard !value.isEmpty else { return nil }
+    }
+
+    /// True when the identity holds the tag (UUIDs compared without regard to case).
+    public func matches(_ identity: DiskIdentity) -> Bool {
+        let same = { (a: String?) in a.map { $0.lowercased() == value.lowercased() } ?? false }
+        switch name {
+        case "PTUUID": return same(identity.partitionTableUUID)
+        case "PARTUUID": return identity.partitions.contains { same($0.uuid) }
+        case "UUID": return identity.filesystems.contains { same($0.uuid) }
+        default: return identity.filesystems.contains { $0.label == value }
+        }
+    }
+
+    /// The block device libblkid resolves the tag to on this machine, if any.
+    public func devicePath() throws -> String? {
+        DiskProbe.evaluateTag(name, value)
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let c = s.first, set.contains(c) { s = s.dropFirst() }
+        while let c = s.last, set.contains(c) { s = s.dropLast() }
+        return String(s)
     }
 }

@@ -5,7 +5,7 @@ import DiskSnapCatalog
 
 struct Disk: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Register, list, show and remove disks.",
-                                                    subcommands: [DiskAdd.self, DiskList.self, DiskShow.self, DiskRemove.self])
+                                                    subcommands: [DiskAdd.self, DiskList.self, DiskShow.self, DiskRemove.self, DiskScan.self])
 }
 
 struct DiskAdd: ParsableCommand {

@@ -201,3 +201,45 @@ def test_restore_one_partition(ds, test_disk, gpt_disk, tmp_path):
         assert fsck.returncode == 0, fsck.stdout
     r = ds.run("restore", snap2, tmp_path / "x.img", "--partition", "9", check=False)
     assert r.code == 2 and "InvalidParameter.Partition" in r.err and not os.path.exists(tmp_path / "x.img")
+
+
+def test_disk_scan_needs_no_repository_and_skips_empty_devices(gpt_disk, tmp_path):
+    path, _ = gpt_disk
+    env = dict(os.environ, DISKSNAP_REPO=str(tmp_path / "no-repo-here"))
+    with Loop(str(path), read_only=True) as dev:
+        r = subprocess.run([BIN, "disk", "scan", "--json"], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        devices = {d["Path"]: d for d in json.loads(r.stdout)}
+        unused = [f"/dev/{n}" for n in os.listdir("/sys/block") if open(f"/sys/block/{n}/size").read().strip() == "0"]
+        ours = devices[dev]
+        assert ours["Size"] == os.path.getsize(path) and ours["ReadOnly"] is True
+        assert ours["Identity"]["PartitionTableType"] == "gpt"
+        assert [p["Content"]["Type"] for p in ours["Identity"]["Partitions"]][:2] == ["ext4", "vfat"]
+        # The scan holds nothing: the device can be detached at once.
+    assert all(d["Size"] > 0 for d in devices.values())
+    assert unused and not set(unused) & set(devices), "zero-size devices are skipped"
+    assert not os.path.exists(tmp_path / "no-repo-here")
+
+
+def test_disks_named_by_uuid_label_partuuid_ptuuid(ds, test_disk, tmp_path):
+    image = tmp_path / "tagged.img"
+    run("cp", "--sparse=always", test_disk["v1"], image)
+    disk = ds.run("disk", "add", image, "--name", "tagged", "--json").json()
+    ident = disk["Identity"]
+    part = ident["Partitions"][0]
+    for tag in (f"PTUUID={ident['PartitionTableUUID']}", f"PARTUUID={part['UUID'].upper()}",
+                f"UUID={part['Content']['UUID']}", f"LABEL={part['Content']['Label']}"):
+        assert ds.run("disk", "show", tag, "--json").json()["DiskId"] == disk["DiskId"], tag
+        assert ds.show(ds.create(tag, "by-" + tag.split("=")[0].lower()))["SourceDiskId"] == disk["DiskId"]
+    r = ds.run("create", "UUID=00000000-0000-0000-0000-000000000000", "--name", "nothing", check=False)
+    assert r.code == 3 and "InvalidDiskId.NotFound" in r.err
+    # A device of this machine, found by libblkid and registered on first use.
+    bare = tmp_path / "bare.img"
+    with open(bare, "wb") as f:
+        f.truncate(32 * MIB)
+    run("mkfs.ext4", "-q", "-L", "tagtest-bare", bare)
+    with Loop(str(bare), read_only=True) as dev:
+        probed = subprocess.run([BIN, "probe", "LABEL=tagtest-bare", "--json"], capture_output=True, text=True)
+        assert probed.returncode == 0 and json.loads(probed.stdout)["Content"]["Label"] == "tagtest-bare"
+        snap = ds.create("LABEL=tagtest-bare", "bylabel")
+        assert ds.show(snap)["SourcePath"] == dev
