@@ -264,7 +264,7 @@ def test_block_device_mounted_read_write_is_refused(ds, tmp_path):
             assert r.code == 4 and "Source.InUse" in r.err and str(mnt) in r.err
             subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
             snap = ds.create(dev, "readonly")
-            assert ds.show(snap)["Content"]["ContentType"] == "ext4"
+            assert ds.show(snap)["Identity"]["Content"]["Type"] == "ext4"
         finally:
             subprocess.run(["umount", str(mnt)], check=True)
 

@@ -67,7 +67,7 @@ def test_loop_device_to_loop_device(ds, test_disk, tmp_path):
     record = ds.show(snap)
     assert record["SourceKind"] == "blockDevice"
     assert record["SourceSize"] == test_disk["disk_size"]
-    assert record["Content"]["PartitionTableType"] == "gpt"
+    assert record["Identity"]["PartitionTableType"] == "gpt"
     target_file = tmp_path / "target.img"
     with open(target_file, "wb") as f:
         f.write(os.urandom(1 << 20))  # stale data the restore must overwrite
