@@ -109,8 +109,7 @@ public struct Benchmark {
     /// One pass over the source on every worker, timing each stage of each chunk.
     private func pass(_ compression: Compression, _ source: Source, _ runs: [ChunkRun], _ chunkSize: UInt64) throws -> PassResult {
         let clock = StageClock()
-        let maxChunks = runs.map { Int($0.end - $0.first) }.max() ?? 1
-        let work = PassWork(compression: compression, source: source, runs: runs, chunkSize: chunkSize, maxChunks: maxChunks, clock: clock)
+        let work = PassWork(compression: compression, source: source, runs: runs, chunkSize: chunkSize, clock: clock)
         try runParallel(workers: min(workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: nil) { _, queue in
             try work.run(queue)
         }
@@ -126,11 +125,10 @@ private struct PassWork: Sendable {
     let source: Source
     let runs: [ChunkRun]
     let chunkSize: UInt64
-    let maxChunks: Int
     let clock: Benchmark.StageClock
 
     func run(_ queue: WorkQueue) throws {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxChunks * Int(chunkSize), alignment: 4096)
+        let buffer = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
         defer { buffer.deallocate() }
         let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(Int(chunkSize)), alignment: 64)
         defer { compressed.deallocate() }

@@ -181,8 +181,7 @@ private final class RestoreWork: Sendable {
 
     func run(_ queue: WorkQueue) throws {
         let reader = ChunkReader(index: index, packs: packs)
-        let maxChunks = runs.map { Int($0.end - $0.first) }.max() ?? 1
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxChunks * Int(chunkSize), alignment: 4096)
+        let buffer = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
         defer { buffer.deallocate() }
         while let i = queue.take() {
             let run = runs[i]

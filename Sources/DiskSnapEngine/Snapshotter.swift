@@ -217,8 +217,8 @@ private struct Pipeline: Sendable {
     let progress: Progress
 
     func work(_ queue: WorkQueue) throws {
-        let maxChunks = runs.map { Int($0.end - $0.first) }.max() ?? 1
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maxChunks * Int(chunkSize), alignment: 4096)
+        let maxChunks = WorkPlan.maxChunks(runs)
+        let buffer = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
         defer { buffer.deallocate() }
         let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(Int(chunkSize)), alignment: 64)
         defer { compressed.deallocate() }

@@ -53,6 +53,14 @@ struct ChunkRun: Sendable {
 }
 
 enum WorkPlan {
+    /// Chunks in the longest run: what one worker's read buffer must hold.
+    static func maxChunks(_ runs: [ChunkRun]) -> Int { max(1, runs.map { Int($0.end - $0.first) }.max() ?? 1) }
+
+    /// A worker's read buffer for the longest run, 4096-aligned (O_DIRECT needs it).
+    static func allocateRunBuffer(_ runs: [ChunkRun], chunkSize: UInt64) -> UnsafeMutableRawBufferPointer {
+        .allocate(byteCount: maxChunks(runs) * Int(chunkSize), alignment: 4096)
+    }
+
     /// The chunks that touch `ranges`, cut into runs of at most `maxChunks`. Chunks outside
     /// every run lie wholly in holes: they are zero entries without being read.
     static func runs(dataRanges ranges: [ByteRange], chunkSize: UInt64, maxChunks: UInt64) -> [ChunkRun] {
