@@ -24,31 +24,25 @@ public struct Catalog: Sendable {
 
     /// Every readable record, oldest first, and the errors of those that do not parse: one
     /// damaged record must not hide the others (`check` reports it too).
-    public func records() throws -> (records: [SnapshotRecord], damaged: [FormatError]) {
+    ///
+    /// With `markingDeadFailed`, a `progressing` record whose creator is gone is also
+    /// rewritten as `failed` on disk. Writers pass it under the catalog lock; a creator takes
+    /// its lock before it writes its first record, so a live creation is never marked.
+    public func records(markingDeadFailed: Bool = false) throws -> (records: [SnapshotRecord], damaged: [FormatError]) {
         var result: [SnapshotRecord] = []
         var damaged: [FormatError] = []
         for name in try FileSystem.listDirectory(repository.snapshotsDirectory) where name.hasSuffix(".json") {
             let path = "\(repository.snapshotsDirectory)/\(name)"
             do {
-                result.append(effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)))
+                let stored = try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)
+                let seen = effective(stored)
+                if markingDeadFailed && seen.status != stored.status { try save(seen) }
+                result.append(seen)
             } catch let error as FormatError {
                 damaged.append(error)
             }
         }
         return (result.sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }, damaged)
-    }
-
-    /// Rewrites as `failed` every `progressing` record whose creator is gone. Writers call it
-    /// under the catalog lock; a creator takes its lock before it writes its first record,
-    /// so a live creation is never marked.
-    public func markDeadCreationsFailed() throws {
-        for name in try FileSystem.listDirectory(repository.snapshotsDirectory) where name.hasSuffix(".json") {
-            let path = "\(repository.snapshotsDirectory)/\(name)"
-            guard let stored = try? SnapshotRecord.decode(try FileSystem.readFile(path), file: path),
-                  stored.status == .progressing else { continue }
-            let seen = effective(stored)
-            if seen.status == .failed { try save(seen) }
-        }
     }
 
     /// The record as readers should see it: `progressing` with no living creator is `failed`.

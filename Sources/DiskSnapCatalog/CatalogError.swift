@@ -24,12 +24,6 @@ public struct CatalogError: CodedError {
     public static func quota(_ code: String, _ message: String) -> CatalogError {
         CatalogError(code: code, message: message, exitStatus: .quota)
     }
-    public static func malformedName(_ message: String) -> CatalogError {
-        CatalogError(code: "InvalidSnapshotName.Malformed", message: message, exitStatus: .invalidParameter)
-    }
-    public static func malformedDescription(_ message: String) -> CatalogError {
-        CatalogError(code: "InvalidDescription.Malformed", message: message, exitStatus: .invalidParameter)
-    }
     public static func notFound(_ message: String) -> CatalogError {
         CatalogError(code: "InvalidSnapshotId.NotFound", message: message, exitStatus: .notFound)
     }

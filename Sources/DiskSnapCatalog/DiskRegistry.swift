@@ -117,7 +117,7 @@ public struct DiskTag: Sendable {
     public init?(_ text: String) {
         guard let eq = text.firstIndex(of: "="), Self.names.contains(String(text[..<eq])) else { return nil }
         name = String(text[..<eq])
-        value = String(text[text.index(after: eq)...]).trimmingCharacters(in: "\"")
+        value = String(text[text.index(after: eq)...]).trimming { $0 == "\"" }
         guard !value.isEmpty else { return nil }
     }
 
@@ -135,14 +135,5 @@ public struct DiskTag: Sendable {
     /// The block device libblkid resolves the tag to on this machine, if any.
     public func devicePath() throws -> String? {
         DiskProbe.evaluateTag(name, value)
-    }
-}
-
-extension String {
-    func trimmingCharacters(in set: String) -> String {
-        var s = Substring(self)
-        while let c = s.first, set.contains(c) { s = s.dropFirst() }
-        while let c = s.last, set.contains(c) { s = s.dropLast() }
-        return String(s)
     }
 }

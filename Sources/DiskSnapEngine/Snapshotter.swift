@@ -69,8 +69,7 @@ public struct Snapshotter {
         let catalog = Catalog(repository: repository)
         var catalogLock: FileLock? = try repository.lockCatalog()
         let disk = try DiskRegistry(repository: repository).resolveOrRegister(request.source)
-        try catalog.markDeadCreationsFailed()
-        let records = try catalog.records().records
+        let records = try catalog.records(markingDeadFailed: true).records
         if let token = request.clientToken?.rawValue,
            let prior = records.first(where: { $0.clientToken == token && $0.status != .failed }) {
             guard prior.requestFingerprint == request.fingerprint && prior.sourceDiskId == disk.diskId else {

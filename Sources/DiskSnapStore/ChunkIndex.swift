@@ -27,7 +27,6 @@ public struct ChunkIndex: Sendable {
     private var locations: [ChunkDigest: ChunkLocation] = [:]
     public private(set) var storedBytes: UInt64 = 0
     public private(set) var rawBytes: UInt64 = 0
-    public private(set) var segmentCount = 0
 
     public init() {}
 
@@ -43,7 +42,6 @@ public struct ChunkIndex: Sendable {
     }
 
     public mutating func add(_ segment: ChunkIndexFormat.Segment) {
-        segmentCount += 1
         let ordinals = segment.packs.map { ordinal(of: $0) }
         for e in segment.entries where locations[e.digest] == nil {
             locations[e.digest] = ChunkLocation(pack: ordinals[Int(e.pack)], storedLength: e.storedLength,

@@ -57,16 +57,17 @@ public enum BlockDeviceScan {
 
     static func read(_ path: String) -> String? {
         guard let bytes = try? FileSystem.readFile(path) else { return nil }
-        let text = String(decoding: bytes, as: UTF8.self).trimmingWhitespace()
+        let text = String(decoding: bytes, as: UTF8.self).trimming { $0.isWhitespace }
         return text.isEmpty ? nil : text
     }
 }
 
 extension String {
-    func trimmingWhitespace() -> String {
-        var scalars = Substring(self)
-        while let c = scalars.first, c.isWhitespace { scalars = scalars.dropFirst() }
-        while let c = scalars.last, c.isWhitespace { scalars = scalars.dropLast() }
-        return String(scalars)
+    /// The string without the leading and trailing characters that match `drop`.
+    public func trimming(_ drop: (Character) -> Bool) -> String {
+        var s = Substring(self)
+        while let c = s.first, drop(c) { s = s.dropFirst() }
+        while let c = s.last, drop(c) { s = s.dropLast() }
+        return String(s)
     }
 }

@@ -58,24 +58,17 @@ struct ErrorBody: Encodable {
 }
 
 enum Output {
-    static func line(_ text: String) {
-        var bytes = Array((text + "\n").utf8)
-        _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 1, $0) }
-    }
+    static func line(_ text: String) { write(text + "\n", to: 1) }
+    static func error(_ text: String) { write("Error: " + text + "\n", to: 2) }
+    static func warning(_ text: String) { write("disksnap: warning: " + text + "\n", to: 2) }
 
-    static func error(_ text: String) {
-        var bytes = Array(("Error: " + text + "\n").utf8)
-        _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
-    }
+    static func json<T: Encodable>(_ value: T) { write(RecordJSON.encode(value), to: 1) }
 
-    static func warning(_ text: String) {
-        var bytes = Array(("disksnap: warning: " + text + "\n").utf8)
-        _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
-    }
+    private static func write(_ text: String, to descriptor: Int32) { write(Array(text.utf8), to: descriptor) }
 
-    static func json<T: Encodable>(_ value: T) {
-        var bytes = RecordJSON.encode(value)
-        _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 1, $0) }
+    private static func write(_ bytes: [UInt8], to descriptor: Int32) {
+        var bytes = bytes
+        _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: descriptor, $0) }
     }
 
     static var stderrIsTerminal: Bool { FileSystem.isTerminal(2) }
