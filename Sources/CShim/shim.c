@@ -1,10 +1,12 @@
 #define _GNU_SOURCE
 #include "CShim.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -37,8 +39,44 @@ int ds_block_zero_out(int fd, uint64_t start, uint64_t length) {
 int ds_o_direct(void) { return O_DIRECT; }
 int ds_syncfs(int fd) { return syncfs(fd); }
 int ds_fadvise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
-int ds_fadvise_dontneed(int fd, int64_t offset, int64_t length) {
-    return posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED);
+
+static int64_t page_size(void) { return (int64_t)sysconf(_SC_PAGESIZE); }
+
+long ds_page_count(int64_t offset, size_t length) {
+    int64_t page = page_size(), first = offset / page, end = (offset + (int64_t)length + page - 1) / page;
+    return (long)(end - first);
+}
+
+long ds_resident_pages(int fd, int64_t offset, size_t length, unsigned char *vec) {
+    int64_t page = page_size(), start = offset / page * page;
+    size_t span = (size_t)(offset - start) + length;
+    if (length == 0) return 0;
+    void *map = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    if (map == MAP_FAILED) return -1;
+    int rc = mincore(map, span, vec);
+    int saved = errno;
+    munmap(map, span);
+    errno = saved;
+    return rc == 0 ? ds_page_count(offset, length) : -1;
+}
+
+int ds_drop_pages_not_resident(int fd, int64_t offset, size_t length, const unsigned char *vec) {
+    int64_t page = page_size(), first = offset / page;
+    long count = ds_page_count(offset, length);
+    long i = 0;
+    while (i < count) {
+        if (vec[i] & 1) { i++; continue; }
+        long j = i;
+        while (j < count && !(vec[j] & 1)) j++;
+        int rc = posix_fadvise(fd, (first + i) * page, (j - i) * page, POSIX_FADV_DONTNEED);
+        if (rc != 0) return rc;
+        i = j;
+    }
+    return 0;
+}
+
+int ds_start_writeback(int fd, int64_t offset, int64_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
 }
 
 unsigned int ds_major(uint64_t dev) { return major((dev_t)dev); }

@@ -72,26 +72,26 @@ public struct Checker {
                 else { badDigests[digest] = "chunk \(digest) is in unreadable pack \(pack)" }
                 continue
             }
-            if entry.offset != location.offset || entry.storedLength != location.storedLength {
+            if entry.offset != location.offset || entry.storedLength != location.storedLength || entry.blockOffset != location.blockOffset {
                 badDigests[digest] = "chunk \(digest): index and pack \(pack) disagree on its place"
             }
         }
 
         // 3. With readData: every chunk's bytes, by its digest.
         if readData {
-            let decompressor = ZstdDecompressor()
-            var stored: [UInt8] = []
+            let decoder = BlockDecoder()
             var output: [UInt8] = []
             for (id, toc) in tocs where !toc.isEmpty {
                 let file = try OpenFile(path: repository.packPath(id))
-                for (digest, entry) in toc {
+                // In pack order: each block is read and decompressed once.
+                for entry in toc.values.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
+                    let digest = entry.digest
                     output = [UInt8](repeating: 0, count: Int(entry.rawLength))
                     let location = ChunkLocation(pack: 0, storedLength: entry.storedLength, offset: entry.offset,
-                                                 rawLength: entry.rawLength, encoding: entry.encoding)
+                                                 rawLength: entry.rawLength, encoding: entry.encoding, blockOffset: entry.blockOffset)
                     do {
                         try output.withUnsafeMutableBytes {
-                            try ChunkReader.decode(digest: digest, location: location, pack: id, file: file, into: $0,
-                                                   stored: &stored, decompressor: decompressor)
+                            try decoder.read(digest: digest, location: location, pack: id, file: file, into: $0)
                         }
                         report.chunksVerified += 1
                     } catch let error as any CodedError {

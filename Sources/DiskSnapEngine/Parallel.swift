@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Synchronization
 import DiskSnapSys
 
@@ -62,11 +63,18 @@ final class Progress: Sendable {
 /// Runs `body(worker, queue)` on `workers` threads and waits, drawing `progress` meanwhile.
 /// Rethrows the first error a worker reported.
 func runParallel(workers: Int, queue: WorkQueue, progress: Progress?, tick: () -> Void = {}, _ body: @escaping @Sendable (Int, WorkQueue) throws -> Void) throws {
+    // Threads of our own, not Dispatch's pool: libdispatch on Linux caps its width at the
+    // core count and does not see a worker blocked in pread/pwrite, so a worker waiting
+    // for the disk would hold a core's place instead of letting another one compute.
     let group = DispatchGroup()
     for worker in 0..<workers {
-        DispatchQueue.global().async(group: group) {
+        group.enter()
+        let thread = Thread {
             do { try body(worker, queue) } catch { queue.fail(error) }
+            group.leave()
         }
+        thread.stackSize = 1 << 20
+        thread.start()
     }
     while group.wait(timeout: .now() + .milliseconds(250)) == .timedOut {
         progress?.render()
@@ -98,5 +106,12 @@ public enum Workers {
     public static var defaultCount: Int {
         if let text = FileSystem.environment("DISKSNAP_WORKERS"), let n = Int(text), n > 0 { return min(n, 64) }
         return max(1, min(ProcessInfoCores.count, 64))
+    }
+
+    /// For a restore, whose workers also wait for the disk (pack reads, `O_DIRECT` writes):
+    /// two per core, so that one computes while the other waits. `DISKSNAP_WORKERS` overrides.
+    public static var restoreCount: Int {
+        if FileSystem.environment("DISKSNAP_WORKERS") != nil { return defaultCount }
+        return min(2 * defaultCount, 64)
     }
 }

@@ -43,6 +43,9 @@ public struct ChunkDigest: Hashable, Sendable, Comparable, CustomStringConvertib
 
     public var isZero: Bool { self == .zero }
 
+    /// The first eight bytes as a word: already uniformly distributed, for sharding.
+    public var leadingWord: UInt64 { w0 }
+
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         var words = (w0, w1, w2, w3)
         return try withUnsafeBytes(of: &words) { try body($0) }

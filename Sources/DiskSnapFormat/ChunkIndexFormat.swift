@@ -1,16 +1,19 @@
-/// Chunk index segment, version 1 (docs/FORMAT.md, "Chunk index segment"): which pack holds
-/// each chunk, for the packs one writer published. The union of all segments is the chunk
-/// index; it can be rebuilt from the packs' tables of contents.
+/// Chunk index segment, version 2 (docs/FORMAT.md, "Chunk index segment"): which pack and
+/// block hold each chunk, for the packs one writer published. The union of all segments is
+/// the chunk index; it can be rebuilt from the packs' tables of contents. Version 1 (56-byte
+/// entries without a block offset: one chunk per block) is still read.
 ///
 ///     header   32 bytes        magic[8] version:u32 packCount:u32 entryCount:u64 reserved:u64
 ///     packs    packCount x 16  pack ids
-///     entries  entryCount x 56 digest[32] pack:u32 storedLength:u32 offset:u64 rawLength:u32 encoding:u8 reserved[3]
+///     entries  entryCount x 64 digest[32] pack:u32 storedLength:u32 offset:u64 rawLength:u32 encoding:u8 reserved[3]
+///                              blockOffset:u32 reserved[4]
 ///     trailer  32 bytes        SHA-256 of everything before it
 public enum ChunkIndexFormat {
     public static let magic: [UInt8] = [0x93, 0x92, 0xa9, 0x73, 0x9b, 0x08, 0xfe, 0x98]  // SHA-256("disksnap chunk index v1")[0..<8]
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     public static let headerSize = 32
-    public static let entrySize = 56
+    public static let entrySize = 64
+    static func entrySize(version: UInt32) -> Int { version == 1 ? 56 : 64 }
     public static let trailerSize = 32
     /// Limits on one segment, checked when reading.
     public static let maximumPacks = 1 << 20
@@ -24,14 +27,18 @@ public enum ChunkIndexFormat {
         public var storedLength: UInt32
         public var rawLength: UInt32
         public var encoding: ChunkEncoding
+        /// Where the chunk starts in its decoded block (see `PackEntry`).
+        public var blockOffset: UInt32
 
-        public init(digest: ChunkDigest, pack: UInt32, offset: UInt64, storedLength: UInt32, rawLength: UInt32, encoding: ChunkEncoding) {
+        public init(digest: ChunkDigest, pack: UInt32, offset: UInt64, storedLength: UInt32, rawLength: UInt32,
+                    encoding: ChunkEncoding, blockOffset: UInt32 = 0) {
             self.digest = digest
             self.pack = pack
             self.offset = offset
             self.storedLength = storedLength
             self.rawLength = rawLength
             self.encoding = encoding
+            self.blockOffset = blockOffset
         }
     }
 
@@ -61,6 +68,8 @@ public enum ChunkIndexFormat {
             w.append(e.rawLength)
             w.append(e.encoding.rawValue)
             w.appendZeros(3)
+            w.append(e.blockOffset)
+            w.appendZeros(4)
         }
         let checksum = w.bytes.withUnsafeBytes { ChunkDigest(hashing: $0) }
         w.append(checksum)
@@ -80,12 +89,13 @@ public enum ChunkIndexFormat {
         var r = ByteReader(body, file: file)
         try r.expectMagic(magic, what: "disksnap chunk index segment")
         let v: UInt32 = try r.read()
-        guard v == version else { throw FormatError(file: file, "chunk index version \(v) is not supported") }
+        guard v == 1 || v == version else { throw FormatError(file: file, "chunk index version \(v) is not supported") }
+        let stride = Self.entrySize(version: v)
         let packCount = Int(try r.read(UInt32.self))
         let entryCount: UInt64 = try r.read()
         try r.skip(8)
         guard packCount <= maximumPacks, entryCount <= UInt64(maximumEntries),
-              r.remaining == packCount * 16 + Int(entryCount) * entrySize
+              r.remaining == packCount * 16 + Int(entryCount) * stride
         else { throw FormatError(file: file, "header counts (\(packCount) packs, \(entryCount) entries) do not match its length") }
         var packs: [PackID] = []
         for _ in 0..<packCount { packs.append(PackID(bytes: try r.readBytes(16))!) }
@@ -99,10 +109,20 @@ public enum ChunkIndexFormat {
             let rawLength: UInt32 = try r.read()
             let encodingByte: UInt8 = try r.read()
             try r.skip(3)
+            var blockOffset: UInt32 = 0
+            if v >= 2 {
+                blockOffset = try r.read()
+                try r.skip(4)
+            }
             guard Int(pack) < packCount, let encoding = ChunkEncoding(rawValue: encodingByte) else {
                 throw FormatError(file: file, "entry for chunk \(digest) names pack \(pack) of \(packCount) or encoding \(encodingByte)")
             }
-            entries.append(Entry(digest: digest, pack: pack, offset: offset, storedLength: storedLength, rawLength: rawLength, encoding: encoding))
+            let end = UInt64(blockOffset) + UInt64(rawLength)
+            guard end <= (encoding == .raw ? UInt64(storedLength) : UInt64(PackFormat.maximumBlockBytes)) else {
+                throw FormatError(file: file, "entry for chunk \(digest) lies outside its block (\(blockOffset)+\(rawLength))")
+            }
+            entries.append(Entry(digest: digest, pack: pack, offset: offset, storedLength: storedLength, rawLength: rawLength,
+                                 encoding: encoding, blockOffset: blockOffset))
         }
         return Segment(packs: packs, entries: entries)
     }

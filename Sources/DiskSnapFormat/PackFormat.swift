@@ -1,14 +1,16 @@
-/// Pack file, version 1 (docs/FORMAT.md, "Pack file").
+/// Pack file, version 2 (docs/FORMAT.md, "Pack file"); version 1 is still read.
 ///
 ///     header   16 bytes   magic[8] version:u32 reserved:u32
-///     blobs    ...        stored chunks, back to back
-///     toc      n x 56     PackEntry each
+///     blocks   ...        stored blocks back to back; a block holds one or more chunks
+///     toc      n x 56     PackEntry each (one per chunk)
 ///     trailer  56 bytes   tocOffset:u64 entryCount:u32 version:u32 tocSHA256[32] magic[8]
 ///
 /// The trailer ends with the magic, so a pack cut short anywhere is recognized as such.
 public enum PackFormat {
     public static let magic: [UInt8] = [0x08, 0xc1, 0x77, 0x5d, 0xf5, 0xa1, 0xbd, 0xe6]  // SHA-256("disksnap pack v1")[0..<8]
-    public static let version: UInt32 = 1
+    /// Written. Version 1 (one chunk per block, `blockOffset` always 0) is read too.
+    public static let version: UInt32 = 2
+    public static let readableVersions: ClosedRange<UInt32> = 1...2
     public static let headerSize = 16
     public static let entrySize = 56
     public static let trailerSize = 56
@@ -16,6 +18,8 @@ public enum PackFormat {
     public static let targetSize = 32 << 20
     /// Packs larger than this are refused when read (a limit on everything).
     public static let maximumSize: UInt64 = 1 << 32
+    /// The most raw bytes one block may hold: a reader's decompression buffer.
+    public static let maximumBlockBytes = 16 << 20
 
     public static func encodeHeader() -> [UInt8] {
         var w = ByteWriter(capacity: headerSize)
@@ -29,7 +33,7 @@ public enum PackFormat {
         var r = ByteReader(bytes, file: file)
         try r.expectMagic(magic, what: "disksnap pack")
         let v: UInt32 = try r.read()
-        guard v == version else { throw FormatError(file: file, "pack version \(v) is not supported (this disksnap reads \(version))") }
+        guard readableVersions.contains(v) else { throw FormatError(file: file, "pack version \(v) is not supported (this disksnap reads \(readableVersions))") }
     }
 
     public static func encodeTrailer(entries: [PackEntry], tocOffset: UInt64) -> (toc: [UInt8], trailer: [UInt8]) {
@@ -48,6 +52,7 @@ public enum PackFormat {
         public let tocOffset: UInt64
         public let entryCount: Int
         public let tocDigest: ChunkDigest
+        public let version: UInt32
     }
 
     public static func decodeTrailer(_ bytes: [UInt8], fileSize: UInt64, file: String) throws(FormatError) -> Trailer {
@@ -57,12 +62,12 @@ public enum PackFormat {
         let v: UInt32 = try r.read()
         let digest = try r.readDigest()
         try r.expectMagic(magic, what: "complete disksnap pack (trailer missing: truncated?)")
-        guard v == version else { throw FormatError(file: file, "pack version \(v) is not supported") }
+        guard readableVersions.contains(v) else { throw FormatError(file: file, "pack version \(v) is not supported") }
         let tocEnd = tocOffset + UInt64(count) * UInt64(entrySize)
         guard tocOffset >= UInt64(headerSize), tocEnd + UInt64(trailerSize) == fileSize else {
             throw FormatError(file: file, "table of contents at \(tocOffset) with \(count) entries does not fit a \(fileSize)-byte pack")
         }
-        return Trailer(tocOffset: tocOffset, entryCount: Int(count), tocDigest: digest)
+        return Trailer(tocOffset: tocOffset, entryCount: Int(count), tocDigest: digest, version: v)
     }
 
     public static func decodeTOC(_ bytes: [UInt8], trailer: Trailer, file: String) throws(FormatError) -> [PackEntry] {
@@ -74,8 +79,12 @@ public enum PackFormat {
         for _ in 0..<trailer.entryCount {
             let entry = try PackEntry.decode(from: &r)
             guard entry.offset >= UInt64(headerSize), entry.offset + UInt64(entry.storedLength) <= trailer.tocOffset else {
-                throw FormatError(file: file, "chunk \(entry.digest) at \(entry.offset)+\(entry.storedLength) lies outside the blob area")
+                throw FormatError(file: file, "chunk \(entry.digest) at \(entry.offset)+\(entry.storedLength) lies outside the block area")
             }
+            guard trailer.version >= 2 || entry.blockOffset == 0 else {
+                throw FormatError(file: file, "chunk \(entry.digest): a version 1 pack has a block offset")
+            }
+            try entry.validateBlock(file: file)
             entries.append(entry)
         }
         return entries
@@ -83,20 +92,36 @@ public enum PackFormat {
 }
 
 /// One stored chunk in a pack's table of contents (56 bytes):
-/// digest[32] offset:u64 storedLength:u32 rawLength:u32 encoding:u8 reserved[7].
+/// digest[32] offset:u64 storedLength:u32 rawLength:u32 encoding:u8 reserved[3] blockOffset:u32.
+///
+/// `offset`, `storedLength` and `encoding` describe the block that holds the chunk (several
+/// chunks compressed together share one block); the chunk is the `rawLength` bytes at
+/// `blockOffset` of the decoded block.
 public struct PackEntry: Sendable, Equatable {
     public var digest: ChunkDigest
     public var offset: UInt64
     public var storedLength: UInt32
     public var rawLength: UInt32
     public var encoding: ChunkEncoding
+    public var blockOffset: UInt32
 
-    public init(digest: ChunkDigest, offset: UInt64, storedLength: UInt32, rawLength: UInt32, encoding: ChunkEncoding) {
+    public init(digest: ChunkDigest, offset: UInt64, storedLength: UInt32, rawLength: UInt32, encoding: ChunkEncoding, blockOffset: UInt32 = 0) {
         self.digest = digest
         self.offset = offset
         self.storedLength = storedLength
         self.rawLength = rawLength
         self.encoding = encoding
+        self.blockOffset = blockOffset
+    }
+
+    /// The chunk must lie inside its block: inside the stored bytes of a raw block, inside
+    /// the largest decoded block of a compressed one.
+    func validateBlock(file: String) throws(FormatError) {
+        let end = UInt64(blockOffset) + UInt64(rawLength)
+        let limit = encoding == .raw ? UInt64(storedLength) : UInt64(PackFormat.maximumBlockBytes)
+        guard end <= limit else {
+            throw FormatError(file: file, "chunk \(digest) at \(blockOffset)+\(rawLength) of its block lies outside the block (\(limit) bytes)")
+        }
     }
 
     func encode(into w: inout ByteWriter) {
@@ -105,7 +130,8 @@ public struct PackEntry: Sendable, Equatable {
         w.append(storedLength)
         w.append(rawLength)
         w.append(encoding.rawValue)
-        w.appendZeros(7)
+        w.appendZeros(3)
+        w.append(blockOffset)
     }
 
     static func decode(from r: inout ByteReader) throws(FormatError) -> PackEntry {
@@ -114,13 +140,14 @@ public struct PackEntry: Sendable, Equatable {
         let stored: UInt32 = try r.read()
         let raw: UInt32 = try r.read()
         let encodingByte: UInt8 = try r.read()
-        try r.skip(7)
+        try r.skip(3)
+        let blockOffset: UInt32 = try r.read()
         guard let encoding = ChunkEncoding(rawValue: encodingByte) else {
             throw FormatError(file: r.file, "chunk \(digest) has unknown encoding \(encodingByte)")
         }
         guard raw > 0, raw <= UInt32(ChunkSize.maximumBytes), stored > 0 else {
             throw FormatError(file: r.file, "chunk \(digest) has impossible lengths \(stored)/\(raw)")
         }
-        return PackEntry(digest: digest, offset: offset, storedLength: stored, rawLength: raw, encoding: encoding)
+        return PackEntry(digest: digest, offset: offset, storedLength: stored, rawLength: raw, encoding: encoding, blockOffset: blockOffset)
     }
 }

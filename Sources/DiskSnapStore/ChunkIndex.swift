@@ -1,7 +1,8 @@
 import DiskSnapSys
 import DiskSnapFormat
 
-/// Where one stored chunk lies.
+/// Where one stored chunk lies: the block holding it (pack, offset, stored length,
+/// encoding) and its place in the decoded block.
 public struct ChunkLocation: Sendable, Equatable {
     /// Position in `ChunkIndex.packs`.
     public var pack: UInt32
@@ -9,13 +10,15 @@ public struct ChunkLocation: Sendable, Equatable {
     public var offset: UInt64
     public var rawLength: UInt32
     public var encoding: ChunkEncoding
+    public var blockOffset: UInt32
 
-    public init(pack: UInt32, storedLength: UInt32, offset: UInt64, rawLength: UInt32, encoding: ChunkEncoding) {
+    public init(pack: UInt32, storedLength: UInt32, offset: UInt64, rawLength: UInt32, encoding: ChunkEncoding, blockOffset: UInt32 = 0) {
         self.pack = pack
         self.storedLength = storedLength
         self.offset = offset
         self.rawLength = rawLength
         self.encoding = encoding
+        self.blockOffset = blockOffset
     }
 }
 
@@ -43,10 +46,14 @@ public struct ChunkIndex: Sendable {
 
     public mutating func add(_ segment: ChunkIndexFormat.Segment) {
         let ordinals = segment.packs.map { ordinal(of: $0) }
+        var lastBlock: (pack: UInt32, offset: UInt64)?
         for e in segment.entries where locations[e.digest] == nil {
             locations[e.digest] = ChunkLocation(pack: ordinals[Int(e.pack)], storedLength: e.storedLength,
-                                                offset: e.offset, rawLength: e.rawLength, encoding: e.encoding)
-            storedBytes += UInt64(e.storedLength)
+                                                offset: e.offset, rawLength: e.rawLength, encoding: e.encoding,
+                                                blockOffset: e.blockOffset)
+            // The chunks of one block are consecutive entries: count its bytes once.
+            if lastBlock?.pack != e.pack || lastBlock?.offset != e.offset { storedBytes += UInt64(e.storedLength) }
+            lastBlock = (e.pack, e.offset)
             rawBytes += UInt64(e.rawLength)
         }
     }

@@ -33,19 +33,29 @@ public final class PackFiles: Sendable {
 public final class ChunkReader {
     private let index: ChunkIndex
     private let packs: PackFiles
-    private let decompressor = ZstdDecompressor()
-    private var stored: [UInt8] = []
+    private let decoder = BlockDecoder()
 
     public init(index: ChunkIndex, packs: PackFiles) {
         self.index = index
         self.packs = packs
     }
 
-    /// Fills `output` with the chunk `digest`; `output.count` must be its length.
-    public func read(_ digest: ChunkDigest, into output: UnsafeMutableRawBufferPointer) throws {
+    /// Where `digest` is stored.
+    public func locate(_ digest: ChunkDigest) throws -> ChunkLocation {
         guard let location = index.location(of: digest) else {
             throw StoreError(.chunkMissing, "chunk \(digest) is not in the chunk index")
         }
+        return location
+    }
+
+    /// Fills `output` with the chunk `digest`; `output.count` must be its length.
+    public func read(_ digest: ChunkDigest, into output: UnsafeMutableRawBufferPointer) throws {
+        try read(digest, at: try locate(digest), into: output)
+    }
+
+    /// Fills `output` with the chunk `digest` stored at `location` (from `locate`). Reading
+    /// the chunks of one block one after another decompresses it once.
+    public func read(_ digest: ChunkDigest, at location: ChunkLocation, into output: UnsafeMutableRawBufferPointer) throws {
         let pack = packs.packID(location.pack)
         guard Int(location.rawLength) == output.count else {
             throw StoreError(.chunkCorrupt, "chunk \(digest) in pack \(pack) is \(location.rawLength) bytes, expected \(output.count)")
@@ -56,32 +66,69 @@ public final class ChunkReader {
         } catch let error as SystemError where error.code == "IO.NotFound" {
             throw StoreError(.chunkMissing, "pack \(pack) holding chunk \(digest) is missing")
         }
-        try Self.decode(digest: digest, location: location, pack: pack, file: file, into: output,
-                        stored: &stored, decompressor: decompressor)
+        try decoder.read(digest: digest, location: location, pack: pack, file: file, into: output)
     }
+}
+
+/// Cuts verified chunks out of stored blocks. Keeps the last decompressed block: the chunks
+/// of a block are read one after another in the common cases (a restore follows the disk
+/// order the block was written in; `check` walks a pack's entries in order), so each block
+/// is decompressed once. Chunks of raw blocks are read alone. One per thread.
+public final class BlockDecoder {
+    private let decompressor = ZstdDecompressor()
+    private var stored: [UInt8] = []
+    private var block: [UInt8] = []
+    private var cached: (pack: PackID, offset: UInt64, length: Int)?
+
+    public init() {}
 
     /// Reads, decodes and verifies one chunk from an open pack.
-    public static func decode(digest: ChunkDigest, location: ChunkLocation, pack: PackID, file: OpenFile,
-                              into output: UnsafeMutableRawBufferPointer, stored: inout [UInt8],
-                              decompressor: ZstdDecompressor) throws {
+    public func read(digest: ChunkDigest, location: ChunkLocation, pack: PackID, file: OpenFile,
+                     into output: UnsafeMutableRawBufferPointer) throws {
         let what = "chunk \(digest) in pack \(pack) at offset \(location.offset)"
+        let start = Int(location.blockOffset), count = Int(location.rawLength)
+        guard count == output.count else { throw StoreError(.chunkCorrupt, "\(what): is \(count) bytes, expected \(output.count)") }
+        switch location.encoding {
+        case .raw:
+            guard start + count <= Int(location.storedLength) else {
+                throw StoreError(.chunkCorrupt, "\(what): lies outside its \(location.storedLength)-byte block")
+            }
+            let n = try file.read(into: output, at: location.offset + UInt64(start))
+            guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
+        case .zstd:
+            if cached?.pack != pack || cached?.offset != location.offset {
+                cached = nil
+                let length = try decompressBlock(location: location, file: file, what: what)
+                cached = (pack, location.offset, length)
+            }
+            guard let length = cached?.length, start + count <= length else {
+                throw StoreError(.chunkCorrupt, "\(what): lies outside its block")
+            }
+            block.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
+        }
+        guard ChunkDigest(hashing: UnsafeRawBufferPointer(output)) == digest else {
+            throw StoreError(.chunkCorrupt, "\(what): content does not match its digest")
+        }
+    }
+
+    /// Reads and decompresses the block at `location` into `block`; returns its length.
+    private func decompressBlock(location: ChunkLocation, file: OpenFile, what: String) throws -> Int {
         let count = Int(location.storedLength)
         if stored.count < count { stored = [UInt8](repeating: 0, count: count) }
         let n = try stored.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
         guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
-        try stored.withUnsafeBytes { storedBytes in
+        return try stored.withUnsafeBytes { storedBytes in
             let input = UnsafeRawBufferPointer(rebasing: storedBytes[..<count])
-            switch location.encoding {
-            case .raw:
-                guard count == output.count else { throw StoreError(.chunkCorrupt, "\(what): raw chunk has length \(count), expected \(output.count)") }
-                output.copyMemory(from: input)
-            case .zstd:
-                let result = Result { () throws(ZstdError) in try decompressor.decompress(input, into: output) }
-                if case .failure(let error) = result { throw StoreError(.chunkCorrupt, "\(what): \(error.message)") }
+            guard let size = ZstdDecompressor.contentSize(input), size <= UInt64(PackFormat.maximumBlockBytes) else {
+                throw StoreError(.chunkCorrupt, "\(what): block has no valid zstd frame header")
             }
-        }
-        guard ChunkDigest(hashing: UnsafeRawBufferPointer(output)) == digest else {
-            throw StoreError(.chunkCorrupt, "\(what): content does not match its digest")
+            let length = Int(size)
+            if block.count < length { block = [UInt8](repeating: 0, count: length) }
+            let result = block.withUnsafeMutableBytes { out in
+                Result { () throws(ZstdError) in try decompressor.decompress(input, into: UnsafeMutableRawBufferPointer(rebasing: out[..<length])) }
+            }
+            if case .failure(let error) = result { throw StoreError(.chunkCorrupt, "\(what): \(error.message)") }
+            return length
         }
     }
 }

@@ -134,8 +134,37 @@ public final class OpenFile: Sendable {
     /// Hints the kernel that the file is read from start to end.
     public func adviseSequential() { _ = ds_fadvise_sequential(descriptor) }
 
-    /// Drops a range from the page cache (after it was read once and will not be again).
-    public func adviseDontNeed(offset: UInt64, length: UInt64) {
-        _ = ds_fadvise_dontneed(descriptor, Int64(offset), Int64(length))
+    /// Starts writing back a range that was just written, without waiting: writeback then
+    /// overlaps the work still to come, and the final fsync finds little left to do.
+    public func startWriteback(offset: UInt64, length: UInt64) {
+        _ = ds_start_writeback(descriptor, Int64(offset), Int64(length))
+    }
+}
+
+/// Leaves the page cache as a one-pass read found it (what the `nocache` tool does): before
+/// a range is read, `note` records which of its pages are cached (mmap + mincore, nothing
+/// faulted in); after the read, `release` drops only the pages the read brought in.
+/// Streaming a 100 GiB image evicts nothing the machine was using, and pages that were
+/// already cached (dirty ones among them: dropping those would start their writeback) stay.
+/// One per worker thread.
+public final class PageCacheCourtesy {
+    private var vector: [UInt8] = []
+    private var noted: (offset: UInt64, length: Int)?
+
+    public init() {}
+
+    public func note(_ file: OpenFile, offset: UInt64, length: Int) {
+        noted = nil
+        let pages = ds_page_count(Int64(offset), length)
+        guard pages > 0 else { return }
+        if vector.count < pages { vector = [UInt8](repeating: 0, count: pages) }
+        let rc = vector.withUnsafeMutableBufferPointer { ds_resident_pages(file.descriptor, Int64(offset), length, $0.baseAddress) }
+        if rc >= 0 { noted = (offset, length) }  // unknown residency: leave the cache alone
+    }
+
+    public func release(_ file: OpenFile) {
+        guard let (offset, length) = noted else { return }
+        noted = nil
+        _ = vector.withUnsafeBufferPointer { ds_drop_pages_not_resident(file.descriptor, Int64(offset), length, $0.baseAddress) }
     }
 }

@@ -40,6 +40,13 @@ public final class ZstdDecompressor {
     public init() { context = ZSTD_createDCtx() }
     deinit { ZSTD_freeDCtx(context) }
 
+    /// The decompressed size a frame's header declares, or nil when it declares none or
+    /// the input is not a zstd frame.
+    public static func contentSize(_ input: UnsafeRawBufferPointer) -> UInt64? {
+        let n = ZSTD_getFrameContentSize(input.baseAddress, input.count)
+        return n >= UInt64.max - 1 ? nil : n  // ZSTD_CONTENTSIZE_UNKNOWN, ZSTD_CONTENTSIZE_ERROR
+    }
+
     /// Decompresses one frame into `output`; throws unless it fills exactly `output.count`.
     public func decompress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws(ZstdError) {
         let n = ZSTD_decompressDCtx(context, output.baseAddress, output.count, input.baseAddress, input.count)

@@ -34,8 +34,19 @@ int ds_o_direct(void);
 int ds_syncfs(int fd);
 /// posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL).
 int ds_fadvise_sequential(int fd);
-/// posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED).
-int ds_fadvise_dontneed(int fd, int64_t offset, int64_t length);
+
+/// Page-cache residency of the pages covering [offset, offset + length) of fd, through
+/// mmap + mincore (nothing is faulted in): vec[i] bit 0 is set when page i is cached.
+/// vec must hold ds_page_count(offset, length) bytes. Returns the page count, or -1 with errno.
+long ds_resident_pages(int fd, int64_t offset, size_t length, unsigned char *vec);
+/// Pages covering [offset, offset + length): the size ds_resident_pages's vec needs.
+long ds_page_count(int64_t offset, size_t length);
+/// Drops from the page cache the pages of [offset, offset + length) that `vec` (filled by
+/// ds_resident_pages before a read) shows were not cached: the cache is left as it was.
+int ds_drop_pages_not_resident(int fd, int64_t offset, size_t length, const unsigned char *vec);
+/// sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writing back a range
+/// without waiting, so a final fsync finds little left to do.
+int ds_start_writeback(int fd, int64_t offset, int64_t length);
 
 unsigned int ds_major(uint64_t dev);
 unsigned int ds_minor(uint64_t dev);
