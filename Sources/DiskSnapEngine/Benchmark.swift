@@ -55,8 +55,10 @@ public struct Benchmark {
         }
         var stages = [stage("read", timed.read), stage("zero check", timed.zero), stage("sha256", timed.hash)]
         if compression != .none {
-            stages.append(stage(compression.description, timed.compress,
-                                ratio: timed.compressedInput > 0 ? Double(timed.compressedOutput) / Double(timed.compressedInput) : nil))
+            // What the store does (1 MiB blocks), then one frame per chunk for comparison.
+            let ratio = { (output: UInt64) in timed.compressedInput > 0 ? Double(output) / Double(timed.compressedInput) : nil }
+            stages.append(stage(compression.description, timed.compress, ratio: ratio(timed.compressedOutput)))
+            stages.append(stage(compression.description + " per chunk", timed.perChunk, ratio: ratio(timed.perChunkOutput)))
         }
         let limit = Double(timed.hash + timed.compress) / 1e9 / workerCount
 
@@ -100,10 +102,11 @@ public struct Benchmark {
     final class StageClock: Sendable {
         let read = Atomic<UInt64>(0), zero = Atomic<UInt64>(0), hash = Atomic<UInt64>(0), compress = Atomic<UInt64>(0)
         let compressedInput = Atomic<UInt64>(0), compressedOutput = Atomic<UInt64>(0)
+        let perChunk = Atomic<UInt64>(0), perChunkOutput = Atomic<UInt64>(0)
     }
 
     struct PassResult {
-        var read, zero, hash, compress, compressedInput, compressedOutput: UInt64
+        var read, zero, hash, compress, compressedInput, compressedOutput, perChunk, perChunkOutput: UInt64
     }
 
     /// One pass over the source on every worker, timing each stage of each chunk.
@@ -116,7 +119,8 @@ public struct Benchmark {
         return PassResult(read: clock.read.load(ordering: .relaxed), zero: clock.zero.load(ordering: .relaxed),
                           hash: clock.hash.load(ordering: .relaxed), compress: clock.compress.load(ordering: .relaxed),
                           compressedInput: clock.compressedInput.load(ordering: .relaxed),
-                          compressedOutput: clock.compressedOutput.load(ordering: .relaxed))
+                          compressedOutput: clock.compressedOutput.load(ordering: .relaxed),
+                          perChunk: clock.perChunk.load(ordering: .relaxed), perChunkOutput: clock.perChunkOutput.load(ordering: .relaxed))
     }
 }
 
@@ -130,12 +134,28 @@ private struct PassWork: Sendable {
     func run(_ queue: WorkQueue) throws {
         let buffer = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
         defer { buffer.deallocate() }
-        let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(Int(chunkSize)), alignment: 64)
+        // Blocks as the store makes them (consecutive non-zero chunks of a run, up to
+        // `Snapshotter.blockBytes`), and, for comparison, one frame per chunk.
+        let blockCapacity = max(Snapshotter.blockBytes, Int(chunkSize))
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: blockCapacity, alignment: 64)
+        defer { block.deallocate() }
+        let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(blockCapacity), alignment: 64)
         defer { compressed.deallocate() }
         var compressor: ZstdCompressor?
         if case .zstd(let level) = compression { compressor = ZstdCompressor(level: level) }
         var read: UInt64 = 0, zero: UInt64 = 0, hash: UInt64 = 0, compress: UInt64 = 0, input: UInt64 = 0, output: UInt64 = 0
+        var perChunk: UInt64 = 0, perChunkOutput: UInt64 = 0
+        var fill = 0
         func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+        func endBlock() throws {
+            guard fill > 0, let compressor else { return }
+            let t = now()
+            let n = try compressor.compress(UnsafeRawBufferPointer(rebasing: block[..<fill]), into: compressed)
+            output += UInt64(min(n, fill))
+            compress += now() - t
+            input += UInt64(fill)
+            fill = 0
+        }
         while let i = queue.take() {
             let run = runs[i]
             let start = run.first * chunkSize, end = min(run.end * chunkSize, source.size)
@@ -156,11 +176,17 @@ private struct PassWork: Sendable {
                 hash += now() - t
                 if let compressor {
                     t = now()
-                    output += UInt64(try compressor.compress(chunk, into: compressed))
+                    let n = try compressor.compress(chunk, into: compressed)
+                    perChunkOutput += UInt64(min(n, chunk.count))
+                    perChunk += now() - t
+                    t = now()
+                    if fill + chunk.count > blockCapacity { try endBlock() }
+                    UnsafeMutableRawBufferPointer(rebasing: block[fill..<fill + chunk.count]).copyMemory(from: chunk)
+                    fill += chunk.count
                     compress += now() - t
-                    input += UInt64(chunk.count)
                 }
             }
+            try endBlock()
         }
         clock.read.wrappingAdd(read, ordering: .relaxed)
         clock.zero.wrappingAdd(zero, ordering: .relaxed)
@@ -168,6 +194,8 @@ private struct PassWork: Sendable {
         clock.compress.wrappingAdd(compress, ordering: .relaxed)
         clock.compressedInput.wrappingAdd(input, ordering: .relaxed)
         clock.compressedOutput.wrappingAdd(output, ordering: .relaxed)
+        clock.perChunk.wrappingAdd(perChunk, ordering: .relaxed)
+        clock.perChunkOutput.wrappingAdd(perChunkOutput, ordering: .relaxed)
     }
 }
 

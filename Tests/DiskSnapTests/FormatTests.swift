@@ -70,13 +70,17 @@ import Testing
         #expect(throws: FormatError.self) { try PackFormat.decodeTrailer(trailer, fileSize: fileSize + 1, file: "p") }
     }
 
+    /// Three chunks compressed together in one block, two raw blocks of one chunk each.
+    func blockEntries() -> [ChunkIndexFormat.Entry] {
+        (0..<3).map { .init(digest: digest($0), pack: 0, offset: 16, storedLength: 900, rawLength: 65536, encoding: .zstd, blockOffset: UInt32($0 * 65536)) }
+            + (3..<5).map { .init(digest: digest($0), pack: 1, offset: UInt64(16 + ($0 - 3) * 65536), storedLength: 65536, rawLength: 65536, encoding: .raw) }
+    }
+
     @Test func indexSegmentRoundTripAndTamper() throws {
         let packs = [PackID.generate(), PackID.generate()]
-        let segment = ChunkIndexFormat.Segment(packs: packs, entries: (0..<5).map {
-            .init(digest: digest($0), pack: UInt32($0 % 2), offset: UInt64(16 + $0), storedLength: 9, rawLength: 65536, encoding: .raw)
-        })
+        let segment = ChunkIndexFormat.Segment(packs: packs, entries: blockEntries())
         let bytes = ChunkIndexFormat.encode(segment)
-        #expect(bytes.count == 32 + 2 * 16 + 5 * 56 + 32)
+        #expect(bytes.count == 32 + 2 * 16 + 5 * 64 + 32)
         #expect(try ChunkIndexFormat.decode(bytes, file: "i") == segment)
         for cut in [0, 10, bytes.count - 1] {
             #expect(throws: FormatError.self) { try ChunkIndexFormat.decode(Array(bytes.prefix(cut)), file: "i") }
@@ -84,6 +88,40 @@ import Testing
         var flipped = bytes
         flipped[100] ^= 0x80
         #expect(throws: FormatError.self) { try ChunkIndexFormat.decode(flipped, file: "i") }
+    }
+
+    /// Re-signs a segment body with its SHA-256 trailer.
+    func signed(_ body: [UInt8]) -> [UInt8] { body + body.withUnsafeBytes { ChunkDigest(hashing: $0) }.withBytes { Array($0) } }
+
+    @Test func versionOneSegmentStillReads() throws {
+        // A version 1 segment: 56-byte entries, no block offset (every block holds one chunk).
+        let packs = [PackID.generate()]
+        let entries: [ChunkIndexFormat.Entry] = (0..<2).map {
+            .init(digest: digest($0), pack: 0, offset: UInt64(16 + $0 * 500), storedLength: 500, rawLength: 65536, encoding: .zstd)
+        }
+        let v2 = ChunkIndexFormat.encode(.init(packs: packs, entries: entries))
+        var v1 = Array(v2[0..<8]) + [1, 0, 0, 0] + Array(v2[12..<48])
+        for i in 0..<2 { v1 += v2[48 + i * 64..<48 + i * 64 + 56] }
+        #expect(try ChunkIndexFormat.decode(signed(v1), file: "v1") == .init(packs: packs, entries: entries))
+        // A raw chunk that does not fit its block is refused.
+        var bad = entries
+        bad[0].encoding = .raw
+        #expect(throws: FormatError.self) { try ChunkIndexFormat.decode(ChunkIndexFormat.encode(.init(packs: packs, entries: bad)), file: "i") }
+    }
+
+    @Test func packEntriesCarryTheirBlockOffset() throws {
+        let entries = blockEntries().map {
+            PackEntry(digest: $0.digest, offset: $0.offset, storedLength: $0.storedLength, rawLength: $0.rawLength, encoding: $0.encoding, blockOffset: $0.blockOffset)
+        }
+        let tocOffset: UInt64 = 16 + 2 * 65536
+        let (toc, trailer) = PackFormat.encodeTrailer(entries: entries, tocOffset: tocOffset)
+        let fileSize = tocOffset + UInt64(toc.count + trailer.count)
+        let decoded = try PackFormat.decodeTrailer(trailer, fileSize: fileSize, file: "p")
+        #expect(decoded.version == 2)
+        #expect(try PackFormat.decodeTOC(toc, trailer: decoded, file: "p") == entries)
+        // Version 1 packs hold one chunk per block: a block offset there is damage.
+        let v1Trailer = PackFormat.Trailer(tocOffset: decoded.tocOffset, entryCount: decoded.entryCount, tocDigest: decoded.tocDigest, version: 1)
+        #expect(throws: FormatError.self) { try PackFormat.decodeTOC(toc, trailer: v1Trailer, file: "p") }
     }
 
     @Test func packIDHex() {

@@ -17,6 +17,14 @@ def only_file(directory, suffix):
     return os.path.join(directory, names[0])
 
 
+def largest_pack(repo):
+    """Each worker fills packs of its own: a small snapshot leaves one pack per worker."""
+    directory = os.path.join(repo, "packs")
+    names = [n for n in os.listdir(directory) if n.endswith(".pack")]
+    assert names
+    return os.path.join(directory, max(names, key=lambda n: os.path.getsize(os.path.join(directory, n))))
+
+
 @pytest.mark.parametrize("name", ["a", "1abc", "auto-x", "http://x", "bad name", "x" * 129])
 def test_malformed_name_is_refused_with_its_code(ds, test_disk, name):
     r = ds.run("create", test_disk["v1"], "--name", name, check=False)
@@ -78,7 +86,7 @@ def test_delete_removes_record_and_index(ds, test_disk):
 
 def test_flipped_byte_in_pack_data_is_found_and_never_restored(ds, test_disk, tmp_path):
     snap = ds.create(test_disk["v1"], "one")
-    pack = only_file(os.path.join(ds.repo, "packs"), ".pack")
+    pack = largest_pack(ds.repo)
     with open(pack, "r+b") as f:
         f.seek(5000)
         byte = f.read(1)
@@ -109,7 +117,7 @@ def test_truncated_index_segment_is_reported(ds, test_disk, tmp_path):
 
 def test_deleted_pack_is_reported_with_affected_snapshots(ds, test_disk, tmp_path):
     snap = ds.create(test_disk["v1"], "one")
-    pack = only_file(os.path.join(ds.repo, "packs"), ".pack")
+    pack = largest_pack(ds.repo)
     os.remove(pack)
     r = ds.run("check", check=False)
     assert r.code == 1 and "is missing" in r.out and snap in r.out
