@@ -39,6 +39,9 @@ int ds_block_zero_out(int fd, uint64_t start, uint64_t length) {
 int ds_o_direct(void) { return O_DIRECT; }
 int ds_syncfs(int fd) { return syncfs(fd); }
 int ds_fadvise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
+int ds_fadvise_dontneed(int fd, int64_t offset, int64_t length) {
+    return posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED);
+}
 
 static int64_t page_size(void) { return (int64_t)sysconf(_SC_PAGESIZE); }
 

@@ -117,6 +117,9 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     public var bytesStoredNew: UInt64 = 0
     /// Chunks this snapshot added to the store.
     public var chunksStoredNew: UInt64 = 0
+    /// Non-zero chunks equal to the disk's previous snapshot at the same position (found
+    /// without an index lookup); nil in records written before it was counted.
+    public var chunksUnchanged: UInt64?
     /// Bytes of all-zero chunks and holes, recorded as zero entries.
     public var zeroBytes: UInt64 = 0
     /// False when the source changed while it was read and `--allow-live` accepted that.

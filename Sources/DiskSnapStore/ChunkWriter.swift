@@ -121,10 +121,11 @@ public final class PackBuilder {
     private let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: PackBuilder.stagingBytes, alignment: PackBuilder.alignment)
     private var fill = 0
     private var current: OpenPack?
-    /// The block being gathered: raw chunks back to back, and their digests.
+    /// The chunks of the block being gathered, in the caller's memory until `endBlock`.
+    private var pending: [(digest: ChunkDigest, bytes: UnsafeRawBufferPointer)] = []
+    private var pendingBytes = 0
+    /// Where non-adjacent chunks are put back to back for compression.
     private let block: UnsafeMutableRawBufferPointer
-    private var blockFill = 0
-    private var blockChunks: [(digest: ChunkDigest, offset: Int, length: Int)] = []
     private let compressed: UnsafeMutableRawBufferPointer
 
     init(writer: ChunkWriter, compression: Compression, blockCapacity: Int) {
@@ -141,20 +142,35 @@ public final class PackBuilder {
     }
 
     /// Adds one claimed chunk to the block being gathered (ending that block first when the
-    /// chunk would not fit).
+    /// chunk would not fit). The chunk's bytes are not copied: the caller keeps them in place
+    /// and unchanged until `endBlock()` (or `finish()`) returns.
     public func add(_ digest: ChunkDigest, _ chunk: UnsafeRawBufferPointer) throws {
-        precondition(chunk.count <= block.count, "a chunk larger than a block")
-        if blockFill + chunk.count > block.count { try endBlock() }
-        UnsafeMutableRawBufferPointer(rebasing: block[blockFill..<blockFill + chunk.count]).copyMemory(from: chunk)
-        blockChunks.append((digest, blockFill, chunk.count))
-        blockFill += chunk.count
+        precondition(chunk.count > 0 && chunk.count <= block.count, "a chunk must be 1 byte to a block")
+        if pendingBytes + chunk.count > block.count { try endBlock() }
+        pending.append((digest, chunk))
+        pendingBytes += chunk.count
+    }
+
+    /// The pending chunks as one buffer: in place when they lie back to back in the caller's
+    /// memory (a run of new data, the common case of a first snapshot), else copied together.
+    private func gathered() -> UnsafeRawBufferPointer {
+        let first = pending[0].bytes.baseAddress!
+        if zip(pending, pending.dropFirst()).allSatisfy({ $0.bytes.baseAddress! + $0.bytes.count == $1.bytes.baseAddress! }) {
+            return UnsafeRawBufferPointer(start: first, count: pendingBytes)
+        }
+        var fill = 0
+        for chunk in pending {
+            UnsafeMutableRawBufferPointer(rebasing: block[fill..<fill + chunk.bytes.count]).copyMemory(from: chunk.bytes)
+            fill += chunk.bytes.count
+        }
+        return UnsafeRawBufferPointer(rebasing: block[..<fill])
     }
 
     /// Compresses the gathered chunks as one block and appends it to the pack; closes the
     /// pack when it is full.
     public func endBlock() throws {
-        guard !blockChunks.isEmpty else { return }
-        let raw = UnsafeRawBufferPointer(rebasing: block[..<blockFill])
+        guard !pending.isEmpty else { return }
+        let raw = gathered()
         var stored = raw, encoding = ChunkEncoding.raw
         if let compressor {
             let n = try compressor.compress(raw, into: compressed)
@@ -167,12 +183,14 @@ public final class PackBuilder {
         let offset = current!.size
         try stage(stored)
         current!.blockBytes += UInt64(stored.count)
-        for chunk in blockChunks {
+        var blockOffset = 0
+        for chunk in pending {
             current!.entries.append(PackEntry(digest: chunk.digest, offset: offset, storedLength: UInt32(stored.count),
-                                              rawLength: UInt32(chunk.length), encoding: encoding, blockOffset: UInt32(chunk.offset)))
+                                              rawLength: UInt32(chunk.bytes.count), encoding: encoding, blockOffset: UInt32(blockOffset)))
+            blockOffset += chunk.bytes.count
         }
-        blockChunks.removeAll(keepingCapacity: true)
-        blockFill = 0
+        pending.removeAll(keepingCapacity: true)
+        pendingBytes = 0
         if current!.size >= writer.packTargetSize { try close() }
     }
 

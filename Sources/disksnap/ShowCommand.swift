@@ -30,6 +30,7 @@ struct Show: ParsableCommand {
                 ["ChunkSize", "\(r.chunkSize)"], ["CreationTime", r.creationTime],
                 ["BytesRead", "\(r.bytesRead) (\(ByteFormat.human(r.bytesRead)))"],
                 ["BytesStoredNew", "\(r.bytesStoredNew) (\(ByteFormat.human(r.bytesStoredNew)))"],
+                ["ChunksUnchanged", r.chunksUnchanged.map { "\($0) (same as the previous snapshot)" } ?? "-"],
                 ["ZeroBytes", "\(r.zeroBytes) (\(ByteFormat.human(r.zeroBytes)))"],
                 ["CrashConsistent", r.crashConsistent ? "yes" : "no (source changed while read)"],
             ]

@@ -70,6 +70,16 @@ def chunk_digests(path, chunk_size):
     return digests
 
 
+def chunk_list(path, chunk_size):
+    """Digest of each chunk in disk order, None for an all-zero chunk."""
+    zero = bytes(chunk_size)
+    out = []
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            out.append(None if block == zero[:len(block)] else hashlib.sha256(block).hexdigest())
+    return out
+
+
 class Loop:
     """A real loop device, detached at the end."""
     def __init__(self, path, offset=None, size=None, read_only=False):

@@ -1,7 +1,7 @@
 """Snapshot -> restore round trips and deduplication, on real GPT/ext4 images and loop devices."""
 import os
 import subprocess
-from conftest import DiskSnap, Loop, sha256, chunk_digests, e2fsck_partition
+from conftest import DiskSnap, Loop, sha256, chunk_digests, chunk_list, e2fsck_partition
 
 CHUNK = 64 << 10
 
@@ -40,10 +40,15 @@ def test_store_holds_exactly_the_distinct_chunks(ds, test_disk):
     # Unchanged second snapshot: no new chunk data at all.
     again = ds.show(ds.create(test_disk["v1"], "v1-again"))
     assert again["BytesStoredNew"] == 0 and again["ChunksStoredNew"] == 0
+    # Every data chunk was recognised at its position in the previous snapshot.
+    listed1 = chunk_list(test_disk["v1"], CHUNK)
+    assert first["ChunksUnchanged"] == 0
+    assert again["ChunksUnchanged"] == sum(1 for d in listed1 if d is not None)
     # Changed disk: exactly the chunks not seen before.
     second = ds.show(ds.create(test_disk["v2"], "v2"))
     v2 = chunk_digests(test_disk["v2"], CHUNK)
     assert second["ChunksStoredNew"] == len(v2 - v1)
+    assert second["ChunksUnchanged"] == 0, "another path is another disk: it has no previous snapshot"
     assert second["ChunksStoredNew"] * CHUNK < test_disk["disk_size"] * 0.5
     stats = ds.run("stats", "--json").json()
     assert stats["ChunkCount"] == len(v1 | v2)
@@ -157,3 +162,49 @@ def test_empty_and_odd_sized_sources_round_trip(ds, tmp_path):
         ds.run("restore", snap, out)
         assert sha256(out) == sha256(image)
     assert ds.run("check", "--read-data").code == 0
+
+
+def test_incremental_finds_unchanged_chunks_at_their_position(ds, test_disk, tmp_path):
+    image = tmp_path / "disk.img"
+    subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+    ds.create(image, "v1")
+    subprocess.run(["cp", "--sparse=always", test_disk["v2"], image], check=True)
+    second = ds.show(ds.create(image, "v2"))
+    listed1, listed2 = chunk_list(test_disk["v1"], CHUNK), chunk_list(test_disk["v2"], CHUNK)
+    same = sum(1 for a, b in zip(listed1, listed2) if b is not None and a == b)
+    assert same > len(listed2) // 4 and second["ChunksUnchanged"] == same
+    assert second["ChunksStoredNew"] == len(set(listed2) - set(listed1) - {None})
+    out = tmp_path / "out.img"
+    ds.run("restore", "v2", out)
+    assert sha256(out) == sha256(test_disk["v2"])
+
+
+def cached_bytes(path):
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
+def evict(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def test_snapshot_leaves_the_page_cache_as_it_found_it(ds, test_disk, tmp_path):
+    image = tmp_path / "disk.img"
+    subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+    evict(image)
+    allocated = os.stat(image).st_blocks * 512
+    assert cached_bytes(image) < 1 << 20
+    ds.create(image, "cold")
+    # What may stay: readahead that ran into holes (no run covers them) and metadata.
+    assert cached_bytes(image) < allocated * 0.1, "a snapshot of a cold image must not fill the page cache with it"
+    with open(image, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    warm = cached_bytes(image)
+    assert warm > allocated * 0.9
+    ds.create(image, "warm")
+    # Every data page cached before stays (zero pages of holes may go: they cost no I/O).
+    assert cached_bytes(image) >= allocated * 0.99, "pages that were cached before the snapshot stay cached"

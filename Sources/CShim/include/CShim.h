@@ -34,6 +34,8 @@ int ds_o_direct(void);
 int ds_syncfs(int fd);
 /// posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL).
 int ds_fadvise_sequential(int fd);
+/// posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED).
+int ds_fadvise_dontneed(int fd, int64_t offset, int64_t length);
 
 /// Page-cache residency of the pages covering [offset, offset + length) of fd, through
 /// mmap + mincore (nothing is faulted in): vec[i] bit 0 is set when page i is cached.
