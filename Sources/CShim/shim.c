@@ -78,10 +78,6 @@ int ds_drop_pages_not_resident(int fd, int64_t offset, size_t length, const unsi
     return 0;
 }
 
-int ds_start_writeback(int fd, int64_t offset, int64_t length) {
-    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
-}
-
 unsigned int ds_major(uint64_t dev) { return major((dev_t)dev); }
 unsigned int ds_minor(uint64_t dev) { return minor((dev_t)dev); }
 

@@ -87,40 +87,22 @@ extension Restorer {
     }
 }
 
-/// Where a restore writes.
-///
-/// Aligned runs of chunks go through a second, `O_DIRECT` descriptor: a restore writes each
-/// byte once and never reads it back, so copying it into the page cache only costs CPU (half
-/// a second of kernel time per GiB measured here), evicts what the machine was using, and
-/// leaves gigabytes of dirty pages for the final fsync. What is not aligned to
-/// `directAlignment` (the last piece of an odd-sized disk, a partition that does not start
-/// on a 4 KiB boundary), and everything on a filesystem without `O_DIRECT`, is written
-/// through the page cache.
+/// Where a restore writes. Data goes through a `DirectWriter`: a restore writes each byte
+/// once and never reads it back, so the page-cache copy only costs CPU (half a second of
+/// kernel time per GiB measured here), evicts what the machine was using, and leaves
+/// gigabytes of dirty pages for the final fsync. The last piece of an odd-sized disk and a
+/// partition that does not start on a 4 KiB boundary go through the page cache.
 final class Target: Sendable {
     let finalPath: String
     let file: OpenFile
-    let direct: OpenFile?
+    let writer: DirectWriter
     let isBlockDevice: Bool
-    static let directAlignment = 4096
 
     private init(finalPath: String, file: OpenFile, isBlockDevice: Bool) {
         self.finalPath = finalPath
         self.file = file
         self.isBlockDevice = isBlockDevice
-        // A plain (not O_EXCL) second open: the first descriptor keeps a device's exclusive claim.
-        direct = try? OpenFile(path: file.path, mode: [.writeOnly, .direct])
-    }
-
-    /// Writes `buffer` at `offset`, directly when buffer, offset and length are aligned.
-    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
-        let a = Self.directAlignment
-        if let direct, Int(offset % UInt64(a)) == 0, buffer.count % a == 0, Int(bitPattern: buffer.baseAddress) % a == 0 {
-            let result = Result { () throws(SystemError) in try direct.write(buffer, at: offset) }
-            if case .success = result { return }
-            // EINVAL: this filesystem or device wants another alignment; the page cache takes it.
-            if case .failure(let error) = result, !error.isInvalidArgument { throw error }
-        }
-        try file.write(buffer, at: offset)
+        writer = DirectWriter(file: file)
     }
 
     static func open(_ path: String, size: UInt64, force: Bool) throws -> Target {
@@ -214,25 +196,23 @@ private final class RestoreWork: Sendable {
             // 1. Every data chunk of the run into its place in `buffer`, in the order the
             //    store holds them: a block shared by several chunks (and by several snapshots
             //    of the same region, interleaved) is decompressed once per run.
+            func naming<T>(chunk c: Int, _ body: () throws -> T) throws -> T {
+                do {
+                    return try body()
+                } catch let error as any CodedError {
+                    throw ContextError(underlying: error, context: "snapshot \(record.snapshotId), chunk at offset \((run.first + UInt64(c)) * chunkSize)")
+                }
+            }
             reads.removeAll(keepingCapacity: true)
             for (c, digest) in digests.enumerated() where !digest.isZero {
-                let offset = (run.first + UInt64(c)) * chunkSize
-                do {
-                    reads.append((c, try reader.locate(digest)))
-                } catch let error as any CodedError {
-                    throw ContextError(underlying: error, context: "snapshot \(record.snapshotId), chunk at offset \(offset)")
-                }
+                reads.append((c, try naming(chunk: c) { try reader.locate(digest) }))
             }
             reads.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
             for (c, location) in reads {
                 let offset = (run.first + UInt64(c)) * chunkSize
                 let length = Int(min(chunkSize, record.sourceSize - offset))
                 let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[c * Int(chunkSize)..<c * Int(chunkSize) + length])
-                do {
-                    try reader.read(digests[c], at: location, into: slot)
-                } catch let error as any CodedError {
-                    throw ContextError(underlying: error, context: "snapshot \(record.snapshotId), chunk at offset \(offset)")
-                }
+                try naming(chunk: c) { try reader.read(digests[c], at: location, into: slot) }
             }
             // 2. Consecutive data chunks are written with one pwrite; consecutive zero chunks
             //    on a device are zeroed with one BLKZEROOUT; in a file they stay holes.
@@ -242,7 +222,7 @@ private final class RestoreWork: Sendable {
                 guard let start = pendingStart, pendingLength > 0 else { return }
                 if let clip = clipped(start, UInt64(pendingLength)) {
                     let from = pendingFrom + Int(clip.start - start)
-                    try target.write(UnsafeRawBufferPointer(rebasing: buffer[from..<from + Int(clip.count)]), at: clip.start - range.start)
+                    try target.writer.write(UnsafeRawBufferPointer(rebasing: buffer[from..<from + Int(clip.count)]), at: clip.start - range.start)
                     written.wrappingAdd(clip.count, ordering: .relaxed)
                 }
                 pendingStart = nil

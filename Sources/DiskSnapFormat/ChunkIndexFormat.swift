@@ -117,8 +117,7 @@ public enum ChunkIndexFormat {
             guard Int(pack) < packCount, let encoding = ChunkEncoding(rawValue: encodingByte) else {
                 throw FormatError(file: file, "entry for chunk \(digest) names pack \(pack) of \(packCount) or encoding \(encodingByte)")
             }
-            let end = UInt64(blockOffset) + UInt64(rawLength)
-            guard end <= (encoding == .raw ? UInt64(storedLength) : UInt64(PackFormat.maximumBlockBytes)) else {
+            guard PackFormat.chunkFitsBlock(blockOffset: blockOffset, rawLength: rawLength, storedLength: storedLength, encoding: encoding) else {
                 throw FormatError(file: file, "entry for chunk \(digest) lies outside its block (\(blockOffset)+\(rawLength))")
             }
             entries.append(Entry(digest: digest, pack: pack, offset: offset, storedLength: storedLength, rawLength: rawLength,

@@ -21,6 +21,12 @@ public enum PackFormat {
     /// The most raw bytes one block may hold: a reader's decompression buffer.
     public static let maximumBlockBytes = 16 << 20
 
+    /// A chunk lies inside its block: inside the stored bytes of a raw block, inside the
+    /// largest decoded block of a compressed one. For pack and index entries alike.
+    public static func chunkFitsBlock(blockOffset: UInt32, rawLength: UInt32, storedLength: UInt32, encoding: ChunkEncoding) -> Bool {
+        UInt64(blockOffset) + UInt64(rawLength) <= (encoding == .raw ? UInt64(storedLength) : UInt64(maximumBlockBytes))
+    }
+
     public static func encodeHeader() -> [UInt8] {
         var w = ByteWriter(capacity: headerSize)
         w.append(magic)
@@ -114,13 +120,10 @@ public struct PackEntry: Sendable, Equatable {
         self.blockOffset = blockOffset
     }
 
-    /// The chunk must lie inside its block: inside the stored bytes of a raw block, inside
-    /// the largest decoded block of a compressed one.
+    /// The chunk must lie inside its block (`PackFormat.chunkFitsBlock`).
     func validateBlock(file: String) throws(FormatError) {
-        let end = UInt64(blockOffset) + UInt64(rawLength)
-        let limit = encoding == .raw ? UInt64(storedLength) : UInt64(PackFormat.maximumBlockBytes)
-        guard end <= limit else {
-            throw FormatError(file: file, "chunk \(digest) at \(blockOffset)+\(rawLength) of its block lies outside the block (\(limit) bytes)")
+        guard PackFormat.chunkFitsBlock(blockOffset: blockOffset, rawLength: rawLength, storedLength: storedLength, encoding: encoding) else {
+            throw FormatError(file: file, "chunk \(digest) at \(blockOffset)+\(rawLength) of its block lies outside the block")
         }
     }
 

@@ -48,11 +48,6 @@ public final class ChunkReader {
         return location
     }
 
-    /// Fills `output` with the chunk `digest`; `output.count` must be its length.
-    public func read(_ digest: ChunkDigest, into output: UnsafeMutableRawBufferPointer) throws {
-        try read(digest, at: try locate(digest), into: output)
-    }
-
     /// Fills `output` with the chunk `digest` stored at `location` (from `locate`). Reading
     /// the chunks of one block one after another decompresses it once.
     public func read(_ digest: ChunkDigest, at location: ChunkLocation, into output: UnsafeMutableRawBufferPointer) throws {

@@ -105,8 +105,8 @@ public final class PackBuilder {
 
     private struct OpenPack {
         let id: PackID
-        let file: OpenFile
-        let direct: OpenFile?
+        let writer: DirectWriter
+        var file: OpenFile { writer.file }
         /// Bytes of the pack so far: written pieces plus the staging buffer's fill.
         var size: UInt64
         /// Where the staging buffer's first byte goes.
@@ -205,7 +205,7 @@ public final class PackBuilder {
         let path = writer.area.path(id.hex + ".pack")
         let file = try OpenFile(path: path, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
         fill = 0
-        current = OpenPack(id: id, file: file, direct: try? OpenFile(path: path, mode: [.writeOnly, .direct]), size: 0)
+        current = OpenPack(id: id, writer: DirectWriter(file: file), size: 0)
         try stage(PackFormat.encodeHeader())
     }
 
@@ -221,30 +221,20 @@ public final class PackBuilder {
             fill += n
             current!.size += UInt64(n)
             rest = UnsafeRawBufferPointer(rebasing: rest[n...])
-            if fill == staging.count { try writeStaged(direct: true) }
+            if fill == staging.count { try writeStaged() }
         }
     }
 
-    /// Writes the staging buffer at its place and empties it.
-    private func writeStaged(direct: Bool) throws {
-        let block = UnsafeRawBufferPointer(rebasing: staging[..<fill])
-        let at = current!.stagedAt
-        if direct, let file = current!.direct {
-            let result = Result { () throws(SystemError) in try file.write(block, at: at) }
-            if case .failure(let error) = result {
-                guard error.isInvalidArgument else { throw error }
-                try current!.file.write(block, at: at)  // this filesystem refuses the alignment
-            }
-        } else {
-            try current!.file.write(block, at: at)
-        }
+    /// Writes the staging buffer at its place (directly when it is whole blocks) and empties it.
+    private func writeStaged() throws {
+        try current!.writer.write(UnsafeRawBufferPointer(rebasing: staging[..<fill]), at: current!.stagedAt)
         current!.stagedAt += UInt64(fill)
         fill = 0
     }
 
     /// Writes the rest, the table of contents and the trailer, and fsyncs.
     private func close() throws {
-        try writeStaged(direct: false)
+        try writeStaged()
         let pack = current!
         current = nil
         let (toc, trailer) = PackFormat.encodeTrailer(entries: pack.entries, tocOffset: pack.size)

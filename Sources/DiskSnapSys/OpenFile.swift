@@ -134,11 +134,36 @@ public final class OpenFile: Sendable {
 
     /// Hints the kernel that the file is read from start to end.
     public func adviseSequential() { _ = ds_fadvise_sequential(descriptor) }
+}
 
-    /// Starts writing back a range that was just written, without waiting: writeback then
-    /// overlaps the work still to come, and the final fsync finds little left to do.
-    public func startWriteback(offset: UInt64, length: UInt64) {
-        _ = ds_start_writeback(descriptor, Int64(offset), Int64(length))
+/// Writes a file through a second, `O_DIRECT` descriptor where it can: for data written once
+/// and not read back soon (packs, restore targets), the page cache only costs a copy and a
+/// long final fsync. A write whose buffer, offset or length is not aligned to `alignment`,
+/// one the filesystem refuses (EINVAL), and every write on a filesystem without `O_DIRECT`
+/// goes through `file`, the ordinary descriptor, which also serves fsync.
+public final class DirectWriter: Sendable {
+    public static let alignment = 4096
+    public let file: OpenFile
+    private let direct: OpenFile?
+
+    /// `file` must be open for writing. The second open is plain (never `O_EXCL`): a block
+    /// device's exclusive claim stays with `file`.
+    public init(file: OpenFile) {
+        self.file = file
+        direct = try? OpenFile(path: file.path, mode: [.writeOnly, .direct])
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(SystemError) {
+        let a = Self.alignment
+        if let direct, offset % UInt64(a) == 0, buffer.count % a == 0, Int(bitPattern: buffer.baseAddress) % a == 0 {
+            do {
+                try direct.write(buffer, at: offset)
+                return
+            } catch where error.errno == EINVAL {
+                // This filesystem or device wants another alignment: the page cache takes it.
+            }
+        }
+        try file.write(buffer, at: offset)
     }
 }
 

@@ -22,10 +22,6 @@ public struct SystemError: CodedError, Equatable {
         SystemError(errno: Glibc.errno, operation: operation, path: path)
     }
 
-    /// EINVAL: for `O_DIRECT` I/O, the buffer, offset or length is not aligned as the
-    /// filesystem or device requires.
-    public var isInvalidArgument: Bool { errno == EINVAL }
-
     public var code: String {
         switch errno {
         case ENOENT, ENOTDIR: "IO.NotFound"

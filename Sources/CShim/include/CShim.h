@@ -46,9 +46,6 @@ long ds_page_count(int64_t offset, size_t length);
 /// Drops from the page cache the pages of [offset, offset + length) that `vec` (filled by
 /// ds_resident_pages before a read) shows were not cached: the cache is left as it was.
 int ds_drop_pages_not_resident(int fd, int64_t offset, size_t length, const unsigned char *vec);
-/// sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writing back a range
-/// without waiting, so a final fsync finds little left to do.
-int ds_start_writeback(int fd, int64_t offset, int64_t length);
 
 unsigned int ds_major(uint64_t dev);
 unsigned int ds_minor(uint64_t dev);
