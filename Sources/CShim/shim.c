@@ -13,6 +13,10 @@
 int64_t ds_seek_data(int fd, int64_t offset) { return lseek(fd, offset, SEEK_DATA); }
 int64_t ds_seek_hole(int fd, int64_t offset) { return lseek(fd, offset, SEEK_HOLE); }
 
+int ds_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
 int ds_block_device_size(int fd, uint64_t *size_bytes) {
     return ioctl(fd, BLKGETSIZE64, size_bytes);
 }
@@ -93,3 +97,5 @@ int ds_is_all_zero(const void *buf, size_t length) {
     }
     return 1;
 }
+
+uint64_t ds_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }

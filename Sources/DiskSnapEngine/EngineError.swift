@@ -27,6 +27,9 @@ public struct EngineError: CodedError {
     static func targetExists(_ message: String) -> EngineError {
         EngineError(code: "Target.Exists", message, exitStatus: .conflict)
     }
+    static func targetInUse(_ message: String) -> EngineError {
+        EngineError(code: "Target.InUse", message, exitStatus: .conflict)
+    }
     static func targetTooSmall(_ message: String) -> EngineError {
         EngineError(code: "Target.TooSmall", message, exitStatus: .invalidParameter)
     }

@@ -10,6 +10,12 @@ public struct RestoreRequest: Sendable {
     public var force = false
     /// Restore only this partition (its byte range from the identity recorded at snapshot time).
     public var partition: Int?
+    /// TARGET is the existing disk: compare it chunk by chunk and write only what differs.
+    public var inPlace = false
+    /// With `inPlace`: compare and report, write nothing.
+    public var dryRun = false
+    /// After writing: drop the target's cached pages, read it back and compare every chunk.
+    public var verify = false
     public var showProgress = false
     public var workers = Workers.restoreCount
 
@@ -24,13 +30,26 @@ public struct RestoreResult: Sendable {
     public var targetPath: String
     public var bytesWritten: UInt64
     public var seconds: Double
+    public var inPlace = false
+    public var dryRun = false
+    /// In place: the target bytes read and compared.
+    public var bytesExamined: UInt64 = 0
+    /// In place: chunks (and their bytes) that differed from the snapshot.
+    public var chunksDiffering: UInt64 = 0
+    public var bytesDiffering: UInt64 = 0
+    /// In place, a file target: its size before it was set to the snapshot's.
+    public var resizedFrom: UInt64?
+    /// A `--verify` pass read the target back and found it identical.
+    public var verified = false
 }
 
 /// Writes a snapshot's bytes to a file or block device, in parallel, verifying every chunk.
 ///
 /// A file target is built under a temporary name in the target's directory and renamed
 /// into place only when complete and fsynced: a half-restored file never has the final
-/// name. Zero chunks are holes in files and BLKZEROOUT ranges on devices.
+/// name. Zero chunks are holes in files and BLKZEROOUT ranges on devices. In place, the
+/// existing disk is compared chunk by chunk and only what differs is written
+/// (`InPlaceWork`); a run interrupted at any point is finished by running it again.
 public struct Restorer {
     let repository: Repository
 
@@ -39,51 +58,126 @@ public struct Restorer {
     public func restore(_ request: RestoreRequest) throws -> RestoreResult {
         let lock = try repository.lock(.shared, for: "restore")
         defer { withExtendedLifetime(lock) {} }
-        let record = try Catalog(repository: repository).find(request.snapshot)
-        guard record.status == .accomplished else {
-            throw EngineError.snapshotNotRestorable("snapshot \(record.snapshotId) is \(record.status.rawValue); only an accomplished snapshot can be restored")
-        }
-        let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
-        guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
-            throw FormatError(file: fixed.file.path, "does not belong to snapshot \(record.snapshotId) (size or id differ)")
-        }
-        let range = try byteRange(of: record, partition: request.partition)
+        let snapshot = try OpenedSnapshot.open(request.snapshot, in: repository)
+        let range = try snapshot.byteRange(partition: request.partition)
         let index = try ChunkIndex.load(from: repository)
+        let packs = PackFiles(repository: repository, index: index)
+        if request.inPlace { return try restoreInPlace(request, snapshot: snapshot, range: range, index: index, packs: packs) }
+        guard !request.dryRun else {
+            throw EngineError(code: "InvalidParameter.DryRun", "--dry-run compares an existing disk: it needs --in-place", exitStatus: .invalidParameter)
+        }
+        let record = snapshot.record
         let target = try Target.open(request.targetPath, size: range.count, force: request.force)
         do {
             let progress = Progress(label: "restore", total: range.count, visible: request.showProgress)
-            let chunkSize = UInt64(record.chunkSize)
+            let chunkSize = snapshot.chunkSize
             let runs = WorkPlan.runs(dataRanges: range.count > 0 ? [range] : [],
                                      chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
-            let work = RestoreWork(record: record, fixed: fixed, index: index, packs: PackFiles(repository: repository, index: index),
+            let work = RestoreWork(record: record, fixed: snapshot.fixed, index: index, packs: packs,
                                    target: target, range: range, runs: runs, chunkSize: chunkSize, progress: progress)
             try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress) { _, queue in
                 try work.run(queue)
             }
+            var result = RestoreResult(record: record, targetPath: target.finalPath, bytesWritten: work.written.load(ordering: .relaxed),
+                                       seconds: 0)
+            if request.verify {
+                try target.file.sync()
+                try verify(snapshot: snapshot, file: target.file, isBlockDevice: target.isBlockDevice, range: range,
+                           index: index, packs: packs, request: request)
+                result.verified = true
+            }
             try target.commit()
-            return RestoreResult(record: record, targetPath: target.finalPath, bytesWritten: work.written.load(ordering: .relaxed),
-                                 seconds: progress.elapsedSeconds)
+            result.seconds = progress.elapsedSeconds
+            return result
         } catch {
             target.abandon()
             throw error
         }
     }
+
+    private func restoreInPlace(_ request: RestoreRequest, snapshot: OpenedSnapshot, range: ByteRange,
+                                index: ChunkIndex, packs: PackFiles) throws -> RestoreResult {
+        let target = try InPlaceTarget.open(request.targetPath, size: range.count, force: request.force, dryRun: request.dryRun)
+        let progress = Progress(label: request.dryRun ? "compare" : "restore in place", total: range.count, visible: request.showProgress)
+        let writer = request.dryRun ? nil : DirectWriter(file: target.file)
+        let work = InPlaceWork(snapshot: snapshot, index: index, packs: packs, file: target.file, writer: writer,
+                               isBlockDevice: target.isBlockDevice, range: range, progress: progress)
+        try work.run(workers: request.workers)
+        var result = RestoreResult(record: snapshot.record, targetPath: target.file.path,
+                                   bytesWritten: work.written.load(ordering: .relaxed), seconds: 0)
+        result.inPlace = true
+        result.dryRun = request.dryRun
+        result.bytesExamined = work.examined.load(ordering: .relaxed)
+        result.chunksDiffering = work.differingChunks.load(ordering: .relaxed)
+        result.bytesDiffering = work.differingBytes.load(ordering: .relaxed)
+        if !target.isBlockDevice && target.size != range.count {
+            result.resizedFrom = target.size
+            if !request.dryRun { try target.file.truncate(to: range.count) }
+        }
+        if !request.dryRun {
+            try target.file.sync()
+            if request.verify {
+                try verify(snapshot: snapshot, file: target.file, isBlockDevice: target.isBlockDevice, range: range,
+                           index: index, packs: packs, request: request)
+                result.verified = true
+            }
+        }
+        result.seconds = progress.elapsedSeconds
+        return result
+    }
+
+    /// Reads the written target back from the disk (its cached pages dropped first) and
+    /// compares every chunk with the snapshot.
+    private func verify(snapshot: OpenedSnapshot, file: OpenFile, isBlockDevice: Bool, range: ByteRange,
+                        index: ChunkIndex, packs: PackFiles, request: RestoreRequest) throws {
+        file.dropCache()
+        let check = InPlaceWork(snapshot: snapshot, index: index, packs: packs, file: file, writer: nil, isBlockDevice: isBlockDevice,
+                                range: range, progress: Progress(label: "verify", total: range.count, visible: request.showProgress))
+        try check.run(workers: request.workers)
+        let bad = check.differingChunks.load(ordering: .relaxed)
+        guard bad == 0 else {
+            throw EngineError(code: "Restore.VerifyFailed", "\(file.path) differs from snapshot \(snapshot.record.snapshotId) in \(bad) chunks after the restore (\(ByteFormat.human(check.differingBytes.load(ordering: .relaxed)))): the disk did not keep what was written", exitStatus: .corrupt)
+        }
+    }
 }
 
-extension Restorer {
-    /// The bytes of the disk to restore: all of it, or one partition of the recorded table.
-    func byteRange(of record: SnapshotRecord, partition number: Int?) throws -> ByteRange {
-        guard let number else { return ByteRange(start: 0, end: record.sourceSize) }
-        guard let identity = record.identity, identity.partitionTableType != nil else {
-            throw EngineError(code: "InvalidParameter.Partition", "snapshot \(record.snapshotId) recorded no partition table", exitStatus: .invalidParameter)
+/// An existing disk restored in place: a regular file or a block device, not in use.
+struct InPlaceTarget {
+    let file: OpenFile
+    let isBlockDevice: Bool
+    /// Its size before the restore.
+    let size: UInt64
+
+    static func open(_ path: String, size needed: UInt64, force: Bool, dryRun: Bool) throws -> InPlaceTarget {
+        let path = FileSystem.absolutePath(path)
+        guard let status = try FileSystem.statusIfExists(path) else {
+            throw EngineError(code: "Target.NotFound", "\(path) does not exist; --in-place restores onto an existing disk", exitStatus: .notFound)
         }
-        guard let part = identity.partitions.first(where: { $0.number == number }) else {
-            throw EngineError(code: "InvalidParameter.Partition", "snapshot \(record.snapshotId) has no partition \(number) (it has \(identity.partitions.map { String($0.number) }.joined(separator: ", ")))", exitStatus: .invalidParameter)
+        if status.isBlockDevice {
+            let users = DeviceUse.users(ofDevice: status.representedDevice)
+            if !users.isEmpty && !force && !dryRun {
+                throw EngineError.targetInUse("\(path) is in use (\(users.joined(separator: "; "))); unmount it first or pass --force")
+            }
+            let file = try Target.openDevice(path, mode: dryRun ? .readOnly : [.readWrite, .exclusive])
+            let size = try BlockDevice.size(file)
+            guard size >= needed else {
+                throw EngineError.targetTooSmall("\(path) holds \(size) bytes; the snapshot needs \(needed)")
+            }
+            return InPlaceTarget(file: file, isBlockDevice: true, size: size)
         }
-        guard part.start + part.size <= record.sourceSize else {
-            throw EngineError(code: "InvalidParameter.Partition", "partition \(number) ends past the disk", exitStatus: .invalidParameter)
+        guard status.isRegularFile else {
+            throw EngineError.targetExists("\(path) is neither a regular file nor a block device")
         }
-        return ByteRange(start: part.start, end: part.start + part.size)
+        let loops = DeviceUse.loopDevices(backedBy: status)
+        if !loops.isEmpty && !force && !dryRun {
+            throw EngineError.targetInUse("\(path) is in use: it backs \(loops.joined(separator: ", ")); detach it (losetup -d) first or pass --force")
+        }
+        guard status.size >= needed || force else {
+            throw EngineError.targetTooSmall("\(path) is \(status.size) bytes; the snapshot needs \(needed) (pass --force to grow it)")
+        }
+        let file = try OpenFile(path: path, mode: dryRun ? .readOnly : .readWrite)
+        if !dryRun && status.size < needed { try file.truncate(to: needed) }
+        return InPlaceTarget(file: file, isBlockDevice: false, size: status.size)
     }
 }
 
@@ -112,12 +206,7 @@ final class Target: Sendable {
                 guard force else {
                     throw EngineError.targetExists("\(finalPath) is a block device; restoring overwrites all of it (pass --force)")
                 }
-                // O_EXCL on a block device: EBUSY while it is mounted or otherwise held.
-                let opened = Result { () throws(SystemError) in try OpenFile(path: finalPath, mode: [.writeOnly, .exclusive]) }
-                if case .failure(let error) = opened, error.code == "IO.Busy" {
-                    throw EngineError.sourceInUse("\(finalPath) is in use (mounted or held by another device); unmount it first")
-                }
-                let file = try opened.get()
+                let file = try openDevice(finalPath, mode: [.writeOnly, .exclusive])
                 let deviceSize = try BlockDevice.size(file)
                 guard deviceSize >= size else {
                     throw EngineError.targetTooSmall("\(finalPath) holds \(deviceSize) bytes; the snapshot needs \(size)")
@@ -139,6 +228,17 @@ final class Target: Sendable {
             throw error
         }
         return Target(finalPath: finalPath, file: file, isBlockDevice: false)
+    }
+
+    /// Opens a block device; with `O_EXCL`, EBUSY (mounted or held) becomes `Target.InUse`
+    /// naming its users.
+    static func openDevice(_ path: String, mode: OpenFile.Mode) throws -> OpenFile {
+        let opened = Result { () throws(SystemError) in try OpenFile(path: path, mode: mode) }
+        if case .failure(let error) = opened, error.code == "IO.Busy" {
+            let users = (try? FileSystem.status(path)).map { DeviceUse.users(ofDevice: $0.representedDevice) } ?? []
+            throw EngineError.targetInUse("\(path) is in use (\(users.isEmpty ? "held by the kernel" : users.joined(separator: "; "))); unmount it first")
+        }
+        return try opened.get()
     }
 
     func commit() throws {

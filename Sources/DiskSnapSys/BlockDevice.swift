@@ -31,6 +31,7 @@ public enum BlockDevice {
 
     public static func major(_ device: UInt64) -> UInt32 { UInt32(ds_major(device)) }
     public static func minor(_ device: UInt64) -> UInt32 { UInt32(ds_minor(device)) }
+    public static func makeDevice(major: UInt32, minor: UInt32) -> UInt64 { ds_makedev(major, minor) }
 }
 
 /// The all-zero test used on every chunk.

@@ -133,6 +133,27 @@ public final class OpenFile: Sendable {
     }
 
     /// Hints the kernel that the file is read from start to end.
+    /// Makes `[offset, offset + length)` a hole (reads as zeroes, frees its blocks); where the
+    /// filesystem cannot punch holes, writes zeroes instead.
+    public func punchHole(offset: UInt64, length: UInt64) throws(SystemError) {
+        if ds_punch_hole(descriptor, Int64(offset), Int64(length)) == 0 { return }
+        guard errno == EOPNOTSUPP || errno == ENOSYS else { throw SystemError.current("fallocate(PUNCH_HOLE)", path) }
+        let zeroes = [UInt8](repeating: 0, count: Int(min(length, 1 << 20)))
+        var done: UInt64 = 0
+        while done < length {
+            let n = Int(min(UInt64(zeroes.count), length - done))
+            let result = zeroes.withUnsafeBytes { b in
+                Result { () throws(SystemError) in try write(UnsafeRawBufferPointer(rebasing: b[..<n]), at: offset + done) }
+            }
+            try result.get()
+            done += UInt64(n)
+        }
+    }
+
+    /// Drops the file's clean pages from the page cache, so that the next reads come from the
+    /// disk (a verification pass must not read back what it just wrote from memory).
+    public func dropCache() { _ = ds_fadvise_dontneed(descriptor, 0, 0) }
+
     public func adviseSequential() { _ = ds_fadvise_sequential(descriptor) }
 }
 

@@ -3,16 +3,24 @@ import DiskSnapFormat
 import DiskSnapEngine
 
 struct Restore: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Write a snapshot's exact bytes to a file or block device.")
+    static let configuration = CommandConfiguration(
+        abstract: "Write a snapshot's exact bytes to a file or block device.",
+        discussion: "With --in-place, TARGET is the existing disk: it is read and hashed chunk by chunk and only the chunks that differ from the snapshot are written (and a file's size set). An interrupted in-place restore is finished by running it again.")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Snapshot id or name.")
     var snapshot: String
-    @Argument(help: "A new file, an existing file (with --force) or a block device (with --force).")
+    @Argument(help: "A new file, an existing file (with --force or --in-place) or a block device (with --force or --in-place).")
     var target: String
     @Option(help: "Restore only partition N of the table recorded at snapshot time.")
     var partition: Int?
-    @Flag(help: "Replace an existing file or overwrite a block device.")
+    @Flag(help: "TARGET is the disk to repair: write only the chunks that differ from the snapshot.")
+    var inPlace = false
+    @Flag(help: "With --in-place: compare and report what would be written; write nothing.")
+    var dryRun = false
+    @Flag(help: "After writing, read the target back from the disk and compare every chunk with the snapshot.")
+    var verify = false
+    @Flag(help: "Replace an existing file, overwrite a block device, or restore in place onto a disk in use or a smaller file.")
     var force = false
     @Flag(help: "Print the result as JSON.")
     var json = false
@@ -22,13 +30,27 @@ struct Restore: ParsableCommand {
             var request = RestoreRequest(snapshot: snapshot, targetPath: target)
             request.force = force
             request.partition = partition
+            request.inPlace = inPlace
+            request.dryRun = dryRun
+            request.verify = verify
             request.showProgress = Output.stderrIsTerminal
             let result = try Restorer(repository: try global.openRepository()).restore(request)
             if json {
-                Output.json(RestoreResponse(snapshotId: result.record.snapshotId.rawValue, target: result.targetPath,
-                                            bytesWritten: result.bytesWritten, seconds: result.seconds))
+                Output.json(RestoreResponse(result))
+                return
+            }
+            let part = partition.map { "partition \($0), " } ?? ""
+            let seconds = String(format: "%.2f", result.seconds)
+            guard result.inPlace else {
+                Output.line("restored \(result.record.snapshotId) to \(result.targetPath): \(part)\(ByteFormat.human(result.bytesWritten)) written in \(seconds) s\(result.verified ? ", verified" : "")")
+                return
+            }
+            let differing = "\(result.chunksDiffering) chunks differ (\(ByteFormat.human(result.bytesDiffering)))"
+            let resize = result.resizedFrom.map { ", size \($0) -> \(result.bytesExamined) bytes" } ?? ""
+            if result.dryRun {
+                Output.line("dry run, \(result.targetPath) against \(result.record.snapshotId): \(part)\(ByteFormat.human(result.bytesExamined)) examined, \(differing) would be written\(resize), \(seconds) s")
             } else {
-                Output.line("restored \(result.record.snapshotId) to \(result.targetPath): \(partition.map { "partition \($0), " } ?? "")\(ByteFormat.human(result.bytesWritten)) written in \(String(format: "%.2f", result.seconds)) s")
+                Output.line("restored \(result.record.snapshotId) in place to \(result.targetPath): \(part)\(ByteFormat.human(result.bytesExamined)) examined, \(differing), \(ByteFormat.human(result.bytesWritten)) written\(resize) in \(seconds) s\(result.verified ? ", verified" : "")")
             }
         }
     }
@@ -37,6 +59,28 @@ struct Restore: ParsableCommand {
 struct RestoreResponse: Encodable {
     var snapshotId: String
     var target: String
+    var mode: String
+    var dryRun: Bool
+    var partition: Int?
+    var bytesExamined: UInt64
+    var chunksDiffering: UInt64
+    var bytesDiffering: UInt64
     var bytesWritten: UInt64
+    var resizedFrom: UInt64?
+    var verified: Bool
     var seconds: Double
+
+    init(_ result: RestoreResult) {
+        snapshotId = result.record.snapshotId.rawValue
+        target = result.targetPath
+        mode = result.inPlace ? "in-place" : "new"
+        dryRun = result.dryRun
+        bytesExamined = result.bytesExamined
+        chunksDiffering = result.chunksDiffering
+        bytesDiffering = result.bytesDiffering
+        bytesWritten = result.bytesWritten
+        resizedFrom = result.resizedFrom
+        verified = result.verified
+        seconds = result.seconds
+    }
 }

@@ -37,8 +37,6 @@ struct Show: ParsableCommand {
             if let change = r.identityChange { rows.append(["IdentityChange", change]) }
             Output.line(Table.format(rows))
             if let identity = r.identity { Output.line("\n" + IdentityText.render(identity)) }
-            return
-            Output.line(Table.format(rows))
         }
     }
 }

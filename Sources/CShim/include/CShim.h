@@ -28,6 +28,11 @@ int ds_block_physical_sector_size(int fd, uint32_t *size_bytes);
 /// discard-with-zeroes when the device offers them. Returns 0 or -1 with errno.
 int ds_block_zero_out(int fd, uint64_t start, uint64_t length);
 
+/// fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length): the range
+/// reads as zeroes and frees its blocks. Returns 0 or -1 with errno (EOPNOTSUPP where the
+/// filesystem cannot).
+int ds_punch_hole(int fd, int64_t offset, int64_t length);
+
 /// The O_DIRECT open flag.
 int ds_o_direct(void);
 /// syncfs(fd): flush the whole filesystem holding fd.
@@ -49,6 +54,7 @@ int ds_drop_pages_not_resident(int fd, int64_t offset, size_t length, const unsi
 
 unsigned int ds_major(uint64_t dev);
 unsigned int ds_minor(uint64_t dev);
+uint64_t ds_makedev(unsigned int major, unsigned int minor);
 
 /// 1 when every byte of buf[0..<length] is zero, else 0.
 int ds_is_all_zero(const void *buf, size_t length);
