@@ -13,14 +13,17 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
-        // C: the only place that sees libzstd, libblkid, ioctls and Linux-only constants.
+        // C: the only place that sees libzstd, libblkid, libfuse3, ioctls and Linux-only constants.
         .target(name: "CShim", path: "Sources/CShim"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CBlkid", path: "Sources/CBlkid", pkgConfig: "blkid",
                        providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
+                       providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "CFuseGlue", dependencies: ["CFuse"], path: "Sources/CFuseGlue"),
         // Swift face of the operating system and the C libraries.
-        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid"]),
+        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CFuseGlue"]),
         // On-disk formats: byte layouts, digests, versioned records.
         .target(name: "DiskSnapFormat", dependencies: [
             "DiskSnapSys", .product(name: "Crypto", package: "swift-crypto"),
@@ -33,9 +36,11 @@ let package = Package(
         .target(name: "DiskSnapEngine", dependencies: [
             "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog",
         ]),
+        // Serving a snapshot to other programs: NBD export, FUSE mount.
+        .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),
         // The command line: one file per subcommand.
         .executableTarget(name: "disksnap", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "DiskSnapTests", dependencies: [
