@@ -111,7 +111,8 @@ int ds_fuse_serve(const char *mountpoint, const char *fsname, const struct ds_fu
         struct fuse_session *session = fuse_get_session(f);
         if (fuse_set_signal_handlers(session) == 0) {
             ready(context);
-            rc = fuse_loop_mt(f, 0) == 0 ? 0 : -1;
+            // 0 when unmounted, the signal's number when interrupted: both end cleanly.
+            rc = fuse_loop_mt(f, 0) >= 0 ? 0 : -1;
             fuse_remove_signal_handlers(session);
         }
         fuse_unmount(f);
