@@ -23,6 +23,9 @@ final class InPlaceWork: Sendable {
     let packs: PackFiles
     /// The target, open for reading (and writing when `writer` is set).
     let file: OpenFile
+    /// Reads the target around the page cache when aligned: the comparison reads every
+    /// byte once and keeps none.
+    let targetReader: DirectReader
     let writer: DirectWriter?
     let isBlockDevice: Bool
     /// The disk bytes compared; disk offset `range.start` is target offset 0.
@@ -44,6 +47,7 @@ final class InPlaceWork: Sendable {
         self.index = index
         self.packs = packs
         self.file = file
+        targetReader = DirectReader(file: file)
         self.writer = writer
         self.isBlockDevice = isBlockDevice
         self.range = range
@@ -93,7 +97,7 @@ final class InPlaceWork: Sendable {
                 fetched[c] = true
             }
             do {
-                try file.readExactly(into: slot(current, span), at: span.start - range.start)
+                try targetReader.readExactly(into: slot(current, span), at: span.start - range.start)
             } catch {
                 throw ContextError(underlying: error, context: "reading \(file.path) at offset \(span.start - range.start)")
             }

@@ -219,7 +219,9 @@ final class Target: Sendable {
             guard force else { throw EngineError.targetExists("\(finalPath) exists (pass --force to replace it)") }
         }
         let directory = FileSystem.directoryName(of: finalPath)
-        let temporary = directory + "/." + FileSystem.uniqueTemporaryName(for: finalPath).replacingOccurrences(of: ".tmp", with: ".disksnap-partial")
+        removeAbandonedPartials(of: finalPath)
+        let base = finalPath.split(separator: "/").last.map(String.init) ?? "restore"
+        let temporary = "\(directory)/.\(base).\(FileSystem.processID).\(UInt32.random(in: 0...UInt32.max)).\(partialSuffix)"
         let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
         do {
             try file.truncate(to: size)  // a sparse file: unwritten ranges are holes
@@ -228,6 +230,21 @@ final class Target: Sendable {
             throw error
         }
         return Target(finalPath: finalPath, file: file, isBlockDevice: false)
+    }
+
+    static let partialSuffix = "disksnap-partial"
+
+    /// Removes `.NAME.PID.RANDOM.disksnap-partial` files that restores to `finalPath` killed
+    /// before their rename left behind (their PID is gone).
+    static func removeAbandonedPartials(of finalPath: String) {
+        let directory = FileSystem.directoryName(of: finalPath)
+        guard let base = finalPath.split(separator: "/").last, let names = try? FileSystem.listDirectory(directory) else { return }
+        let prefix = ".\(base)."
+        for name in names where name.hasPrefix(prefix) && name.hasSuffix("." + partialSuffix) {
+            let middle = name.dropFirst(prefix.count).dropLast(partialSuffix.count + 1).split(separator: ".")
+            guard middle.count == 2, let pid = Int32(middle[0]), UInt32(middle[1]) != nil, !FileSystem.processIsAlive(pid) else { continue }
+            try? FileSystem.removeIfExists("\(directory)/\(name)")
+        }
     }
 
     /// Opens a block device; with `O_EXCL`, EBUSY (mounted or held) becomes `Target.InUse`

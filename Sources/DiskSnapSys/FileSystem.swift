@@ -114,6 +114,11 @@ public enum FileSystem {
 
     public static var processID: Int32 { getpid() }
 
+    /// True while process `pid` exists on this machine (kill(pid, 0); EPERM means it exists).
+    public static func processIsAlive(_ pid: Int32) -> Bool {
+        pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
+    }
+
     public static func environment(_ name: String) -> String? {
         getenv(name).map { String(cString: $0) }
     }

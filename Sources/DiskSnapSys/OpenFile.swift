@@ -174,9 +174,13 @@ public final class DirectWriter: Sendable {
         direct = try? OpenFile(path: file.path, mode: [.writeOnly, .direct])
     }
 
+    /// True when `O_DIRECT` can take this buffer at this offset.
+    public static func isAligned(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) -> Bool {
+        offset % UInt64(alignment) == 0 && buffer.count % alignment == 0 && Int(bitPattern: buffer.baseAddress) % alignment == 0
+    }
+
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(SystemError) {
-        let a = Self.alignment
-        if let direct, offset % UInt64(a) == 0, buffer.count % a == 0, Int(bitPattern: buffer.baseAddress) % a == 0 {
+        if let direct, Self.isAligned(buffer, at: offset) {
             do {
                 try direct.write(buffer, at: offset)
                 return
@@ -185,6 +189,32 @@ public final class DirectWriter: Sendable {
             }
         }
         try file.write(buffer, at: offset)
+    }
+}
+
+/// Reads that bypass the page cache (`O_DIRECT`) when buffer, offset and length are aligned,
+/// for one pass over a disk that is compared, not kept (in-place restore, diff): no copy
+/// through the cache, nothing evicted. Anything unaligned, and every read where the
+/// filesystem refuses `O_DIRECT`, goes through `file`.
+public final class DirectReader: Sendable {
+    public let file: OpenFile
+    private let direct: OpenFile?
+
+    public init(file: OpenFile) {
+        self.file = file
+        direct = try? OpenFile(path: file.path, mode: .direct)
+    }
+
+    public func readExactly(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) {
+        if let direct, DirectWriter.isAligned(UnsafeRawBufferPointer(buffer), at: offset) {
+            do {
+                try direct.readExactly(into: buffer, at: offset)
+                return
+            } catch where error.errno == EINVAL {
+                // Another alignment is wanted here: the page cache serves this read.
+            }
+        }
+        try file.readExactly(into: buffer, at: offset)
     }
 }
 

@@ -214,3 +214,33 @@ def test_diff_against_the_live_disk_and_an_exact_small_change(ds, test_disk, tmp
 
     r = ds.run("diff", "base", tmp_path / "nothing-here", check=False)
     assert r.code == 3 and "neither a snapshot nor a disk" in r.err
+
+
+def test_new_file_restore_killed_leaves_no_final_name_and_the_rerun_cleans_up(ds, tmp_path):
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        for _ in range(256):
+            f.write(os.urandom(1 << 20))
+    snap = ds.create(src, "wanted")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "vm.img"
+    env = dict(os.environ, DISKSNAP_WORKERS="1")
+    proc = subprocess.Popen([BIN, "--repo", ds.repo, "restore", snap, str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    partial = []
+    while time.monotonic() < deadline and not partial:
+        partial = [n for n in os.listdir(out_dir) if n.endswith(".disksnap-partial")]
+        assert proc.poll() is None, "the restore ended before it could be killed"
+        time.sleep(0.001)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not out.exists(), "a half-written file never has the final name"
+    assert len(partial) == 1 and (out_dir / partial[0]).exists()
+    # An unrelated file that merely looks similar is left alone.
+    (out_dir / ".vm.img.notes.disksnap-partial").write_bytes(b"keep")
+    ds.run("restore", snap, out)
+    assert sha256(out) == sha256(src)
+    assert sorted(os.listdir(out_dir)) == [".vm.img.notes.disksnap-partial", "vm.img"], "the dead restore's partial file is removed"
