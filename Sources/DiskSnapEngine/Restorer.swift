@@ -206,7 +206,7 @@ final class Target: Sendable {
                 guard force else {
                     throw EngineError.targetExists("\(finalPath) is a block device; restoring overwrites all of it (pass --force)")
                 }
-                let file = try openDevice(finalPath, mode: [.writeOnly, .exclusive])
+                let file = try openDevice(finalPath, mode: [.readWrite, .exclusive])  // read back by --verify
                 let deviceSize = try BlockDevice.size(file)
                 guard deviceSize >= size else {
                     throw EngineError.targetTooSmall("\(finalPath) holds \(deviceSize) bytes; the snapshot needs \(size)")
@@ -222,7 +222,7 @@ final class Target: Sendable {
         removeAbandonedPartials(of: finalPath)
         let base = finalPath.split(separator: "/").last.map(String.init) ?? "restore"
         let temporary = "\(directory)/.\(base).\(FileSystem.processID).\(UInt32.random(in: 0...UInt32.max)).\(partialSuffix)"
-        let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
+        let file = try OpenFile(path: temporary, mode: [.readWrite, .create, .exclusive], permissions: 0o600)
         do {
             try file.truncate(to: size)  // a sparse file: unwritten ranges are holes
         } catch {

@@ -25,8 +25,19 @@ public enum BlockDevice {
 
     /// Zeroes `length` bytes at `offset` with BLKZEROOUT; the kernel falls back to writing
     /// zeroes when the device cannot unmap, so the range always reads back as zeroes.
+    /// BLKZEROOUT takes whole 512-byte sectors: the pieces of a range that start or end
+    /// inside a sector (the short last chunk of an odd-sized image) are written as zeroes.
     public static func zeroOut(_ file: OpenFile, offset: UInt64, length: UInt64) throws(SystemError) {
-        _ = try retryingEINTR("ioctl(BLKZEROOUT)", file.path) { ds_block_zero_out(file.descriptor, offset, length) }
+        let sector: UInt64 = 512
+        let end = offset + length
+        let lower = min((offset + sector - 1) / sector * sector, end), upper = max(end / sector * sector, lower)
+        if upper > lower {
+            _ = try retryingEINTR("ioctl(BLKZEROOUT)", file.path) { ds_block_zero_out(file.descriptor, lower, upper - lower) }
+        }
+        let zeroes = [UInt8](repeating: 0, count: Int(sector))
+        for (start, count) in [(offset, lower - offset), (upper, end - upper)] where count > 0 {
+            try file.write(Array(zeroes[..<Int(count)]), at: start)
+        }
     }
 
     public static func major(_ device: UInt64) -> UInt32 { UInt32(ds_major(device)) }

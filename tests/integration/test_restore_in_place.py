@@ -241,6 +241,27 @@ def test_new_file_restore_killed_leaves_no_final_name_and_the_rerun_cleans_up(ds
     assert len(partial) == 1 and (out_dir / partial[0]).exists()
     # An unrelated file that merely looks similar is left alone.
     (out_dir / ".vm.img.notes.disksnap-partial").write_bytes(b"keep")
-    ds.run("restore", snap, out)
+    r = ds.run("restore", snap, out, "--verify", "--json").json()
+    assert r["Mode"] == "new" and r["Verified"] is True
     assert sha256(out) == sha256(src)
     assert sorted(os.listdir(out_dir)) == [".vm.img.notes.disksnap-partial", "vm.img"], "the dead restore's partial file is removed"
+
+
+def test_odd_sized_snapshot_onto_a_device_zeroes_the_short_last_chunk(ds, tmp_path):
+    src = tmp_path / "odd.img"
+    with open(src, "wb") as f:
+        f.write(os.urandom(CHUNK))
+        f.truncate(3 * CHUNK + 1000)  # zero chunks, the last one 1000 bytes: not whole sectors
+    snap = ds.create(src, "odd")
+    backing = tmp_path / "dev.img"
+    backing.write_bytes(os.urandom(4 * CHUNK))
+    with Loop(str(backing)) as dev:
+        r = ds.run("restore", snap, dev, "--in-place", "--verify", "--json").json()
+        assert r["ChunksDiffering"] == 4 and r["Verified"] is True
+    with open(backing, "rb") as f:
+        assert f.read(3 * CHUNK + 1000) == src.read_bytes()
+    backing.write_bytes(os.urandom(4 * CHUNK))
+    with Loop(str(backing)) as dev:
+        ds.run("restore", snap, dev, "--force", "--verify")
+    with open(backing, "rb") as f:
+        assert f.read(3 * CHUNK + 1000) == src.read_bytes()
