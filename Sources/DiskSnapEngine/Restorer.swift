@@ -158,11 +158,7 @@ struct InPlaceTarget {
             if !users.isEmpty && !force && !dryRun {
                 throw EngineError.targetInUse("\(path) is in use (\(users.joined(separator: "; "))); unmount it first or pass --force")
             }
-            let file = try Target.openDevice(path, mode: dryRun ? .readOnly : [.readWrite, .exclusive])
-            let size = try BlockDevice.size(file)
-            guard size >= needed else {
-                throw EngineError.targetTooSmall("\(path) holds \(size) bytes; the snapshot needs \(needed)")
-            }
+            let (file, size) = try Target.openDevice(path, mode: dryRun ? .readOnly : [.readWrite, .exclusive], needed: needed)
             return InPlaceTarget(file: file, isBlockDevice: true, size: size)
         }
         guard status.isRegularFile else {
@@ -206,11 +202,7 @@ final class Target: Sendable {
                 guard force else {
                     throw EngineError.targetExists("\(finalPath) is a block device; restoring overwrites all of it (pass --force)")
                 }
-                let file = try openDevice(finalPath, mode: [.readWrite, .exclusive])  // read back by --verify
-                let deviceSize = try BlockDevice.size(file)
-                guard deviceSize >= size else {
-                    throw EngineError.targetTooSmall("\(finalPath) holds \(deviceSize) bytes; the snapshot needs \(size)")
-                }
+                let (file, _) = try openDevice(finalPath, mode: [.readWrite, .exclusive], needed: size)  // read back by --verify
                 return Target(finalPath: finalPath, file: file, isBlockDevice: true)
             }
             guard status.isRegularFile else {
@@ -247,15 +239,20 @@ final class Target: Sendable {
         }
     }
 
-    /// Opens a block device; with `O_EXCL`, EBUSY (mounted or held) becomes `Target.InUse`
-    /// naming its users.
-    static func openDevice(_ path: String, mode: OpenFile.Mode) throws -> OpenFile {
+    /// Opens a block device that must hold `needed` bytes; returns it and its size. With
+    /// `O_EXCL`, EBUSY (mounted or held) becomes `Target.InUse` naming its users.
+    static func openDevice(_ path: String, mode: OpenFile.Mode, needed: UInt64) throws -> (OpenFile, UInt64) {
         let opened = Result { () throws(SystemError) in try OpenFile(path: path, mode: mode) }
         if case .failure(let error) = opened, error.code == "IO.Busy" {
             let users = (try? FileSystem.status(path)).map { DeviceUse.users(ofDevice: $0.representedDevice) } ?? []
             throw EngineError.targetInUse("\(path) is in use (\(users.isEmpty ? "held by the kernel" : users.joined(separator: "; "))); unmount it first")
         }
-        return try opened.get()
+        let file = try opened.get()
+        let size = try BlockDevice.size(file)
+        guard size >= needed else {
+            throw EngineError.targetTooSmall("\(path) holds \(size) bytes; the snapshot needs \(needed)")
+        }
+        return (file, size)
     }
 
     func commit() throws {

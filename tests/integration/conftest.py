@@ -80,6 +80,13 @@ def chunk_list(path, chunk_size):
     return out
 
 
+def partition_bytes(image, offset, size):
+    """The bytes of the partition at offset/size of image."""
+    with open(image, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 class Loop:
     """A real loop device, detached at the end."""
     def __init__(self, path, offset=None, size=None, read_only=False):

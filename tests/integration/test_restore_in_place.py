@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, Loop, chunk_list, e2fsck_partition, sha256
+from conftest import BIN, Loop, chunk_list, e2fsck_partition, partition_bytes, sha256
 
 CHUNK = 64 << 10
 
@@ -88,14 +88,10 @@ def test_in_place_partition_onto_a_partition_image(ds, test_disk, tmp_path):
     snap = ds.create(test_disk["v1"], "before")
     off, size = test_disk["partition_offset"], test_disk["partition_size"]
     part = tmp_path / "part1.img"
-    with open(test_disk["v2"], "rb") as f, open(part, "wb") as out:
-        f.seek(off)
-        out.write(f.read(size))
+    part.write_bytes(partition_bytes(test_disk["v2"], off, size))
     r = ds.run("restore", snap, part, "--in-place", "--partition", "1", "--json").json()
     assert 0 < r["ChunksDiffering"] and r["BytesExamined"] == size
-    with open(test_disk["v1"], "rb") as f:
-        f.seek(off)
-        assert f.read(size) == part.read_bytes()
+    assert partition_bytes(test_disk["v1"], off, size) == part.read_bytes()
 
 
 def test_in_place_refuses_a_smaller_or_busy_target(ds, test_disk, tmp_path):

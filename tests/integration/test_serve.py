@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import BIN, Loop, sha256
+from conftest import BIN, Loop, partition_bytes, sha256
 
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054
@@ -231,9 +231,7 @@ def test_mount_shows_disk_and_partition_images(ds, test_disk, tmp_path):
     snap = ds.create(test_disk["v1"], "mounted")
     off, size = test_disk["partition_offset"], test_disk["partition_size"]
     reference = tmp_path / "ref-part1.img"
-    with open(test_disk["v1"], "rb") as f, open(reference, "wb") as out:
-        f.seek(off)
-        out.write(f.read(size))
+    reference.write_bytes(partition_bytes(test_disk["v1"], off, size))
     expected = debugfs_cat(reference, "/random.bin")
     assert len(expected) == 8 << 20
 
