@@ -29,8 +29,18 @@ public struct Checker {
 
     public func check(readData: Bool) throws -> CheckReport {
         let lock = try repository.lock(.shared, for: "check")
-        defer { withExtendedLifetime(lock) {} }
+        let readers = try repository.readersLock()
+        defer { withExtendedLifetime((lock, readers)) {} }
         var report = CheckReport()
+
+        // 0. A pending gc's state must parse: writers read it before they deduplicate.
+        do {
+            if let state = try repository.gcState() {
+                report.notes.append("gc generation \(state.generation) has condemned \(state.condemnedPacks.count) packs, not yet removed (run gc)")
+            }
+        } catch let error as any CodedError {
+            report.problems.append(CheckProblem(code: error.code, message: error.message))
+        }
 
         // 1. Index segments.
         var index = ChunkIndex()

@@ -51,7 +51,8 @@ public struct Differ {
 
     public func diff(_ request: DiffRequest) throws -> DiffResult {
         let lock = try repository.lock(.shared, for: "diff")
-        defer { withExtendedLifetime(lock) {} }
+        let readers = try repository.readersLock()
+        defer { withExtendedLifetime((lock, readers)) {} }
         let catalog = Catalog(repository: repository)
         let from = try OpenedSnapshot.open(request.from, in: repository)
         let started = Progress(label: "diff", total: 0, visible: false)

@@ -57,7 +57,8 @@ public struct Restorer {
 
     public func restore(_ request: RestoreRequest) throws -> RestoreResult {
         let lock = try repository.lock(.shared, for: "restore")
-        defer { withExtendedLifetime(lock) {} }
+        let readers = try repository.readersLock()
+        defer { withExtendedLifetime((lock, readers)) {} }
         let snapshot = try OpenedSnapshot.open(request.snapshot, in: repository)
         let range = try snapshot.byteRange(partition: request.partition)
         let index = try ChunkIndex.load(from: repository)

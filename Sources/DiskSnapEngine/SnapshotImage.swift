@@ -61,10 +61,10 @@ public final class SnapshotImage: Sendable {
     public let record: SnapshotRecord
     let snapshot: OpenedSnapshot
     private let pool: ReaderPool
-    private let lock: FileLock
+    private let locks: (FileLock, FileLock)
 
     public init(repository: Repository, snapshot name: String, command: String) throws {
-        lock = try repository.lock(.shared, for: command)
+        locks = (try repository.lock(.shared, for: command), try repository.readersLock())
         snapshot = try OpenedSnapshot.open(name, in: repository)
         record = snapshot.record
         let index = try ChunkIndex.load(from: repository)

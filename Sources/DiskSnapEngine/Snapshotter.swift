@@ -167,7 +167,10 @@ public struct Snapshotter {
     private func run(source: Source, request: CreateRequest, record: inout SnapshotRecord, area: TemporaryArea,
                      previous: SnapshotRecord?) throws {
         let chunkSize = UInt64(repository.config.chunkSize.bytes)
-        let index = try ChunkIndex.load(from: repository)
+        // Read after this snapshot's record was published: a gc that condemned packs before
+        // then does not wait for this run, so the run must not rely on their chunks.
+        let condemned = Set((try repository.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
+        let index = try ChunkIndex.load(from: repository, excluding: condemned)
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
         let previousIndex = previous.flatMap { try? FixedIndexReader(path: repository.fixedIndexPath($0.snapshotId)) }
         let writer = ChunkWriter(repository: repository, index: index, area: area)
@@ -177,7 +180,8 @@ public struct Snapshotter {
         let totalToRead = runs.reduce(UInt64(0)) { $0 + min($1.end * chunkSize, source.size) - $1.first * chunkSize }
         let progress = Progress(label: "snapshot", total: totalToRead, visible: request.showProgress)
         let counters = Counters()
-        let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, previous: previousIndex, runs: runs, chunkSize: chunkSize,
+        let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, previous: previousIndex, verifyPrevious: !condemned.isEmpty,
+                                runs: runs, chunkSize: chunkSize,
                                 compression: repository.config.compression, counters: counters, progress: progress,
                                 cache: source.kind == .file ? PageCacheCourtesy(file: source.file) : nil)
         // Progress is written into the record every 250 ms tick (one small atomic write), for
@@ -232,6 +236,9 @@ private struct Pipeline: Sendable {
     /// position there is stored already (an accomplished snapshot's chunks are all indexed),
     /// so it needs no index lookup and no claim: the common case of an incremental.
     let previous: FixedIndexReader?
+    /// While a gc has condemned packs, a chunk equal to the previous snapshot's must also
+    /// be in the (filtered) index: it may live only in a condemned pack.
+    let verifyPrevious: Bool
     let runs: [ChunkRun]
     let chunkSize: UInt64
     let compression: Compression
@@ -277,7 +284,7 @@ private struct Pipeline: Sendable {
                 if !isAllZero(chunk) {
                     nonZero += UInt64(chunk.count)
                     digest = ChunkDigest(hashing: chunk)
-                    if c < before.count && before[c] == digest {
+                    if c < before.count && before[c] == digest && (!verifyPrevious || writer.index.contains(digest)) {
                         counters.sameAsPrevious.wrappingAdd(1, ordering: .relaxed)
                     } else if writer.claim(digest) {
                         try packs.add(digest, chunk)

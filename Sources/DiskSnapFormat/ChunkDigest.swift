@@ -45,6 +45,9 @@ public struct ChunkDigest: Hashable, Sendable, Comparable, CustomStringConvertib
 
     /// The first eight bytes as a word: already uniformly distributed, for sharding.
     public var leadingWord: UInt64 { w0 }
+    /// Two more independent words, for hashing schemes that need several (Bloom filters).
+    public var secondWord: UInt64 { w1 }
+    public var thirdWord: UInt64 { w2 }
 
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         var words = (w0, w1, w2, w3)

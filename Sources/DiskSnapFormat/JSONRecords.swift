@@ -216,3 +216,34 @@ public enum ISOTime {
         return formatter.string(from: date)
     }
 }
+
+/// `gc.json`: what garbage collection has condemned and is waiting for (docs/DESIGN.md,
+/// "Garbage collection"). Published atomically under the catalog lock; absent until the
+/// first `gc`.
+public struct GCState: VersionedRecord, Sendable, Equatable {
+    public static let noun = "gc state"
+    public static let formatVersion = 1
+    public var formatVersion: Int = Self.formatVersion
+    /// Increases with every condemnation.
+    public var generation: UInt64
+    public var creationTime: String
+    /// Packs (hex ids) to be removed, their live chunks copied first. Writers that start
+    /// after this record is published never deduplicate against chunks in these packs.
+    public var condemnedPacks: [String]
+    /// Snapshots whose creation was running (or ended after the mark began) when the packs
+    /// were condemned: they may reference condemned chunks, so the packs are removed only
+    /// after every one of them has ended and a new mark has counted their references.
+    public var waitingFor: [String]
+    /// Packs in `packs/` that no index segment named at condemnation: a running writer's
+    /// (renamed before its segment is published) or a crash's leftovers. Removed by a later
+    /// gc if still unnamed once `waitingFor` has ended.
+    public var unindexedPacks: [String]
+
+    public init(generation: UInt64, condemnedPacks: [String], waitingFor: [String], unindexedPacks: [String]) {
+        self.generation = generation
+        creationTime = ISOTime.now()
+        self.condemnedPacks = condemnedPacks
+        self.waitingFor = waitingFor
+        self.unindexedPacks = unindexedPacks
+    }
+}

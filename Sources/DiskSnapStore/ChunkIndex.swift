@@ -35,19 +35,23 @@ public struct ChunkIndex: Sendable {
 
     /// Loads every segment. A segment that does not parse fails the load: the caller
     /// (`check`) reports it, others refuse to write on top of a damaged index.
-    public static func load(from repository: Repository) throws -> ChunkIndex {
+    ///
+    /// A writer passes the packs a pending garbage collection condemned as `excluding`: their
+    /// chunks are invisible to it, so it stores its own copies instead of relying on chunks
+    /// that may be removed under it (docs/DESIGN.md, "Garbage collection").
+    public static func load(from repository: Repository, excluding: Set<PackID> = []) throws -> ChunkIndex {
         var index = ChunkIndex()
         for name in try repository.indexSegmentNames() {
             let path = "\(repository.indexDirectory)/\(name)"
-            index.add(try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path))
+            index.add(try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path), excluding: excluding)
         }
         return index
     }
 
-    public mutating func add(_ segment: ChunkIndexFormat.Segment) {
+    public mutating func add(_ segment: ChunkIndexFormat.Segment, excluding: Set<PackID> = []) {
         let ordinals = segment.packs.map { ordinal(of: $0) }
         var lastBlock: (pack: UInt32, offset: UInt64)?
-        for e in segment.entries where locations[e.digest] == nil {
+        for e in segment.entries where locations[e.digest] == nil && (excluding.isEmpty || !excluding.contains(segment.packs[Int(e.pack)])) {
             locations[e.digest] = ChunkLocation(pack: ordinals[Int(e.pack)], storedLength: e.storedLength,
                                                 offset: e.offset, rawLength: e.rawLength, encoding: e.encoding,
                                                 blockOffset: e.blockOffset)

@@ -27,6 +27,13 @@ public final class Repository: Sendable {
     public func fixedIndexPath(_ id: SnapshotID) -> String { "\(fixedIndexDirectory)/\(id.rawValue).fidx" }
     public func recordPath(_ id: SnapshotID) -> String { "\(snapshotsDirectory)/\(id.rawValue).json" }
     public func diskPath(_ id: DiskID) -> String { "\(disksDirectory)/\(id.rawValue).json" }
+    public var gcStatePath: String { root + "/gc.json" }
+
+    /// The pending garbage-collection state, if a gc condemned packs that are not removed yet.
+    public func gcState() throws -> GCState? {
+        guard FileSystem.exists(gcStatePath) else { return nil }
+        return try GCState.decode(try FileSystem.readFile(gcStatePath), file: gcStatePath)
+    }
 
     private init(root: String, config: RepositoryConfig) {
         self.root = root
@@ -106,6 +113,13 @@ public final class Repository: Sendable {
     /// records and a new record is written, so that two creates cannot both pass a quota.
     public func lockCatalog() throws -> FileLock {
         try FileLock.acquire(path: locksDirectory + "/catalog.lock", kind: .exclusive)
+    }
+
+    /// Held shared by every command that reads packs (restore, diff, mount, export, check),
+    /// for as long as it reads; gc takes it exclusive, without waiting, for the moments in
+    /// which it replaces index segments and removes packs.
+    public func readersLock() throws -> FileLock {
+        try FileLock.acquire(path: locksDirectory + "/readers.lock", kind: .shared)
     }
 
     public func tryLock(name: String) throws -> FileLock? {
