@@ -103,6 +103,7 @@ public struct GarbageCollector {
             try repository.publish(RecordJSON.encode(state), to: repository.gcStatePath)
         }
         result.generation = state.generation
+        TestHooks.pause(at: "gc-after-condemn")
         if state.waitingFor.isEmpty {
             try sweep(state, mark: marked.filter, into: &result)
         } else {

@@ -171,6 +171,7 @@ public struct Snapshotter {
         // then does not wait for this run, so the run must not rely on their chunks.
         let condemned = Set((try repository.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
         let index = try ChunkIndex.load(from: repository, excluding: condemned)
+        TestHooks.pause(at: "create-after-index")
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
         let previousIndex = previous.flatMap { try? FixedIndexReader(path: repository.fixedIndexPath($0.snapshotId)) }
         let writer = ChunkWriter(repository: repository, index: index, area: area)

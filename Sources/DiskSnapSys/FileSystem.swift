@@ -34,15 +34,18 @@ public enum FileSystem {
     }
 
     public static func rename(_ from: String, to: String) throws(SystemError) {
+        TestHooks.durableStep()
         _ = try retryingEINTR("rename to \(to)", from) { Glibc.rename(from, to) }
     }
 
     public static func remove(_ path: String) throws(SystemError) {
+        TestHooks.durableStep()
         _ = try retryingEINTR("unlink", path) { unlink(path) }
     }
 
     /// Removes `path`; no error when it is already gone.
     public static func removeIfExists(_ path: String) throws(SystemError) {
+        TestHooks.durableStep()
         if unlink(path) != 0 && errno != ENOENT { throw SystemError.current("unlink", path) }
     }
 
@@ -129,6 +132,7 @@ public enum FileSystem {
 extension FileSystem {
     /// link(2): publishes `from` at `to`, failing with EEXIST when `to` exists.
     public static func link(_ from: String, to: String) throws(SystemError) {
+        TestHooks.durableStep()
         _ = try retryingEINTR("link to \(to)", from) { Glibc.link(from, to) }
     }
 

@@ -105,6 +105,7 @@ public final class OpenFile: Sendable {
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(SystemError) {
+        TestHooks.durableStep()
         var done = 0
         while done < buffer.count {
             let n = try retryingEINTR("write", path) {
@@ -121,6 +122,7 @@ public final class OpenFile: Sendable {
     }
 
     public func sync() throws(SystemError) {
+        TestHooks.durableStep()
         _ = try retryingEINTR("fsync", path) { fsync(descriptor) }
     }
 
@@ -129,6 +131,7 @@ public final class OpenFile: Sendable {
     }
 
     public func truncate(to size: UInt64) throws(SystemError) {
+        TestHooks.durableStep()
         _ = try retryingEINTR("ftruncate", path) { ftruncate(descriptor, off_t(size)) }
     }
 

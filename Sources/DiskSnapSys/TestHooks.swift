@@ -1,0 +1,41 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Switches that tests use to stop a command at a precise step. Compiled into debug builds
+/// only (`tools/test` builds debug); a release build ignores the variables.
+///
+/// - `DISKSNAP_FAULT=N`: the process kills itself with SIGKILL just before its Nth durable
+///   step (a write, fsync, ftruncate, rename, link or unlink), as a crash or power cut at
+///   that point would. `tools/crash-campaign` runs commands with N = 1, 2, ... and checks
+///   what each crash leaves (docs/DESIGN.md, "What each crash point leaves").
+/// - `DISKSNAP_TEST_PAUSE=POINT:PATH`: at the named point the process creates
+///   `PATH.reached` and waits until PATH exists.
+public enum TestHooks {
+    #if DEBUG
+    private static let faultAt: Int? = FileSystem.environment("DISKSNAP_FAULT").flatMap { Int($0) }
+    private static let pauseSpec: (point: String, path: String)? = FileSystem.environment("DISKSNAP_TEST_PAUSE").flatMap { spec in
+        guard let colon = spec.firstIndex(of: ":") else { return nil }
+        return (String(spec[..<colon]), String(spec[spec.index(after: colon)...]))
+    }
+    private static let steps = Atomic<Int>(0)
+    #endif
+
+    /// Called before every durable step.
+    @inline(__always)
+    public static func durableStep() {
+        #if DEBUG
+        guard let faultAt else { return }
+        if steps.wrappingAdd(1, ordering: .relaxed).newValue == faultAt { kill(getpid(), SIGKILL) }
+        #endif
+    }
+
+    public static func pause(at point: String) {
+        #if DEBUG
+        guard let spec = pauseSpec, spec.point == point else { return }
+        close(open(spec.path + ".reached", O_CREAT | O_WRONLY, 0o600))
+        while access(spec.path, F_OK) != 0 { usleep(10_000) }
+        #endif
+    }
+}
