@@ -11,7 +11,7 @@ public final class FileLock: Sendable {
 
     /// Takes the lock without waiting; returns nil when another process holds a conflicting one.
     public static func tryAcquire(path: String, kind: Kind) throws(SystemError) -> FileLock? {
-        let file = try OpenFile(path: path, mode: [.readWrite, .create], permissions: 0o644)
+        let file = try OpenFile(path: path, mode: [.readWrite, .create], permissions: 0o600)
         let operation = (kind == .shared ? LOCK_SH : LOCK_EX) | LOCK_NB
         while flock(file.descriptor, operation) != 0 {
             if errno == EINTR { continue }
@@ -23,7 +23,7 @@ public final class FileLock: Sendable {
 
     /// Takes the lock, waiting for it. Only for locks held for a short moment.
     public static func acquire(path: String, kind: Kind) throws(SystemError) -> FileLock {
-        let file = try OpenFile(path: path, mode: [.readWrite, .create], permissions: 0o644)
+        let file = try OpenFile(path: path, mode: [.readWrite, .create], permissions: 0o600)
         while flock(file.descriptor, kind == .shared ? LOCK_SH : LOCK_EX) != 0 {
             if errno == EINTR { continue }
             throw SystemError.current("flock", path)

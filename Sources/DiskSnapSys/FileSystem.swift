@@ -18,7 +18,7 @@ public enum FileSystem {
 
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-    public static func makeDirectory(_ path: String, permissions: UInt32 = 0o755) throws(SystemError) {
+    public static func makeDirectory(_ path: String, permissions: UInt32 = 0o700) throws(SystemError) {
         if mkdir(path, permissions) != 0 && errno != EEXIST {
             throw SystemError.current("mkdir", path)
         }
@@ -84,7 +84,7 @@ public enum FileSystem {
     public static func writeAtomically(_ bytes: [UInt8], to path: String, temporaryDirectory: String) throws(SystemError) {
         let temporary = temporaryDirectory + "/" + uniqueTemporaryName(for: path)
         do {
-            let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive], permissions: 0o644)
+            let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
             try file.write(bytes, at: 0)
             try file.sync()
             try rename(temporary, to: path)

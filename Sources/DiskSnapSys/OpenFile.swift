@@ -60,7 +60,7 @@ public final class OpenFile: Sendable {
         public static let directory = Mode(rawValue: O_DIRECTORY)
     }
 
-    public init(path: String, mode: Mode = .readOnly, permissions: UInt32 = 0o644) throws(SystemError) {
+    public init(path: String, mode: Mode = .readOnly, permissions: UInt32 = 0o600) throws(SystemError) {
         let flags = mode.rawValue | O_CLOEXEC
         descriptor = try retryingEINTR("open", path) { Glibc.open(path, flags, permissions) }
         self.path = path

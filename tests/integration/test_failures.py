@@ -323,3 +323,35 @@ def test_damaged_config_is_a_clear_error(ds, test_disk, damage):
     for command in (["list"], ["create", test_disk["v1"], "--name", "two"], ["check"]):
         r = ds.run(*command, check=False)
         assert r.code == 6 and "Repository.Corrupt" in r.err and "config.json" in r.err, (command, r.err)
+
+
+def test_repository_files_are_private(ds, test_disk, tmp_path):
+    snap = ds.create(test_disk["v1"], "private")
+    ds.run("gc")
+    seen = 0
+    for root, dirs, files in os.walk(ds.repo):
+        for d in dirs:
+            mode = os.stat(os.path.join(root, d)).st_mode & 0o777
+            assert mode == 0o700, f"{os.path.join(root, d)} is {oct(mode)}"
+        for f in files:
+            mode = os.stat(os.path.join(root, f)).st_mode & 0o777
+            assert mode & 0o077 == 0, f"{os.path.join(root, f)} is {oct(mode)}"
+            seen += 1
+    assert seen > 5 and os.stat(ds.repo).st_mode & 0o777 == 0o700
+    out = tmp_path / "restored.img"
+    ds.run("restore", snap, out)
+    assert os.stat(out).st_mode & 0o077 == 0, "a restored disk is readable by its owner only"
+
+
+def test_names_and_ids_never_reach_outside_the_repository(ds, test_disk, tmp_path):
+    snap = ds.create(test_disk["v1"], "kept")
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    for ref in ("../outside", "../../outside.json", f"{snap}/../../outside", "s-../../../outside", "/etc/passwd", ""):
+        for command in (["show", ref], ["delete", ref], ["restore", ref, tmp_path / "x.img"], ["diff", ref, snap],
+                        ["export", ref, "--socket", tmp_path / "s.sock"], ["disk", "show", ref]):
+            r = ds.run(*command, check=False)
+            assert r.code in (2, 3, 64), f"{command}: {r.code} {r.err}"
+    assert outside.read_text() == "{}"
+    assert not (tmp_path / "x.img").exists()
+    assert ds.show(snap)["SnapshotName"] == "kept"
