@@ -355,3 +355,65 @@ def test_names_and_ids_never_reach_outside_the_repository(ds, test_disk, tmp_pat
     assert outside.read_text() == "{}"
     assert not (tmp_path / "x.img").exists()
     assert ds.show(snap)["SnapshotName"] == "kept"
+
+
+def test_full_disk_then_delete_and_gc_make_room(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(small)], check=True)
+    try:
+        ds = DiskSnap(str(small / "repo"))
+        first, second = tmp_path / "first.img", tmp_path / "second.img"
+        for path in (first, second):
+            with open(path, "wb") as f:
+                f.write(os.urandom(22 << 20))
+        a = ds.create(first, "first")
+        r = ds.run("create", second, "--name", "second", check=False)
+        assert r.code == 7 and "IO.NoSpace" in r.err
+        assert os.listdir(small / "repo" / "tmp") == [], "the failed create's work area is gone"
+        assert ds.run("check", "--read-data").code == 0
+        listed = {s["SnapshotName"]: s["Status"] for s in ds.run("list", "--json").json()}
+        assert listed == {"first": "accomplished", "second": "failed"}
+        ds.run("delete", a)
+        g = ds.run("gc", "--json").json()
+        assert g["BytesFreed"] > 20 << 20
+        b = ds.create(second, "second-again")
+        out = tmp_path / "out.img"
+        ds.run("restore", b, out)
+        assert sha256(out) == sha256(second)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_source_read_error_fails_the_snapshot_cleanly(tmp_path, test_disk):
+    """A source that returns EIO mid-read: a disk image behind disksnap's own FUSE mount,
+    served from a repository with one damaged chunk."""
+    source_repo = DiskSnap(str(tmp_path / "source-repo"))
+    snap = source_repo.create(test_disk["v1"], "origin")
+    pack = largest_pack(source_repo.repo)
+    with open(pack, "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    mnt = tmp_path / "mnt"
+    server = subprocess.Popen([BIN, "--repo", source_repo.repo, "mount", snap, str(mnt)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline()
+        ds = DiskSnap(str(tmp_path / "repo"))
+        good = ds.create(test_disk["v2"], "good")
+        r = ds.run("create", mnt / "disk.img", "--name", "unreadable", check=False)
+        assert r.code == 7 and "IO.Error" in r.err and "Input/output error" in r.err and "offset" in r.err, r.err
+        listed = {s["SnapshotName"]: s for s in ds.run("list", "--json").json()}
+        assert listed["unreadable"]["Status"] == "failed" and "Input/output error" in listed["unreadable"]["FailureReason"]
+        assert os.listdir(os.path.join(ds.repo, "tmp")) == []
+        assert ds.run("check", "--read-data").code == 0
+        out = tmp_path / "good.img"
+        ds.run("restore", good, out)
+        assert sha256(out) == sha256(test_disk["v2"])
+        again = ds.create(test_disk["v1"], "next")
+        assert ds.show(again)["Status"] == "accomplished"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        server.wait(timeout=30)
