@@ -128,6 +128,11 @@ public struct Checker {
                 continue
             }
             report.snapshotsChecked += 1
+            if record.status == .damaged {
+                report.problems.append(CheckProblem(code: "Snapshot.Damaged", message: "snapshot \(record.snapshotId) is \(record.failureReason ?? "damaged"); delete it, or read what remains with mount",
+                                                    affectedSnapshots: [record.snapshotId.rawValue]))
+                continue
+            }
             guard (try? catalog.record(record.snapshotId))?.status == .accomplished else { continue }
             do {
                 let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))

@@ -126,13 +126,17 @@ public struct GarbageCollector {
             throw EngineError(code: "Repository.Corrupt", "gc stops: a snapshot record is damaged (\(damaged.message)); run check", exitStatus: .corrupt)
         }
         let accomplished = records.records.filter { $0.status == .accomplished }
-        let expected = accomplished.reduce(0) { $0 + Int($1.chunkCount) }
+        // A damaged snapshot's remaining chunks are kept too (mount can still read them);
+        // one whose fixed index is gone has nothing left to mark.
+        let damaged = records.records.filter { $0.status == .damaged && FileSystem.exists(repository.fixedIndexPath($0.snapshotId)) }
+        let expected = (accomplished + damaged).reduce(0) { $0 + Int($1.chunkCount) }
         var filter = DigestFilter(expected: expected)
-        for record in accomplished {
+        for record in accomplished + damaged {
             let fixed: FixedIndexReader
             do {
                 fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
             } catch let error as any CodedError {
+                if record.status == .damaged { continue }
                 throw ContextError(underlying: error, context: "gc stops: snapshot \(record.snapshotId) cannot be marked")
             }
             try fixed.forEach { _, digest in if !digest.isZero { filter.insert(digest) } }

@@ -88,6 +88,9 @@ public struct RepositoryConfig: VersionedRecord, Sendable, Equatable {
 /// is reported as `failed`.
 public enum SnapshotStatus: String, Codable, Sendable {
     case progressing, accomplished, failed
+    /// Set by `check --repair` on an accomplished snapshot whose fixed index or chunks are
+    /// gone; `FailureReason` says what is missing. Never restored.
+    case damaged
 }
 
 public enum SourceKind: String, Codable, Sendable {

@@ -34,7 +34,7 @@ struct List: ParsableCommand {
             if let name { records = records.filter { $0.snapshotName == name } }
             if let status {
                 guard let wanted = SnapshotStatus(rawValue: status) else {
-                    throw CatalogError.invalid("InvalidParameter.Status", "status '\(status)' is not progressing, accomplished or failed")
+                    throw CatalogError.invalid("InvalidParameter.Status", "status '\(status)' is not progressing, accomplished, failed or damaged")
                 }
                 records = records.filter { $0.status == wanted }
             }

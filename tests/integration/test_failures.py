@@ -417,3 +417,78 @@ def test_source_read_error_fails_the_snapshot_cleanly(tmp_path, test_disk):
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         server.wait(timeout=30)
+
+
+def test_repair_rebuilds_a_lost_or_truncated_chunk_index(ds, test_disk, tmp_path):
+    a = ds.create(test_disk["v1"], "first")
+    b = ds.create(test_disk["v2"], "second")
+    index_dir = os.path.join(ds.repo, "index")
+    segments = sorted(os.listdir(index_dir))
+    os.truncate(os.path.join(index_dir, segments[0]), 100)
+    os.remove(os.path.join(index_dir, segments[1]))
+    broken = ds.run("check", check=False)
+    assert broken.code == 1 and "Repository.Corrupt" in broken.out
+    r = ds.run("restore", a, tmp_path / "x.img", check=False)
+    assert r.code == 6 and not (tmp_path / "x.img").exists(), "never restored from a damaged index"
+    fixed = ds.run("check", "--repair", "--read-data")
+    assert "index rebuilt from" in fixed.out and "snapshots marked damaged: none" in fixed.out
+    assert ds.run("check", "--read-data").code == 0
+    for snap, image in ((a, test_disk["v1"]), (b, test_disk["v2"])):
+        out = tmp_path / f"{snap}.img"
+        ds.run("restore", snap, out)
+        assert sha256(out) == sha256(image)
+
+
+def test_repair_marks_snapshots_that_lost_chunks_as_damaged(ds, tmp_path):
+    images = []
+    for i in range(2):
+        path = tmp_path / f"d{i}.img"
+        path.write_bytes(os.urandom(3 << 20))
+        images.append(path)
+    a = ds.create(images[0], "lost")
+    packs_a = set(os.listdir(os.path.join(ds.repo, "packs")))
+    b = ds.create(images[1], "kept")
+    for name in packs_a:
+        os.remove(os.path.join(ds.repo, "packs", name))
+    r = ds.run("check", "--repair", check=False)
+    assert r.code == 1, "the damage remains a problem after the repair"
+    assert f"snapshots marked damaged: {a}" in r.out and "chunks are missing" in r.out
+    assert "Snapshot.Damaged" in r.out and a in r.out
+    shown = ds.show(a)
+    assert shown["Status"] == "damaged" and "missing" in shown["FailureReason"]
+    refused = ds.run("restore", a, tmp_path / "a.img", check=False)
+    assert refused.code == 4 and "damaged" in refused.err
+    out = tmp_path / "b.img"
+    ds.run("restore", b, out)
+    assert sha256(out) == sha256(images[1])
+    assert [s["SnapshotId"] for s in ds.run("list", "--status", "damaged", "--json").json()] == [a]
+    ds.run("delete", a)
+    ds.run("gc")
+    assert ds.run("check", "--read-data").code == 0
+
+
+def test_repair_with_read_data_drops_corrupt_chunks(ds, test_disk, tmp_path):
+    snap = ds.create(test_disk["v1"], "flipped")
+    pack = largest_pack(ds.repo)
+    with open(pack, "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = ds.run("check", "--repair", "--read-data", check=False)
+    assert r.code == 1 and "chunks with bad data left out" in r.out and snap in r.out
+    assert ds.show(snap)["Status"] == "damaged"
+
+
+def test_damaged_gc_state_stops_writers_until_repaired(ds, test_disk, tmp_path):
+    ds.create(test_disk["v1"], "first")
+    gc_state = os.path.join(ds.repo, "gc.json")
+    with open(gc_state, "w") as f:
+        f.write('{"FormatVersion": 1, "Generation": ')
+    r = ds.run("create", test_disk["v2"], "--name", "second", check=False)
+    assert r.code == 6 and "Repository.Corrupt" in r.err and "gc.json" in r.err
+    assert "gc.json" in ds.run("check", check=False).out
+    fixed = ds.run("check", "--repair")
+    assert "damaged gc.json removed" in fixed.out
+    ds.create(test_disk["v2"], "second")
+    assert ds.run("check", "--read-data").code == 0

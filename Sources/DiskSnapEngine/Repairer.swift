@@ -1,0 +1,119 @@
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+import DiskSnapCatalog
+
+public struct RepairResult: Sendable {
+    public var packsRead = 0
+    /// Packs whose header, trailer or table of contents does not parse: their chunks are lost.
+    public var packsUnreadable: [String] = []
+    /// With `readData`: chunks whose bytes do not match their digest, left out of the index.
+    public var chunksDropped = 0
+    public var chunksIndexed = 0
+    public var segmentsReplaced = 0
+    public var gcStateRemoved = false
+    /// Snapshots marked `damaged`, with what they lack.
+    public var snapshotsDamaged: [(id: String, reason: String)] = []
+    public var seconds: Double = 0
+}
+
+/// `check --repair`: rebuilds the chunk index from the packs' own tables of contents, then
+/// marks every accomplished snapshot whose fixed index is unreadable or names a chunk the
+/// rebuilt index lacks as `damaged`. Runs alone (the repository lock, exclusively).
+///
+/// Order: the new segment is published before the old ones are removed, so a crash leaves
+/// both (valid: the same locations twice) and a second repair finishes the job.
+public struct Repairer {
+    let repository: Repository
+
+    public init(repository: Repository) { self.repository = repository }
+
+    public func repair(readData: Bool) throws -> RepairResult {
+        let lock = try repository.lock(.exclusive, for: "check --repair")
+        defer { withExtendedLifetime(lock) {} }
+        let clock = Progress(label: "repair", total: 0, visible: false)
+        var result = RepairResult()
+
+        // 1. Every readable pack's entries (first copy of each digest; with readData, only
+        //    chunks whose bytes verify).
+        var segment = ChunkIndexFormat.Segment(packs: [], entries: [])
+        var seen = Set<ChunkDigest>()
+        let decoder = BlockDecoder()
+        for id in try repository.packIDs() {
+            let toc: [PackEntry]
+            do {
+                toc = try PackReader.tableOfContents(repository.packPath(id))
+            } catch {
+                result.packsUnreadable.append(id.hex)
+                continue
+            }
+            result.packsRead += 1
+            let file = try OpenFile(path: repository.packPath(id))
+            let ordinal = UInt32(segment.packs.count)
+            segment.packs.append(id)
+            for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) where !seen.contains(e.digest) {
+                if readData {
+                    var bytes = [UInt8](repeating: 0, count: Int(e.rawLength))
+                    let location = ChunkLocation(pack: 0, storedLength: e.storedLength, offset: e.offset, rawLength: e.rawLength,
+                                                 encoding: e.encoding, blockOffset: e.blockOffset)
+                    do {
+                        try bytes.withUnsafeMutableBytes { try decoder.read(digest: e.digest, location: location, pack: id, file: file, into: $0) }
+                    } catch {
+                        result.chunksDropped += 1
+                        continue
+                    }
+                }
+                seen.insert(e.digest)
+                segment.entries.append(.init(digest: e.digest, pack: ordinal, offset: e.offset, storedLength: e.storedLength,
+                                             rawLength: e.rawLength, encoding: e.encoding, blockOffset: e.blockOffset))
+            }
+        }
+        result.chunksIndexed = segment.entries.count
+
+        // 2. The rebuilt index replaces every segment.
+        let old = try repository.indexSegmentNames()
+        if !segment.entries.isEmpty {
+            let bytes = ChunkIndexFormat.encode(segment)
+            _ = try ChunkIndexFormat.decode(bytes, file: "rebuilt index segment")  // decode what we publish
+            try repository.publish(bytes, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
+        }
+        for name in old { try FileSystem.removeIfExists("\(repository.indexDirectory)/\(name)") }
+        try FileSystem.syncDirectory(repository.indexDirectory)
+        result.segmentsReplaced = old.count
+        // A gc state that does not parse would stop every writer: the next gc starts over.
+        if (try? repository.gcState()) == nil && FileSystem.exists(repository.gcStatePath) {
+            try FileSystem.removeIfExists(repository.gcStatePath)
+            result.gcStateRemoved = true
+        }
+
+        // 3. Snapshots that lost something.
+        let catalog = Catalog(repository: repository)
+        for record in try catalog.records().records where record.status == .accomplished {
+            var reason: String?
+            do {
+                let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+                guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
+                    throw FormatError(file: fixed.file.path, "does not match its snapshot record (size or id)")
+                }
+                var missing: UInt64 = 0, first: UInt64?
+                try fixed.forEach { chunk, digest in
+                    if !digest.isZero && !seen.contains(digest) {
+                        missing += 1
+                        if first == nil { first = chunk * UInt64(record.chunkSize) }
+                    }
+                }
+                if missing > 0 { reason = "\(missing) chunks are missing (the first at offset \(first!))" }
+            } catch let error as any CodedError {
+                reason = "its fixed index cannot be read: \(error.message)"
+            }
+            guard let reason else { continue }
+            var damaged = record
+            damaged.status = .damaged
+            damaged.failureReason = "damaged (check --repair, \(ISOTime.now())): \(reason)"
+            try catalog.save(damaged)
+            result.snapshotsDamaged.append((record.snapshotId.rawValue, reason))
+        }
+        result.seconds = clock.elapsedSeconds
+        return result
+    }
+}
