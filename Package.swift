@@ -43,6 +43,9 @@ let package = Package(
             "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Every decoder of a repository file under libFuzzer (tools/fuzz), or replaying the
+        // corpus in Tests/Fuzz (a plain build).
+        .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat"], path: "Sources/disksnap-fuzz"),
         .testTarget(name: "DiskSnapTests", dependencies: [
             "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe",
         ]),

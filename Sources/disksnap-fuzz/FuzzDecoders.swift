@@ -1,0 +1,73 @@
+// Feeds bytes to every decoder of a repository file. The first byte picks the decoder; the
+// rest is the file. Malformed input must end in a FormatError: never a crash, a trap or a
+// huge allocation.
+//
+//   swift build                                   -> disksnap-fuzz FILE...: replays files (the
+//                                                    corpus in Tests/Fuzz/corpus; CI does)
+//   tools/fuzz [SECONDS]                          -> libFuzzer with AddressSanitizer
+import DiskSnapFormat
+
+enum FuzzDecoders {
+    static let decoders: [(String, @Sendable ([UInt8]) throws -> Void)] = [
+        ("pack", decodePack),
+        ("chunk index segment", { _ = try ChunkIndexFormat.decode($0, file: "fuzz.idx") }),
+        ("fixed index header", { _ = try FixedIndexHeader.decode($0, file: "fuzz.fidx") }),
+        ("snapshot record", { _ = try SnapshotRecord.decode($0, file: "fuzz.json") }),
+        ("config", { _ = try RepositoryConfig.decode($0, file: "config.json") }),
+        ("gc state", { _ = try GCState.decode($0, file: "gc.json") }),
+        ("disk record", { _ = try DiskRecord.decode($0, file: "disk.json") }),
+    ]
+
+    /// A whole pack file, read the way `PackReader.tableOfContents` reads one.
+    static func decodePack(_ bytes: [UInt8]) throws {
+        guard bytes.count >= PackFormat.headerSize + PackFormat.trailerSize else { return }
+        try PackFormat.decodeHeader(Array(bytes[..<PackFormat.headerSize]), file: "fuzz.pack")
+        let trailer = try PackFormat.decodeTrailer(Array(bytes[(bytes.count - PackFormat.trailerSize)...]),
+                                                   fileSize: UInt64(bytes.count), file: "fuzz.pack")
+        let start = Int(trailer.tocOffset), end = start + trailer.entryCount * PackFormat.entrySize
+        _ = try PackFormat.decodeTOC(Array(bytes[start..<end]), trailer: trailer, file: "fuzz.pack")
+    }
+
+    static func run(_ data: [UInt8]) {
+        guard let selector = data.first else { return }
+        let (_, decode) = decoders[Int(selector) % decoders.count]
+        do {
+            try decode(Array(data.dropFirst()))
+        } catch is FormatError {
+            // The expected outcome for malformed input.
+        } catch {
+            fatalError("a decoder threw \(type(of: error)), not FormatError: \(error)")
+        }
+    }
+}
+
+#if FUZZING
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
+    FuzzDecoders.run(Array(UnsafeBufferPointer(start: start, count: count)))
+    return 0
+}
+#else
+import Foundation
+
+@main
+struct Replay {
+    static func main() throws {
+        var files = 0
+        for path in CommandLine.arguments.dropFirst() {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+                FileHandle.standardError.write(Data("disksnap-fuzz: \(path) does not exist\n".utf8))
+                exit(2)
+            }
+            let paths = isDirectory.boolValue
+                ? try FileManager.default.contentsOfDirectory(atPath: path).sorted().map { path + "/" + $0 } : [path]
+            for file in paths {
+                FuzzDecoders.run([UInt8](try Data(contentsOf: URL(fileURLWithPath: file))))
+                files += 1
+            }
+        }
+        print("replayed \(files) inputs through \(FuzzDecoders.decoders.count) decoders: no crash")
+    }
+}
+#endif
