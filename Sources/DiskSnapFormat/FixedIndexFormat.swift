@@ -41,7 +41,7 @@ public struct FixedIndexHeader: Sendable, Equatable {
     public var fileSize: UInt64 { UInt64(Self.size) + chunkCount * UInt64(Self.entrySize) }
 
     public static func chunkCount(diskSize: UInt64, chunkSize: UInt32) -> UInt64 {
-        (diskSize + UInt64(chunkSize) - 1) / UInt64(chunkSize)
+        diskSize / UInt64(chunkSize) + (diskSize % UInt64(chunkSize) == 0 ? 0 : 1)  // no overflow near UInt64.max
     }
 
     public func encode() -> [UInt8] {

@@ -69,8 +69,12 @@ public enum PackFormat {
         let digest = try r.readDigest()
         try r.expectMagic(magic, what: "complete disksnap pack (trailer missing: truncated?)")
         guard readableVersions.contains(v) else { throw FormatError(file: file, "pack version \(v) is not supported") }
-        let tocEnd = tocOffset + UInt64(count) * UInt64(entrySize)
-        guard tocOffset >= UInt64(headerSize), tocEnd + UInt64(trailerSize) == fileSize else {
+        // A damaged trailer may hold any numbers: the arithmetic must not overflow (found by
+        // tools/fuzz: the overflow trapped instead of reporting the pack as damaged).
+        let tocBytes = UInt64(count) * UInt64(entrySize)
+        let (tocEnd, overflow) = tocOffset.addingReportingOverflow(tocBytes)
+        guard !overflow, tocOffset >= UInt64(headerSize), tocEnd <= UInt64.max - UInt64(trailerSize),
+              tocEnd + UInt64(trailerSize) == fileSize else {
             throw FormatError(file: file, "table of contents at \(tocOffset) with \(count) entries does not fit a \(fileSize)-byte pack")
         }
         return Trailer(tocOffset: tocOffset, entryCount: Int(count), tocDigest: digest, version: v)
