@@ -36,11 +36,11 @@ public enum AutoPolicy {
     public static func expired(disk: DiskRecord, live: [SnapshotRecord], keep: Int?, retentionDays: Int?,
                                now: Date, justMade: SnapshotID?) -> [SnapshotRecord] {
         let autos = automatic(of: disk, in: live).filter { $0.snapshotId != justMade }
-        let newestFirst = Array(autos.reversed())
         var chosen: [SnapshotRecord] = []
         if let keep {
-            // The snapshot just made counts as one of those kept.
-            chosen += newestFirst.dropFirst(max(0, keep - (justMade == nil ? 0 : 1)))
+            // prune's keep-last rule, the snapshot just made counting as one of those kept.
+            let kept = PrunePolicy.plan(autos, rule: .init(keepLast: max(0, keep - (justMade == nil ? 0 : 1))))
+            chosen += kept.filter { !$0.keep }.map(\.record)
         }
         if let days = retentionDays {
             let limit = now.addingTimeInterval(-Double(days) * 86_400)

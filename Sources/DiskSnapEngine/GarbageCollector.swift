@@ -151,21 +151,26 @@ public struct GarbageCollector {
         var liveBytes: UInt64 = 0
     }
 
-    /// Packs whose live share of raw bytes is under `threshold`. A chunk counts as live in a
-    /// pack only where the index would read it (its first copy): other copies are dead.
+    /// Packs whose live share of raw bytes is under `threshold`, reading one index segment at
+    /// a time. A digest's first copy (in segment order) counts as live where marked; later
+    /// copies are dead. The "seen" test is a Bloom filter too: its false positives count a
+    /// live chunk as dead here, which only makes its pack more likely to be condemned; the
+    /// sweep copies every marked chunk of a condemned pack regardless.
     func condemnationPlan(_ filter: DigestFilter, threshold: Double) throws -> Plan {
-        let index = try ChunkIndex.load(from: repository)
+        let names = try repository.indexSegmentNames()
+        let estimated = try names.reduce(0) { $0 + Int(try FileSystem.status("\(repository.indexDirectory)/\($1)").size) / 56 }
+        var seen = DigestFilter(expected: estimated)
         var live: [PackID: UInt64] = [:], total: [PackID: UInt64] = [:]
-        for name in try repository.indexSegmentNames() {
+        for name in names {
             let path = "\(repository.indexDirectory)/\(name)"
             let segment = try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path)
             for e in segment.entries {
                 let pack = segment.packs[Int(e.pack)]
                 total[pack, default: 0] += UInt64(e.rawLength)
-                if filter.mayContain(e.digest), let at = index.location(of: e.digest),
-                   index.packs[Int(at.pack)] == pack, at.offset == e.offset, at.blockOffset == e.blockOffset {
+                if filter.mayContain(e.digest) && !seen.mayContain(e.digest) {
                     live[pack, default: 0] += UInt64(e.rawLength)
                 }
+                seen.insert(e.digest)
             }
         }
         var plan = Plan()
@@ -182,39 +187,51 @@ public struct GarbageCollector {
     }
 
     /// Copies the live chunks of `state`'s packs, then (readers excluded) replaces the index
-    /// segments and removes the packs, orphan fixed indexes and `gc.json`.
+    /// segments that name them and removes the packs, orphan fixed indexes and `gc.json`.
+    /// Memory: the mark filter, one pack's table of contents and one segment at a time.
     func sweep(_ state: GCState, mark filter: DigestFilter, into result: inout GCResult) throws {
         let condemned = Set(state.condemnedPacks.compactMap(PackID.init(hex:)))
-        let index = try ChunkIndex.load(from: repository)
-        // 1. Live chunks of condemned packs, in pack order, to new packs.
-        var copies: [(digest: ChunkDigest, location: ChunkLocation)] = []
-        for (digest, location) in index.entries where condemned.contains(index.packs[Int(location.pack)]) && filter.mayContain(digest) {
-            copies.append((digest, location))
-        }
-        copies.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
+        // 1. Each condemned pack's marked chunks, read from its own table of contents and
+        //    verified against their digests, to new packs (published with their segment).
         var written: UInt64 = 0
-        if !copies.isEmpty {
+        let present = condemned.filter { FileSystem.exists(repository.packPath($0)) }
+        if !present.isEmpty {
             let area = try TemporaryArea(repository: repository)
             defer { area.remove() }
+            let capacity = max(Snapshotter.blockBytes, Int(repository.config.chunkSize.bytes))
             let writer = ChunkWriter(repository: repository, index: ChunkIndex(), area: area)
-            let builder = writer.makePackBuilder(compression: repository.config.compression, blockCapacity: max(Snapshotter.blockBytes, Int(repository.config.chunkSize.bytes)))
-            let reader = ChunkReader(index: index, packs: PackFiles(repository: repository, index: index))
+            let builder = writer.makePackBuilder(compression: repository.config.compression, blockCapacity: capacity)
+            let decoder = BlockDecoder()
             // The builder keeps pointers to the chunks until the block ends: they are read
             // back to back into a block-sized buffer, which is reused only after endBlock.
-            let capacity = max(Snapshotter.blockBytes, Int(repository.config.chunkSize.bytes))
             let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 64)
             defer { staging.deallocate() }
             var used = 0
-            for (digest, location) in copies {
-                let count = Int(location.rawLength)
-                if used + count > capacity {
-                    try builder.endBlock()
-                    used = 0
+            var copied = Set<ChunkDigest>()
+            for pack in present.sorted(by: { $0.hex < $1.hex }) {
+                let path = repository.packPath(pack)
+                let toc: [PackEntry]
+                do {
+                    toc = try PackReader.tableOfContents(path)
+                } catch let error as any CodedError {
+                    throw ContextError(underlying: error, context: "gc stops before removing anything: condemned pack \(pack) cannot be read (run check)")
                 }
-                let chunk = UnsafeMutableRawBufferPointer(rebasing: staging[used..<used + count])
-                try reader.read(digest, at: location, into: chunk)
-                try builder.add(digest, UnsafeRawBufferPointer(chunk))
-                used += count
+                let file = try OpenFile(path: path)
+                for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) })
+                where filter.mayContain(e.digest) && !copied.contains(e.digest) {
+                    let count = Int(e.rawLength)
+                    if used + count > capacity {
+                        try builder.endBlock()
+                        used = 0
+                    }
+                    let chunk = UnsafeMutableRawBufferPointer(rebasing: staging[used..<used + count])
+                    let location = ChunkLocation(pack: 0, storedLength: e.storedLength, offset: e.offset, rawLength: e.rawLength,
+                                                 encoding: e.encoding, blockOffset: e.blockOffset)
+                    try decoder.read(digest: e.digest, location: location, pack: pack, file: file, into: chunk)
+                    try builder.add(e.digest, UnsafeRawBufferPointer(chunk))
+                    copied.insert(e.digest)
+                    used += count
+                }
             }
             try builder.endBlock()
             try builder.finish()
@@ -229,46 +246,46 @@ public struct GarbageCollector {
             return
         }
         defer { withExtendedLifetime(readers) {} }
-        // 3. One segment with every entry outside the condemned packs (first copy of each
-        //    digest), published before the segments it replaces are removed.
-        let names = try repository.indexSegmentNames()
-        var merged = ChunkIndexFormat.Segment(packs: [], entries: [])
-        var ordinals: [PackID: UInt32] = [:]
-        var seen = Set<ChunkDigest>()
-        var replacedBytes: UInt64 = 0
-        for name in names {
+        // 3. Each segment that names a condemned pack is replaced by one without its entries,
+        //    published before the old one is removed (a crash between: the same locations
+        //    twice, which is valid).
+        var named = Set<PackID>()
+        var replacedBytes: UInt64 = 0, newSegmentBytes: UInt64 = 0
+        for name in try repository.indexSegmentNames() {
             let path = "\(repository.indexDirectory)/\(name)"
             let bytes = try FileSystem.readFile(path)
-            replacedBytes += UInt64(bytes.count)
             let segment = try ChunkIndexFormat.decode(bytes, file: path)
-            for e in segment.entries {
-                let pack = segment.packs[Int(e.pack)]
-                guard !condemned.contains(pack), seen.insert(e.digest).inserted else { continue }
+            guard segment.packs.contains(where: { condemned.contains($0) }) else {
+                named.formUnion(segment.packs)
+                continue
+            }
+            var kept = ChunkIndexFormat.Segment(packs: [], entries: [])
+            var ordinals: [UInt32: UInt32] = [:]
+            for e in segment.entries where !condemned.contains(segment.packs[Int(e.pack)]) {
                 var entry = e
-                if let known = ordinals[pack] {
+                if let known = ordinals[e.pack] {
                     entry.pack = known
                 } else {
-                    entry.pack = UInt32(merged.packs.count)
-                    ordinals[pack] = entry.pack
-                    merged.packs.append(pack)
+                    entry.pack = UInt32(kept.packs.count)
+                    ordinals[e.pack] = entry.pack
+                    kept.packs.append(segment.packs[Int(e.pack)])
                 }
-                merged.entries.append(entry)
+                kept.entries.append(entry)
             }
+            if !kept.entries.isEmpty {
+                let encoded = ChunkIndexFormat.encode(kept)
+                _ = try ChunkIndexFormat.decode(encoded, file: "new index segment")  // decode what we publish
+                try repository.publish(encoded, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
+                newSegmentBytes += UInt64(encoded.count)
+                named.formUnion(kept.packs)
+            }
+            try FileSystem.remove(path)
+            replacedBytes += UInt64(bytes.count)
+            result.segmentsReplaced += 1
         }
-        var newSegmentBytes: UInt64 = 0
-        if !merged.entries.isEmpty {
-            let bytes = ChunkIndexFormat.encode(merged)
-            _ = try ChunkIndexFormat.decode(bytes, file: "new index segment")  // decode what we publish
-            let name = PackID.generate().hex + ".idx"
-            try repository.publish(bytes, to: "\(repository.indexDirectory)/\(name)")
-            newSegmentBytes = UInt64(bytes.count)
-        }
-        for name in names { try FileSystem.removeIfExists("\(repository.indexDirectory)/\(name)") }
         try FileSystem.syncDirectory(repository.indexDirectory)
-        result.segmentsReplaced = names.count
         // 4. The condemned packs, and unindexed packs that no segment has named since.
         var removedBytes: UInt64 = 0
-        let named = Set(merged.packs)
         let unindexed = Set(state.unindexedPacks.compactMap(PackID.init(hex:))).subtracting(named)
         for pack in condemned.union(unindexed) {
             let path = repository.packPath(pack)
