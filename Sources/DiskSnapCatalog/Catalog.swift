@@ -40,6 +40,8 @@ public struct Catalog: Sendable {
                 result.append(seen)
             } catch let error as FormatError {
                 damaged.append(error)
+            } catch let error as SystemError where error.code == "IO.NotFound" {
+                continue  // deleted since the listing
             }
         }
         return (result.sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }, damaged)

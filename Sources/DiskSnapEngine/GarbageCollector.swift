@@ -162,9 +162,9 @@ public struct GarbageCollector {
         var seen = DigestFilter(expected: estimated)
         var live: [PackID: UInt64] = [:], total: [PackID: UInt64] = [:]
         for name in names {
-            let path = "\(repository.indexDirectory)/\(name)"
-            let segment = try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path)
-            for e in segment.entries {
+            let segment = try SegmentFileReader(path: "\(repository.indexDirectory)/\(name)")
+            for pack in segment.packs { total[pack] = total[pack] ?? 0 }
+            try segment.forEach { e in
                 let pack = segment.packs[Int(e.pack)]
                 total[pack, default: 0] += UInt64(e.rawLength)
                 if filter.mayContain(e.digest) && !seen.mayContain(e.digest) {
@@ -253,34 +253,45 @@ public struct GarbageCollector {
         var replacedBytes: UInt64 = 0, newSegmentBytes: UInt64 = 0
         for name in try repository.indexSegmentNames() {
             let path = "\(repository.indexDirectory)/\(name)"
-            let bytes = try FileSystem.readFile(path)
-            let segment = try ChunkIndexFormat.decode(bytes, file: path)
+            let segment = try SegmentFileReader(path: path)
             guard segment.packs.contains(where: { condemned.contains($0) }) else {
                 named.formUnion(segment.packs)
                 continue
             }
-            var kept = ChunkIndexFormat.Segment(packs: [], entries: [])
-            var ordinals: [UInt32: UInt32] = [:]
-            for e in segment.entries where !condemned.contains(segment.packs[Int(e.pack)]) {
-                var entry = e
-                if let known = ordinals[e.pack] {
-                    entry.pack = known
-                } else {
-                    entry.pack = UInt32(kept.packs.count)
-                    ordinals[e.pack] = entry.pack
-                    kept.packs.append(segment.packs[Int(e.pack)])
+            // The entries outside condemned packs, streamed into a new file (counted first:
+            // the header comes before them).
+            var keptPacks: [PackID] = [], ordinals: [UInt32: UInt32] = [:]
+            for (i, pack) in segment.packs.enumerated() where !condemned.contains(pack) {
+                ordinals[UInt32(i)] = UInt32(keptPacks.count)
+                keptPacks.append(pack)
+            }
+            var keptCount: UInt64 = 0
+            try segment.forEach { e in if ordinals[e.pack] != nil { keptCount += 1 } }
+            if keptCount > 0 {
+                let temporary = "\(repository.temporaryDirectory)/\(FileSystem.uniqueTemporaryName(for: name))"
+                do {
+                    let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive])
+                    var writer = try SegmentFileWriter(file: file, packs: keptPacks, entryCount: keptCount)
+                    try segment.forEach { e in
+                        guard let ordinal = ordinals[e.pack] else { return }
+                        var entry = e
+                        entry.pack = ordinal
+                        try writer.append(entry)
+                    }
+                    try writer.finish()
+                    _ = try SegmentFileReader(path: temporary)  // read back what we publish
+                    try file.sync()
+                    newSegmentBytes += try file.status().size
+                    try FileSystem.rename(temporary, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
+                } catch {
+                    try? FileSystem.removeIfExists(temporary)
+                    throw error
                 }
-                kept.entries.append(entry)
+                try FileSystem.syncDirectory(repository.indexDirectory)
+                named.formUnion(keptPacks)
             }
-            if !kept.entries.isEmpty {
-                let encoded = ChunkIndexFormat.encode(kept)
-                _ = try ChunkIndexFormat.decode(encoded, file: "new index segment")  // decode what we publish
-                try repository.publish(encoded, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
-                newSegmentBytes += UInt64(encoded.count)
-                named.formUnion(kept.packs)
-            }
+            replacedBytes += try FileSystem.status(path).size
             try FileSystem.remove(path)
-            replacedBytes += UInt64(bytes.count)
             result.segmentsReplaced += 1
         }
         try FileSystem.syncDirectory(repository.indexDirectory)

@@ -1,3 +1,5 @@
+import DiskSnapSys
+
 /// Chunk index segment, version 2 (docs/FORMAT.md, "Chunk index segment"): which pack and
 /// block hold each chunk, for the packs one writer published. The union of all segments is
 /// the chunk index; it can be rebuilt from the packs' tables of contents. Version 1 (56-byte
@@ -61,15 +63,7 @@ public enum ChunkIndexFormat {
         for pack in segment.packs { w.append(pack.bytes) }
         for e in segment.entries {
             precondition(Int(e.pack) < segment.packs.count)
-            w.append(e.digest)
-            w.append(e.pack)
-            w.append(e.storedLength)
-            w.append(e.offset)
-            w.append(e.rawLength)
-            w.append(e.encoding.rawValue)
-            w.appendZeros(3)
-            w.append(e.blockOffset)
-            w.appendZeros(4)
+            encodeEntry(e, into: &w)
         }
         let checksum = w.bytes.withUnsafeBytes { ChunkDigest(hashing: $0) }
         w.append(checksum)
@@ -87,42 +81,172 @@ public enum ChunkIndexFormat {
             throw FormatError(file: file, "checksum mismatch (damaged or truncated)")
         }
         var r = ByteReader(body, file: file)
+        let header = try decodeHeader(&r, bodyLength: body.count, file: file)
+        var packs: [PackID] = []
+        for _ in 0..<header.packCount { packs.append(PackID(bytes: try r.readBytes(16))!) }
+        var entries: [Entry] = []
+        entries.reserveCapacity(Int(header.entryCount))
+        for _ in 0..<header.entryCount { entries.append(try decodeEntry(&r, header: header, file: file)) }
+        return Segment(packs: packs, entries: entries)
+    }
+
+    struct Header {
+        let version: UInt32
+        let packCount: Int
+        let entryCount: UInt64
+        var stride: Int { ChunkIndexFormat.entrySize(version: version) }
+    }
+
+    /// The header, checked against the length of the body (everything before the trailer).
+    static func decodeHeader(_ r: inout ByteReader, bodyLength: Int, file: String) throws(FormatError) -> Header {
         try r.expectMagic(magic, what: "disksnap chunk index segment")
         let v: UInt32 = try r.read()
         guard v == 1 || v == version else { throw FormatError(file: file, "chunk index version \(v) is not supported") }
-        let stride = Self.entrySize(version: v)
         let packCount = Int(try r.read(UInt32.self))
         let entryCount: UInt64 = try r.read()
         try r.skip(8)
+        let header = Header(version: v, packCount: packCount, entryCount: entryCount)
         guard packCount <= maximumPacks, entryCount <= UInt64(maximumEntries),
-              r.remaining == packCount * 16 + Int(entryCount) * stride
+              bodyLength == headerSize + packCount * 16 + Int(entryCount) * header.stride
         else { throw FormatError(file: file, "header counts (\(packCount) packs, \(entryCount) entries) do not match its length") }
-        var packs: [PackID] = []
-        for _ in 0..<packCount { packs.append(PackID(bytes: try r.readBytes(16))!) }
-        var entries: [Entry] = []
-        entries.reserveCapacity(Int(entryCount))
-        for _ in 0..<entryCount {
-            let digest = try r.readDigest()
-            let pack: UInt32 = try r.read()
-            let storedLength: UInt32 = try r.read()
-            let offset: UInt64 = try r.read()
-            let rawLength: UInt32 = try r.read()
-            let encodingByte: UInt8 = try r.read()
-            try r.skip(3)
-            var blockOffset: UInt32 = 0
-            if v >= 2 {
-                blockOffset = try r.read()
-                try r.skip(4)
-            }
-            guard Int(pack) < packCount, let encoding = ChunkEncoding(rawValue: encodingByte) else {
-                throw FormatError(file: file, "entry for chunk \(digest) names pack \(pack) of \(packCount) or encoding \(encodingByte)")
-            }
-            guard PackFormat.chunkFitsBlock(blockOffset: blockOffset, rawLength: rawLength, storedLength: storedLength, encoding: encoding) else {
-                throw FormatError(file: file, "entry for chunk \(digest) lies outside its block (\(blockOffset)+\(rawLength))")
-            }
-            entries.append(Entry(digest: digest, pack: pack, offset: offset, storedLength: storedLength, rawLength: rawLength,
-                                 encoding: encoding, blockOffset: blockOffset))
+        return header
+    }
+
+    static func decodeEntry(_ r: inout ByteReader, header: Header, file: String) throws(FormatError) -> Entry {
+        let digest = try r.readDigest()
+        let pack: UInt32 = try r.read()
+        let storedLength: UInt32 = try r.read()
+        let offset: UInt64 = try r.read()
+        let rawLength: UInt32 = try r.read()
+        let encodingByte: UInt8 = try r.read()
+        try r.skip(3)
+        var blockOffset: UInt32 = 0
+        if header.version >= 2 {
+            blockOffset = try r.read()
+            try r.skip(4)
         }
-        return Segment(packs: packs, entries: entries)
+        guard Int(pack) < header.packCount, let encoding = ChunkEncoding(rawValue: encodingByte) else {
+            throw FormatError(file: file, "entry for chunk \(digest) names pack \(pack) of \(header.packCount) or encoding \(encodingByte)")
+        }
+        guard PackFormat.chunkFitsBlock(blockOffset: blockOffset, rawLength: rawLength, storedLength: storedLength, encoding: encoding) else {
+            throw FormatError(file: file, "entry for chunk \(digest) lies outside its block (\(blockOffset)+\(rawLength))")
+        }
+        return Entry(digest: digest, pack: pack, offset: offset, storedLength: storedLength, rawLength: rawLength,
+                     encoding: encoding, blockOffset: blockOffset)
+    }
+
+    static func encodeEntry(_ e: Entry, into w: inout ByteWriter) {
+        w.append(e.digest)
+        w.append(e.pack)
+        w.append(e.storedLength)
+        w.append(e.offset)
+        w.append(e.rawLength)
+        w.append(e.encoding.rawValue)
+        w.appendZeros(3)
+        w.append(e.blockOffset)
+        w.appendZeros(4)
+    }
+}
+
+/// A segment file read without holding its entries in memory (gc on a store of millions of
+/// chunks): the whole file's checksum is verified by streaming it once, the pack table is
+/// kept, and `forEach` decodes the entries a batch at a time.
+public struct SegmentFileReader {
+    public let path: String
+    public let packs: [PackID]
+    public let entryCount: UInt64
+    let header: ChunkIndexFormat.Header
+    let file: OpenFile
+    static let batch = 1 << 14
+
+    public init(path: String) throws {
+        self.path = path
+        file = try OpenFile(path: path)
+        let size = try file.status().size
+        let minimum = ChunkIndexFormat.headerSize + ChunkIndexFormat.trailerSize
+        guard size >= UInt64(minimum) else {
+            throw FormatError(file: path, "truncated: \(size) bytes is shorter than an empty chunk index segment")
+        }
+        let bodyLength = size - UInt64(ChunkIndexFormat.trailerSize)
+        var hasher = StreamingDigest()
+        var done: UInt64 = 0
+        while done < bodyLength {
+            let piece = try file.readBytes(count: Int(min(1 << 20, bodyLength - done)), at: done)
+            guard !piece.isEmpty else { throw FormatError(file: path, "ends early (truncated while read)") }
+            hasher.update(piece)
+            done += UInt64(piece.count)
+        }
+        var trailer = ByteReader(try file.readBytes(count: ChunkIndexFormat.trailerSize, at: bodyLength), file: path)
+        guard try trailer.readDigest() == hasher.finish() else {
+            throw FormatError(file: path, "checksum mismatch (damaged or truncated)")
+        }
+        guard bodyLength <= UInt64(Int.max) else { throw FormatError(file: path, "is too large for a segment") }
+        var r = ByteReader(try file.readBytes(count: ChunkIndexFormat.headerSize, at: 0), file: path)
+        header = try ChunkIndexFormat.decodeHeader(&r, bodyLength: Int(bodyLength), file: path)
+        var table = ByteReader(try file.readBytes(count: header.packCount * 16, at: UInt64(ChunkIndexFormat.headerSize)), file: path)
+        packs = try (0..<header.packCount).map { _ in PackID(bytes: try table.readBytes(16))! }
+        entryCount = header.entryCount
+    }
+
+    /// Calls `body` with every entry, in file order.
+    public func forEach(_ body: (ChunkIndexFormat.Entry) throws -> Void) throws {
+        var offset = UInt64(ChunkIndexFormat.headerSize + header.packCount * 16)
+        var left = header.entryCount
+        while left > 0 {
+            let n = Int(min(UInt64(Self.batch), left))
+            var r = ByteReader(try file.readBytes(count: n * header.stride, at: offset), file: path)
+            for _ in 0..<n { try body(try ChunkIndexFormat.decodeEntry(&r, header: header, file: path)) }
+            offset += UInt64(n * header.stride)
+            left -= UInt64(n)
+        }
+    }
+}
+
+/// Writes a segment file entry by entry; the entry count is given up front (the header comes
+/// first) and checked at the end. The caller fsyncs and publishes the file.
+public struct SegmentFileWriter {
+    let file: OpenFile
+    let packCount: Int
+    let expected: UInt64
+    var written: UInt64 = 0
+    var offset: UInt64 = 0
+    var pending = ByteWriter(capacity: 1 << 20)
+    var hasher = StreamingDigest()
+
+    public init(file: OpenFile, packs: [PackID], entryCount: UInt64) throws {
+        self.file = file
+        packCount = packs.count
+        expected = entryCount
+        var w = ByteWriter(capacity: ChunkIndexFormat.headerSize + packs.count * 16)
+        w.append(ChunkIndexFormat.magic)
+        w.append(ChunkIndexFormat.version)
+        w.append(UInt32(packs.count))
+        w.append(entryCount)
+        w.append(UInt64(0))
+        for pack in packs { w.append(pack.bytes) }
+        pending = w
+    }
+
+    public mutating func append(_ entry: ChunkIndexFormat.Entry) throws {
+        precondition(Int(entry.pack) < packCount && written < expected)
+        ChunkIndexFormat.encodeEntry(entry, into: &pending)
+        written += 1
+        if pending.count >= 1 << 20 { try flush() }
+    }
+
+    private mutating func flush() throws {
+        hasher.update(pending.bytes)
+        try file.write(pending.bytes, at: offset)
+        offset += UInt64(pending.count)
+        pending = ByteWriter(capacity: 1 << 20)
+    }
+
+    public mutating func finish() throws {
+        precondition(written == expected, "segment writer: \(written) entries written, \(expected) announced")
+        try flush()
+        let digest = hasher  // finish() consumes its hasher: a copy's
+        var trailer = ByteWriter(capacity: ChunkIndexFormat.trailerSize)
+        trailer.append(digest.finish())
+        try file.write(trailer.bytes, at: offset)
     }
 }

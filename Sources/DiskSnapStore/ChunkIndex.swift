@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import DiskSnapSys
 import DiskSnapFormat
 
@@ -39,13 +42,24 @@ public struct ChunkIndex: Sendable {
     /// A writer passes the packs a pending garbage collection condemned as `excluding`: their
     /// chunks are invisible to it, so it stores its own copies instead of relying on chunks
     /// that may be removed under it (docs/DESIGN.md, "Garbage collection").
+    ///
+    /// gc replaces segments while writers run (it publishes the replacement before it removes
+    /// the old one): a segment that vanishes between the listing and the read means the
+    /// listing is stale, and the load starts over from a new one.
     public static func load(from repository: Repository, excluding: Set<PackID> = []) throws -> ChunkIndex {
-        var index = ChunkIndex()
-        for name in try repository.indexSegmentNames() {
-            let path = "\(repository.indexDirectory)/\(name)"
-            index.add(try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path), excluding: excluding)
+        var attempt = 0
+        while true {
+            var index = ChunkIndex()
+            do {
+                for name in try repository.indexSegmentNames() {
+                    let path = "\(repository.indexDirectory)/\(name)"
+                    index.add(try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path), excluding: excluding)
+                }
+                return index
+            } catch let error as SystemError where error.errno == ENOENT && attempt < 10 {
+                attempt += 1
+            }
         }
-        return index
     }
 
     public mutating func add(_ segment: ChunkIndexFormat.Segment, excluding: Set<PackID> = []) {
