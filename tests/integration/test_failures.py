@@ -17,6 +17,15 @@ def only_file(directory, suffix):
     return os.path.join(directory, names[0])
 
 
+def flip_byte(path, offset):
+    """Inverts one byte of a file: a bit-rot the store must detect."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
 def largest_pack(repo):
     """Each worker fills packs of its own: a small snapshot leaves one pack per worker."""
     directory = os.path.join(repo, "packs")
@@ -87,11 +96,7 @@ def test_delete_removes_record_and_index(ds, test_disk):
 def test_flipped_byte_in_pack_data_is_found_and_never_restored(ds, test_disk, tmp_path):
     snap = ds.create(test_disk["v1"], "one")
     pack = largest_pack(ds.repo)
-    with open(pack, "r+b") as f:
-        f.seek(5000)
-        byte = f.read(1)
-        f.seek(5000)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(pack, 5000)
     structural = ds.run("check", check=False)
     assert structural.code == 0, "a data byte is invisible to the structural check by design"
     deep = ds.run("check", "--read-data", check=False)
@@ -391,11 +396,7 @@ def test_source_read_error_fails_the_snapshot_cleanly(tmp_path, test_disk):
     source_repo = DiskSnap(str(tmp_path / "source-repo"))
     snap = source_repo.create(test_disk["v1"], "origin")
     pack = largest_pack(source_repo.repo)
-    with open(pack, "r+b") as f:
-        f.seek(5000)
-        byte = f.read(1)
-        f.seek(5000)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(pack, 5000)
     mnt = tmp_path / "mnt"
     server = subprocess.Popen([BIN, "--repo", source_repo.repo, "mount", snap, str(mnt)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -470,11 +471,7 @@ def test_repair_marks_snapshots_that_lost_chunks_as_damaged(ds, tmp_path):
 def test_repair_with_read_data_drops_corrupt_chunks(ds, test_disk, tmp_path):
     snap = ds.create(test_disk["v1"], "flipped")
     pack = largest_pack(ds.repo)
-    with open(pack, "r+b") as f:
-        f.seek(5000)
-        byte = f.read(1)
-        f.seek(5000)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(pack, 5000)
     r = ds.run("check", "--repair", "--read-data", check=False)
     assert r.code == 1 and "chunks with bad data left out" in r.out and snap in r.out
     assert ds.show(snap)["Status"] == "damaged"
