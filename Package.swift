@@ -13,17 +13,21 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
-        // C: the only place that sees libzstd, libblkid, libfuse3, ioctls and Linux-only constants.
+        // C: the only place that sees libzstd, libblkid, zlib, libfuse3, ioctls and Linux-only constants.
         .target(name: "CShim", path: "Sources/CShim"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CBlkid", path: "Sources/CBlkid", pkgConfig: "blkid",
                        providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
         .target(name: "CFuseGlue", dependencies: ["CFuse"], path: "Sources/CFuseGlue"),
         // Swift face of the operating system and the C libraries.
-        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CFuseGlue"]),
+        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue"]),
+        // qcow2 images as the guest sees them: header, L1/L2 tables, backing chains, writer.
+        .target(name: "DiskSnapQcow2", dependencies: ["DiskSnapSys"]),
         // On-disk formats: byte layouts, digests, versioned records.
         .target(name: "DiskSnapFormat", dependencies: [
             "DiskSnapSys", .product(name: "Crypto", package: "swift-crypto"),
@@ -34,7 +38,7 @@ let package = Package(
         .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore"]),
         // Snapshot, restore, check: the pipelines over every core.
         .target(name: "DiskSnapEngine", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2",
         ]),
         // Serving a snapshot to other programs: NBD export, FUSE mount.
         .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),

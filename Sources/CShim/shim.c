@@ -17,6 +17,12 @@ int ds_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
 
+int ds_ofd_write_lock_conflict(int fd, int64_t start, int64_t length) {
+    struct flock probe = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = start, .l_len = length, .l_pid = 0 };
+    if (fcntl(fd, F_OFD_GETLK, &probe) != 0) return -1;
+    return probe.l_type != F_UNLCK;
+}
+
 int ds_block_device_size(int fd, uint64_t *size_bytes) {
     return ioctl(fd, BLKGETSIZE64, size_bytes);
 }

@@ -1,3 +1,4 @@
+import CShim
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -36,4 +37,13 @@ public final class FileLock: Sendable {
     public var path: String { file.path }
 
     deinit { flock(file.descriptor, LOCK_UN) }
+}
+
+/// Byte-range locks other programs hold (QEMU locks bytes of the images it has open).
+public enum FileLocks {
+    /// True when another open file description holds a lock conflicting with a write lock on
+    /// the range (F_OFD_GETLK); false when none does or the question cannot be asked.
+    public static func hasConflictingWriteLock(_ file: OpenFile, offset: UInt64, length: UInt64) -> Bool {
+        ds_ofd_write_lock_conflict(file.descriptor, Int64(offset), Int64(length)) == 1
+    }
 }

@@ -33,6 +33,11 @@ int ds_block_zero_out(int fd, uint64_t start, uint64_t length);
 /// filesystem cannot).
 int ds_punch_hole(int fd, int64_t offset, int64_t length);
 
+/// 1 when another open file description holds a lock that conflicts with a write lock on
+/// [start, start + length) of fd (fcntl F_OFD_GETLK, as QEMU's image locking uses), 0 when
+/// none does, -1 with errno on failure.
+int ds_ofd_write_lock_conflict(int fd, int64_t start, int64_t length);
+
 /// The O_DIRECT open flag.
 int ds_o_direct(void);
 /// syncfs(fd): flush the whole filesystem holding fd.
