@@ -35,7 +35,7 @@ let package = Package(
         // The content-addressed chunk store: packs, the chunk index, locks, atomic publication.
         .target(name: "DiskSnapStore", dependencies: ["DiskSnapSys", "DiskSnapFormat"]),
         // Snapshot records: ids, names, lookup, status.
-        .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore"]),
+        .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapQcow2"]),
         // Snapshot, restore, check: the pipelines over every core.
         .target(name: "DiskSnapEngine", dependencies: [
             "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2",
@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),
         // The command line: one file per subcommand.
         .executableTarget(name: "disksnap", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Every decoder of a repository file under libFuzzer (tools/fuzz), or replaying the

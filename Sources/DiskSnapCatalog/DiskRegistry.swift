@@ -1,6 +1,7 @@
 import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapStore
+import DiskSnapQcow2
 
 /// The registered disks of a repository (`disks/<DiskId>.json`).
 public struct DiskRegistry: Sendable {
@@ -57,7 +58,7 @@ public struct DiskRegistry: Sendable {
             throw CatalogError(code: "InvalidDiskName.Duplicate", message: "a disk named '\(name)' exists", exitStatus: .conflict)
         }
         var record = DiskRecord(diskId: .generate(), diskName: name, path: absolute, diskType: type, instance: instance)
-        record.identity = try DiskProbe.identify(path: absolute)
+        record.identity = try GuestProbe.identify(path: absolute)
         try repository.publish(RecordJSON.encode(record), to: repository.diskPath(record.diskId))
         return record
     }

@@ -4,6 +4,7 @@ import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapCatalog
+import DiskSnapQcow2
 
 /// What a caller asks of `create`.
 public struct CreateRequest: Sendable {
@@ -16,6 +17,10 @@ public struct CreateRequest: Sendable {
     /// Set only by the automatic-snapshot runner: allows the reserved `auto` prefix.
     public var automatic = false
     public var allowLive = false
+    /// nil: a qcow2 image is recognized by its header.
+    public var format: SourceFormat?
+    /// False refuses a qcow2 image that has a backing file.
+    public var allowBacking = true
     /// Snapshot even when another disk now sits at the registered path.
     public var force = false
     public var showProgress = false
@@ -95,7 +100,7 @@ public struct Snapshotter {
                               live: live, repositoryCap: repository.config.maxSnapshots)
 
         // Is it still the same disk? (A few sectors of metadata, read before any data.)
-        let identity = try DiskProbe.identify(path: disk.path)
+        let identity = try GuestProbe.identify(path: disk.path, allowBacking: request.allowBacking)
         var identityChange: String?
         if let recorded = disk.identity {
             switch IdentityPolicy.compare(recorded: recorded, now: identity) {
@@ -139,8 +144,16 @@ public struct Snapshotter {
         let area = try TemporaryArea(repository: repository)
         defer { area.remove() }
         do {
-            let source = try Source.open(disk.path)
+            let source = try Source.open(disk.path, format: request.format, allowBacking: request.allowBacking)
             record.sourceKind = source.kind
+            if let image = source.qcow2 {
+                record.sourceFormat = SourceFormat.qcow2.rawValue
+                record.backingChain = image.backingChain.isEmpty ? nil : image.backingChain
+                if let live = image.liveUse() {
+                    guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) \(live); a snapshot of it would not be one point in time (shut the VM down, or pass --allow-live)") }
+                    record.crashConsistent = false
+                }
+            }
             record.sourceSize = source.size
             record.chunkCount = FixedIndexHeader.chunkCount(diskSize: source.size, chunkSize: UInt32(record.chunkSize))
             if !request.allowLive, let mount = source.writableMounts().first {
@@ -184,7 +197,7 @@ public struct Snapshotter {
         let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, previous: previousIndex, verifyPrevious: !condemned.isEmpty,
                                 runs: runs, chunkSize: chunkSize,
                                 compression: repository.config.compression, counters: counters, progress: progress,
-                                cache: source.kind == .file ? PageCacheCourtesy(file: source.file) : nil)
+                                cache: source.kind == .file && source.qcow2 == nil ? PageCacheCourtesy(file: source.file) : nil)
         // Progress is written into the record every 250 ms tick (one small atomic write), for
         // `list`/`show` in other processes.
         let catalog = Catalog(repository: repository)
@@ -272,8 +285,8 @@ private struct Pipeline: Sendable {
                 }
             }
             do {
-                try source.file.readExactly(into: span, at: start)
-            } catch {
+                try source.readExactly(into: span, at: start)
+            } catch let error as any CodedError {
                 throw ContextError(underlying: error, context: "reading \(source.path) at offset \(start)")
             }
             counters.bytesRead.wrappingAdd(end - start, ordering: .relaxed)

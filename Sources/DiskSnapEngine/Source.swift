@@ -1,15 +1,44 @@
 import DiskSnapSys
 import DiskSnapFormat
+import DiskSnapQcow2
 
-/// A disk being read: a regular file (raw image) or a block device.
+/// How a source file is read: its bytes, or a qcow2 image's guest disk.
+public enum SourceFormat: String, Sendable, CaseIterable {
+    case raw, qcow2
+}
+
+/// A disk being read: a regular file (raw image or qcow2 image) or a block device.
 struct Source {
     let path: String
     let file: OpenFile
     let kind: SourceKind
+    /// The guest disk's size (a qcow2 image's virtual size).
     let size: UInt64
     let statusBefore: FileStatus
     /// Byte ranges that may hold data; the rest is holes and is never read.
     let dataRanges: [ByteRange]
+    /// Set for a qcow2 image: reads go through its L1/L2 tables and backing chain.
+    var qcow2: Qcow2Image? = nil
+
+    /// Reads disk bytes (guest bytes for a qcow2 image).
+    func readExactly(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        if let qcow2 {
+            try qcow2.read(into: buffer, at: offset)
+        } else {
+            try file.readExactly(into: buffer, at: offset)
+        }
+    }
+
+    /// Opens a source; `format` nil detects qcow2 by its header.
+    static func open(_ path: String, format: SourceFormat?, allowBacking: Bool = true) throws -> Source {
+        guard let status = try FileSystem.statusIfExists(path) else { throw EngineError.sourceNotFound(path) }
+        if status.isRegularFile || status.isBlockDevice, format == .qcow2 || (format == nil && Qcow2Image.isQcow2(path)) {
+            let image = try Qcow2Image(path: path, allowBacking: allowBacking)
+            return Source(path: path, file: image.file, kind: .file, size: image.virtualSize, statusBefore: status,
+                          dataRanges: try image.dataRanges(), qcow2: image)
+        }
+        return try open(path)
+    }
 
     static func open(_ path: String) throws -> Source {
         guard let status = try FileSystem.statusIfExists(path) else { throw EngineError.sourceNotFound(path) }

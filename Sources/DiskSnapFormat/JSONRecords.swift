@@ -127,6 +127,10 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     public var zeroBytes: UInt64 = 0
     /// False when the source changed while it was read and `--allow-live` accepted that.
     public var crashConsistent: Bool = true
+    /// "qcow2" when the source was read as a qcow2 image's guest disk (absent: raw bytes).
+    public var sourceFormat: String?
+    /// A qcow2 source's backing files, nearest first.
+    public var backingChain: [String]?
     /// What libblkid found on the source at snapshot time (docs/FORMAT.md, "Disk identity").
     public var identity: DiskIdentity?
     /// How the disk differs from the identity recorded before ("grown ...", "repartitioned ...").

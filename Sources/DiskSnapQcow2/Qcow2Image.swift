@@ -9,7 +9,7 @@ public final class Qcow2Image: Sendable {
     public let path: String
     public let header: Qcow2Header
     public let extensions: Qcow2Extensions
-    let file: OpenFile
+    public let file: OpenFile
     let fileSize: UInt64
     let l1: [UInt64]
     let backing: Backing?
@@ -71,11 +71,11 @@ public final class Qcow2Image: Sendable {
         l1 = try (0..<Int(header.l1Size)).map { _ in try r.u64() }
         // Backing file.
         if header.backingFileOffset != 0 {
-            guard allowBacking else {
-                throw Qcow2Error.unsupported(path, "a backing file (--no-backing)")
-            }
             let nameBytes = try file.readBytes(count: Int(header.backingFileSize), at: header.backingFileOffset)
             let name = String(decoding: nameBytes, as: UTF8.self)
+            guard allowBacking else {
+                throw Qcow2Error(code: "InvalidDiskId.ValueNotSupported", message: "\(path) has a backing file (\(name)), which --no-backing refuses", exitStatus: .invalidParameter)
+            }
             guard !name.contains("://"), !name.hasPrefix("json:") else {
                 throw Qcow2Error.unsupported(path, "backing file '\(name)' (only local files)")
             }

@@ -18,8 +18,12 @@ struct Create: ParsableCommand {
     var tags: [String] = []
     @Option(help: "Idempotency token (at most 64 ASCII characters): a retry with the same token and parameters returns the same SnapshotId.")
     var clientToken: String?
-    @Flag(help: "Accept a source that changes while read (the snapshot is marked not crash-consistent).")
+    @Flag(help: "Accept a source that changes while read, or a qcow2 image a VM has open (the snapshot is marked not crash-consistent).")
     var allowLive = false
+    @Option(help: "raw (the file's bytes) or qcow2 (the guest disk); default: qcow2 when the file has a qcow2 header.")
+    var format: String?
+    @Flag(help: "Refuse a qcow2 image that has a backing file.")
+    var noBacking = false
     @Flag(help: "Snapshot even when another disk now sits at the registered path.")
     var force = false
     @Flag(help: "Print {\"SnapshotId\", \"RequestId\"} as JSON.")
@@ -33,6 +37,13 @@ struct Create: ParsableCommand {
             request.clientToken = try clientToken.map { try ClientToken($0) }
             request.allowLive = allowLive
             request.force = force
+            if let format {
+                guard let parsed = SourceFormat(rawValue: format) else {
+                    throw CatalogError.invalid("InvalidParameter.Format", "format '\(format)' is not raw or qcow2")
+                }
+                request.format = parsed
+            }
+            request.allowBacking = !noBacking
             request.showProgress = Output.stderrIsTerminal
             let repository = try Repository.openOrInitialize(at: global.repositoryPath)
             let result = try Snapshotter(repository: repository).create(request)

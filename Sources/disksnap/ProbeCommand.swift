@@ -1,6 +1,7 @@
 import ArgumentParser
 import DiskSnapSys
 import DiskSnapCatalog
+import DiskSnapQcow2
 
 struct Probe: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Tell what is on a disk image or block device (libblkid): table, partitions, filesystems.")
@@ -20,7 +21,7 @@ struct Probe: ParsableCommand {
             guard FileSystem.exists(path) else {
                 throw SystemError(errno: 2, operation: "probe", path: path)
             }
-            let identity = try DiskProbe.identify(path: path)
+            let identity = try GuestProbe.identify(path: path)
             if json { Output.json(identity) } else { Output.line(IdentityText.render(identity)) }
         }
     }
