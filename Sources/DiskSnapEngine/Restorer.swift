@@ -3,6 +3,7 @@ import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapCatalog
+import DiskSnapQcow2
 
 public struct RestoreRequest: Sendable {
     public var snapshot: String
@@ -16,6 +17,8 @@ public struct RestoreRequest: Sendable {
     public var dryRun = false
     /// After writing: drop the target's cached pages, read it back and compare every chunk.
     public var verify = false
+    /// The new file's format: raw (default) or a sparse qcow2 v3 image.
+    public var format: SourceFormat = .raw
     public var showProgress = false
     public var workers = Workers.restoreCount
 
@@ -68,7 +71,20 @@ public struct Restorer {
             throw EngineError(code: "InvalidParameter.DryRun", "--dry-run compares an existing disk: it needs --in-place", exitStatus: .invalidParameter)
         }
         let record = snapshot.record
-        let target = try Target.open(request.targetPath, size: range.count, force: request.force)
+        var layout: Qcow2Layout?
+        if request.format == .qcow2 {
+            guard !request.verify else {
+                throw EngineError(code: "InvalidParameter.Format", "--verify reads a raw target; check a qcow2 target with qemu-img compare", exitStatus: .invalidParameter)
+            }
+            guard range.start % Qcow2Layout.clusterSize == 0 else {
+                throw EngineError(code: "InvalidParameter.Format", "partition \(request.partition ?? 0) starts at \(range.start), not on a 64 KiB qcow2 cluster; restore it raw", exitStatus: .invalidParameter)
+            }
+            if let status = try FileSystem.statusIfExists(request.targetPath), status.isBlockDevice {
+                throw EngineError(code: "InvalidParameter.Format", "a qcow2 image is a file; \(request.targetPath) is a block device", exitStatus: .invalidParameter)
+            }
+            layout = try qcow2Layout(snapshot: snapshot, range: range)
+        }
+        let target = try Target.open(request.targetPath, size: range.count, force: request.force, layout: layout)
         do {
             let progress = Progress(label: "restore", total: range.count, visible: request.showProgress)
             let chunkSize = snapshot.chunkSize
@@ -125,6 +141,29 @@ public struct Restorer {
         }
         result.seconds = progress.elapsedSeconds
         return result
+    }
+
+    /// The qcow2 clusters that hold data: those of every non-zero chunk in `range`.
+    private func qcow2Layout(snapshot: OpenedSnapshot, range: ByteRange) throws -> Qcow2Layout {
+        let cs = Qcow2Layout.clusterSize
+        var allocated: [UInt64] = []
+        var first: UInt64 = range.start / snapshot.chunkSize
+        let end = (range.end + snapshot.chunkSize - 1) / snapshot.chunkSize
+        while first < end {
+            let n = Int(min(UInt64(FixedIndexReader.entriesPerRead), end - first))
+            for (i, digest) in try snapshot.fixed.entries(first: first, count: n).enumerated() where !digest.isZero {
+                let chunk = snapshot.chunkRange(first + UInt64(i))
+                let lower = max(chunk.start, range.start) - range.start, upper = min(chunk.end, range.end) - range.start
+                guard lower < upper else { continue }
+                var cluster = lower / cs
+                while cluster * cs < upper {
+                    if allocated.last.map({ $0 < cluster }) ?? true { allocated.append(cluster) }
+                    cluster += 1
+                }
+            }
+            first += UInt64(n)
+        }
+        return Qcow2Layout(virtualSize: range.count, allocated: allocated)
     }
 
     /// Reads the written target back from the disk (its cached pages dropped first) and
@@ -188,15 +227,26 @@ final class Target: Sendable {
     let file: OpenFile
     let writer: DirectWriter
     let isBlockDevice: Bool
+    /// Set for a qcow2 target: disk offsets are translated to its data clusters.
+    let layout: Qcow2Layout?
 
-    private init(finalPath: String, file: OpenFile, isBlockDevice: Bool) {
+    private init(finalPath: String, file: OpenFile, isBlockDevice: Bool, layout: Qcow2Layout? = nil) {
         self.finalPath = finalPath
         self.file = file
         self.isBlockDevice = isBlockDevice
+        self.layout = layout
         writer = DirectWriter(file: file)
     }
 
-    static func open(_ path: String, size: UInt64, force: Bool) throws -> Target {
+    /// Where target byte `offset` (of the restored disk) is in the file. A qcow2 target
+    /// stores consecutive allocated clusters back to back, so a run of data chunks stays one
+    /// contiguous write.
+    func fileOffset(_ offset: UInt64) -> UInt64 {
+        guard let layout else { return offset }
+        return layout.hostOffset(ofCluster: offset / Qcow2Layout.clusterSize)! + offset % Qcow2Layout.clusterSize
+    }
+
+    static func open(_ path: String, size: UInt64, force: Bool, layout: Qcow2Layout? = nil) throws -> Target {
         let finalPath = FileSystem.absolutePath(path)
         if let status = try FileSystem.statusIfExists(finalPath) {
             if status.isBlockDevice {
@@ -217,12 +267,16 @@ final class Target: Sendable {
         let temporary = "\(directory)/.\(base).\(FileSystem.processID).\(UInt32.random(in: 0...UInt32.max)).\(partialSuffix)"
         let file = try OpenFile(path: temporary, mode: [.readWrite, .create, .exclusive], permissions: 0o600)
         do {
-            try file.truncate(to: size)  // a sparse file: unwritten ranges are holes
+            if let layout {
+                try layout.writeMetadata(to: file)
+            } else {
+                try file.truncate(to: size)  // a sparse file: unwritten ranges are holes
+            }
         } catch {
             try? FileSystem.removeIfExists(temporary)
             throw error
         }
-        return Target(finalPath: finalPath, file: file, isBlockDevice: false)
+        return Target(finalPath: finalPath, file: file, isBlockDevice: false, layout: layout)
     }
 
     static let partialSuffix = "disksnap-partial"
@@ -337,7 +391,7 @@ private final class RestoreWork: Sendable {
                 guard let start = pendingStart, pendingLength > 0 else { return }
                 if let clip = clipped(start, UInt64(pendingLength)) {
                     let from = pendingFrom + Int(clip.start - start)
-                    try target.writer.write(UnsafeRawBufferPointer(rebasing: buffer[from..<from + Int(clip.count)]), at: clip.start - range.start)
+                    try target.writer.write(UnsafeRawBufferPointer(rebasing: buffer[from..<from + Int(clip.count)]), at: target.fileOffset(clip.start - range.start))
                     written.wrappingAdd(clip.count, ordering: .relaxed)
                 }
                 pendingStart = nil

@@ -20,6 +20,8 @@ struct Restore: ParsableCommand {
     var dryRun = false
     @Flag(help: "After writing, read the target back from the disk and compare every chunk with the snapshot.")
     var verify = false
+    @Option(help: "The new file's format: raw (default) or qcow2 (a sparse qcow2 v3 image).")
+    var format: String = "raw"
     @Flag(help: "Replace an existing file, overwrite a block device, or restore in place onto a disk in use or a smaller file.")
     var force = false
     @Flag(help: "Print the result as JSON.")
@@ -33,6 +35,10 @@ struct Restore: ParsableCommand {
             request.inPlace = inPlace
             request.dryRun = dryRun
             request.verify = verify
+            guard let parsed = SourceFormat(rawValue: format) else {
+                throw ValidationError("--format is raw or qcow2")
+            }
+            request.format = parsed
             request.showProgress = Output.stderrIsTerminal
             let result = try Restorer(repository: try global.openRepository()).restore(request)
             if json {
