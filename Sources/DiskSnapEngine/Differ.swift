@@ -75,12 +75,13 @@ public struct Differ {
         guard FileSystem.exists(path) else {
             throw EngineError(code: "InvalidParameter.Target", "'\(target)' is neither a snapshot nor a disk (no such snapshot, registered disk or file)", exitStatus: .notFound)
         }
-        let source = try Source.open(path)
+        let source = try Source.open(path, format: nil)
         let index = try ChunkIndex.load(from: repository)
         let compared = ByteRange(start: 0, end: min(from.size, source.size))
         let progress = Progress(label: "compare", total: compared.count, visible: request.showProgress)
         let work = InPlaceWork(snapshot: from, index: index, packs: PackFiles(repository: repository, index: index), file: source.file,
-                               writer: nil, isBlockDevice: source.kind == .blockDevice, range: compared, progress: progress, collect: true)
+                               writer: nil, isBlockDevice: source.kind == .blockDevice, range: compared, progress: progress, collect: true,
+                               qcow2: source.qcow2)
         try work.run(workers: request.workers)
         let changed = work.differingChunkNumbers
         return DiffResult(from: from.record, to: nil, toPath: source.path, fromSize: from.size, toSize: source.size,

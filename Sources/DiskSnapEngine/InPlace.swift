@@ -5,6 +5,7 @@ import Glibc
 import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapStore
+import DiskSnapQcow2
 
 /// Compares a disk (an existing file or block device) with a snapshot chunk by chunk and,
 /// when repairing, writes back only the chunks that differ. The engine of `restore
@@ -26,6 +27,8 @@ final class InPlaceWork: Sendable {
     /// Reads the target around the page cache when aligned: the comparison reads every
     /// byte once and keeps none.
     let targetReader: DirectReader
+    /// A qcow2 disk compared as its guest sees it (`diff` against a qcow2 image).
+    let qcow2: Qcow2Image?
     let writer: DirectWriter?
     let isBlockDevice: Bool
     /// The disk bytes compared; disk offset `range.start` is target offset 0.
@@ -42,7 +45,9 @@ final class InPlaceWork: Sendable {
     let collected = Mutex<[UInt64]>([])
 
     init(snapshot: OpenedSnapshot, index: ChunkIndex, packs: PackFiles, file: OpenFile, writer: DirectWriter?,
-         isBlockDevice: Bool, range: ByteRange, progress: Progress, collect: Bool = false) {
+         isBlockDevice: Bool, range: ByteRange, progress: Progress, collect: Bool = false, qcow2: Qcow2Image? = nil) {
+        precondition(qcow2 == nil || writer == nil, "a qcow2 disk is compared, never repaired in place")
+        self.qcow2 = qcow2
         self.snapshot = snapshot
         self.index = index
         self.packs = packs
@@ -97,8 +102,12 @@ final class InPlaceWork: Sendable {
                 fetched[c] = true
             }
             do {
-                try targetReader.readExactly(into: slot(current, span), at: span.start - range.start)
-            } catch {
+                if let qcow2 {
+                    try qcow2.read(into: slot(current, span), at: span.start - range.start)
+                } else {
+                    try targetReader.readExactly(into: slot(current, span), at: span.start - range.start)
+                }
+            } catch let error as any CodedError {
                 throw ContextError(underlying: error, context: "reading \(file.path) at offset \(span.start - range.start)")
             }
             examined.wrappingAdd(span.count, ordering: .relaxed)

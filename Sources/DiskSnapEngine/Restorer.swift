@@ -114,6 +114,9 @@ public struct Restorer {
 
     private func restoreInPlace(_ request: RestoreRequest, snapshot: OpenedSnapshot, range: ByteRange,
                                 index: ChunkIndex, packs: PackFiles) throws -> RestoreResult {
+        guard !Qcow2Image.isQcow2(request.targetPath) else {
+            throw EngineError(code: "InvalidParameter.Format", "\(request.targetPath) is a qcow2 image: --in-place writes raw disks (restore to a new qcow2 file with --format qcow2)", exitStatus: .invalidParameter)
+        }
         let target = try InPlaceTarget.open(request.targetPath, size: range.count, force: request.force, dryRun: request.dryRun)
         let progress = Progress(label: request.dryRun ? "compare" : "restore in place", total: range.count, visible: request.showProgress)
         let writer = request.dryRun ? nil : DirectWriter(file: target.file)
