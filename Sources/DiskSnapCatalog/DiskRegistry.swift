@@ -58,7 +58,9 @@ public struct DiskRegistry: Sendable {
             throw CatalogError(code: "InvalidDiskName.Duplicate", message: "a disk named '\(name)' exists", exitStatus: .conflict)
         }
         var record = DiskRecord(diskId: .generate(), diskName: name, path: absolute, diskType: type, instance: instance)
-        record.identity = try GuestProbe.identify(path: absolute)
+        // The guest's view of a qcow2 image; a damaged one is registered as its file (a create
+        // with --format raw may still snapshot it).
+        record.identity = try (try? GuestProbe.identify(path: absolute)) ?? DiskProbe.identify(path: absolute)
         try repository.publish(RecordJSON.encode(record), to: repository.diskPath(record.diskId))
         return record
     }

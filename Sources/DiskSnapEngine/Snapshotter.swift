@@ -100,7 +100,7 @@ public struct Snapshotter {
                               live: live, repositoryCap: repository.config.maxSnapshots)
 
         // Is it still the same disk? (A few sectors of metadata, read before any data.)
-        let identity = try GuestProbe.identify(path: disk.path, allowBacking: request.allowBacking)
+        let identity = try GuestProbe.identify(path: disk.path, qcow2: request.format.map { $0 == .qcow2 }, allowBacking: request.allowBacking)
         var identityChange: String?
         if let recorded = disk.identity {
             switch IdentityPolicy.compare(recorded: recorded, now: identity) {

@@ -8,8 +8,9 @@ import DiskSnapSys
 public enum GuestProbe {
     static let window: UInt64 = 2 << 20
 
-    public static func identify(path: String, allowBacking: Bool = true) throws -> DiskIdentity {
-        guard Qcow2Image.isQcow2(path) else { return try DiskProbe.identify(path: path) }
+    /// `qcow2`: true or false as the caller was told (`--format`), nil to detect it.
+    public static func identify(path: String, qcow2: Bool? = nil, allowBacking: Bool = true) throws -> DiskIdentity {
+        guard qcow2 ?? Qcow2Image.isQcow2(path) else { return try DiskProbe.identify(path: path) }
         let image = try Qcow2Image(path: path, allowBacking: allowBacking)
         let temporary = "/tmp/" + FileSystem.uniqueTemporaryName(for: "disksnap-guest-probe")
         let copy = try OpenFile(path: temporary, mode: [.readWrite, .create, .exclusive])
