@@ -81,6 +81,30 @@ public final class SnapshotImage: Sendable {
         }
     }
 
+    /// `[offset, offset + length)` as consecutive extents of zero chunks and data chunks (the
+    /// first and last clipped to the range), from the fixed index alone.
+    public func zeroExtents(offset: UInt64, length: UInt64) throws -> [(length: UInt64, zero: Bool)] {
+        guard length > 0, offset < size else { return [] }
+        let end = min(offset + length, size), chunkSize = snapshot.chunkSize
+        let first = offset / chunkSize, last = (end + chunkSize - 1) / chunkSize
+        var extents: [(length: UInt64, zero: Bool)] = []
+        var c = first
+        while c < last {
+            let n = Int(min(UInt64(FixedIndexReader.entriesPerRead), last - c))
+            for (i, digest) in try snapshot.fixed.entries(first: c, count: n).enumerated() {
+                let chunk = snapshot.chunkRange(c + UInt64(i))
+                let piece = min(chunk.end, end) - max(chunk.start, offset)
+                if let tail = extents.last, tail.zero == digest.isZero {
+                    extents[extents.count - 1].length += piece
+                } else {
+                    extents.append((piece, digest.isZero))
+                }
+            }
+            c += UInt64(n)
+        }
+        return extents
+    }
+
     /// Fills `output` with the disk's bytes from `offset`. The range must lie inside the disk.
     public func read(into output: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         guard offset <= size, UInt64(output.count) <= size - offset else {

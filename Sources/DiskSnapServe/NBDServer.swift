@@ -6,9 +6,10 @@ import DiskSnapEngine
 
 /// Serves a snapshot read-only over the NBD protocol (NetworkBlockDevice/nbd doc/proto.md):
 /// the fixed newstyle handshake with `NBD_OPT_GO`/`NBD_OPT_INFO` (and the older
-/// `NBD_OPT_EXPORT_NAME`), then simple replies to reads. Writes, trims and write-zeroes are
-/// refused with `EPERM`; structured replies and block status are not offered (clients fall
-/// back to plain reads).
+/// `NBD_OPT_EXPORT_NAME`), structured replies and the `base:allocation` metadata context
+/// when the client asks (`NBD_CMD_BLOCK_STATUS` reports zero chunks as holes, so clients
+/// skip them), simple replies otherwise. Writes, trims and write-zeroes are refused with
+/// `EPERM`.
 ///
 /// One thread per connection; connections share the image (whose readers verify every
 /// chunk). A client that breaks the protocol loses its connection, with the reason logged;
@@ -91,7 +92,20 @@ enum NBD {
 
     enum Option: UInt32 {
         case exportName = 1, abort = 2, list = 3, startTLS = 5, info = 6, go = 7, structuredReply = 8
+        case listMetaContext = 9, setMetaContext = 10
     }
+
+    static let structuredReplyMagic: UInt32 = 0x668e_33ef
+    static let replyFlagDone: UInt16 = 1
+    static let replyTypeOffsetData: UInt16 = 1
+    static let replyTypeBlockStatus: UInt16 = 5
+    static let replyTypeError: UInt16 = 0x8001
+    static let replyMetaContext: UInt32 = 4
+    static let commandFlagReqOne: UInt16 = 1 << 3
+    /// The one metadata context served: which ranges are zero chunks (`base:allocation`).
+    static let allocationContext = "base:allocation"
+    static let allocationContextID: UInt32 = 1
+    static let stateHoleZero: UInt32 = 3
 
     static let replyAck: UInt32 = 1
     static let replyServer: UInt32 = 2
@@ -142,6 +156,10 @@ struct NBDSession {
     let server: NBDServer
     let socket: Socket
     var noZeroes = false
+    /// NBD_OPT_STRUCTURED_REPLY was negotiated: reads answer with structured chunks.
+    var structured = false
+    /// `base:allocation` was selected: NBD_CMD_BLOCK_STATUS reports zero chunks as holes.
+    var allocationSelected = false
 
     init(server: NBDServer, socket: Socket) {
         self.server = server
@@ -219,10 +237,52 @@ struct NBDSession {
                 if option == NBD.Option.go.rawValue { return true }
             case .startTLS:
                 try reply(option, NBD.errorUnsupported, message: "TLS is not offered; use a Unix socket or loopback")
-            case .structuredReply, .none:
+            case .structuredReply:
+                guard length == 0 else {
+                    try reply(option, NBD.errorInvalid, message: "NBD_OPT_STRUCTURED_REPLY takes no data")
+                    continue
+                }
+                structured = true
+                try reply(option, NBD.replyAck)
+            case .listMetaContext, .setMetaContext:
+                let set = option == NBD.Option.setMetaContext.rawValue
+                if set { allocationSelected = false }  // a SET replaces the selection, even when it fails
+                guard let (name, queries) = try? Self.metaContextRequest(&data) else {
+                    try reply(option, NBD.errorInvalid, message: "lengths in the meta context request do not fit the option")
+                    continue
+                }
+                guard !set || structured else {
+                    try reply(option, NBD.errorInvalid, message: "NBD_OPT_SET_META_CONTEXT needs structured replies first")
+                    continue
+                }
+                guard server.names.contains(name) else {
+                    try reply(option, NBD.errorUnknown, message: "no export named '\(name)'")
+                    continue
+                }
+                let matches = queries.isEmpty ? !set : queries.contains { $0 == NBD.allocationContext || (!set && $0 == "base:") }
+                if matches {
+                    var body: [UInt8] = []
+                    body.put(set ? NBD.allocationContextID : 0)
+                    try reply(option, NBD.replyMetaContext, body + Array(NBD.allocationContext.utf8))
+                    if set { allocationSelected = true }
+                }
+                try reply(option, NBD.replyAck)
+            case .none:
                 try reply(option, NBD.errorUnsupported, message: "option \(option) is not supported")
             }
         }
+    }
+
+    /// Export name and queries of NBD_OPT_LIST/SET_META_CONTEXT; throws when a length does
+    /// not fit the option.
+    static func metaContextRequest(_ data: inout WireReader) throws -> (String, [String]) {
+        let name = String(decoding: try data.take(Int(try data.u32())), as: UTF8.self)
+        let count = Int(try data.u32())
+        guard count <= data.remaining / 4 else { throw NBDProtocolError(reason: "\(count) queries do not fit") }
+        var queries: [String] = []
+        for _ in 0..<count { queries.append(String(decoding: try data.take(Int(try data.u32())), as: UTF8.self)) }
+        guard data.remaining == 0 else { throw NBDProtocolError(reason: "bytes after the queries") }
+        return (name, queries)
     }
 
     private func sendInfo(_ option: UInt32, requested: [UInt16]) throws {
@@ -262,6 +322,17 @@ struct NBDSession {
         try socket.write(bytes + payload)
     }
 
+    /// A structured reply chunk's header, always the last chunk of its reply.
+    func chunkHeader(_ type: UInt16, cookie: UInt64, length: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.put(NBD.structuredReplyMagic)
+        bytes.put(NBD.replyFlagDone)
+        bytes.put(type)
+        bytes.put(cookie)
+        bytes.put(UInt32(length))
+        return bytes
+    }
+
     /// Requests until the client disconnects.
     func transmit() throws {
         let headerBytes = 16
@@ -274,7 +345,7 @@ struct NBDSession {
             var fields = WireReader(bytes: Array(request))
             let magic = try fields.u32()
             guard magic == NBD.requestMagic else { throw NBDProtocolError(reason: "request without its magic (0x\(String(magic, radix: 16)))") }
-            _ = try fields.u16()  // command flags: none changes how a read-only export answers
+            let flags = try fields.u16()
             let type = try fields.u16(), cookie = try fields.u64(), offset = try fields.u64(), length = Int(try fields.u32())
 
             func header(_ error: UInt32) {
@@ -285,6 +356,14 @@ struct NBDSession {
                 buffer.copyBytes(from: bytes)
             }
             func fail(_ error: UInt32) throws {
+                if structured && error != 0 {
+                    // An error chunk (also the only correct answer to a read once structured).
+                    var payload: [UInt8] = []
+                    payload.put(error)
+                    payload.put(UInt16(0))
+                    try socket.write(chunkHeader(NBD.replyTypeError, cookie: cookie, length: payload.count) + payload)
+                    return
+                }
                 header(error)
                 try socket.write(UnsafeRawBufferPointer(rebasing: buffer[..<headerBytes]))
             }
@@ -306,8 +385,17 @@ struct NBDSession {
                     try fail(NBD.EIO)
                     continue
                 }
-                header(0)
-                try socket.write(UnsafeRawBufferPointer(rebasing: buffer[..<(headerBytes + length)]))
+                if structured {
+                    // One OFFSET_DATA chunk: its 20-byte header and 8-byte offset replace the
+                    // simple reply's 16 bytes in front of the data.
+                    var prefix = chunkHeader(NBD.replyTypeOffsetData, cookie: cookie, length: 8 + length)
+                    prefix.put(offset)
+                    try socket.write(prefix)
+                    try socket.write(UnsafeRawBufferPointer(rebasing: buffer[headerBytes..<(headerBytes + length)]))
+                } else {
+                    header(0)
+                    try socket.write(UnsafeRawBufferPointer(rebasing: buffer[..<(headerBytes + length)]))
+                }
             case .write:
                 // The payload follows the request: read it off the stream, then refuse.
                 var left = length
@@ -325,7 +413,22 @@ struct NBDSession {
                 return
             case .flush, .cache:
                 try fail(0)  // nothing to flush; everything is read on demand
-            case .blockStatus, .none:
+            case .blockStatus:
+                let size = server.image.size
+                guard structured, allocationSelected, length > 0, offset < size else {
+                    try fail(NBD.EINVAL)
+                    continue
+                }
+                var extents = try server.image.zeroExtents(offset: offset, length: UInt64(min(UInt64(length), size - offset)))
+                if flags & NBD.commandFlagReqOne != 0 { extents = Array(extents.prefix(1)) }
+                var payload: [UInt8] = []
+                payload.put(NBD.allocationContextID)
+                for extent in extents.prefix(4096) {
+                    payload.put(UInt32(extent.length))
+                    payload.put(extent.zero ? NBD.stateHoleZero : 0)
+                }
+                try socket.write(chunkHeader(NBD.replyTypeBlockStatus, cookie: cookie, length: payload.count) + payload)
+            case .none:
                 try fail(NBD.EINVAL)
             }
         }

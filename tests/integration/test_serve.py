@@ -170,8 +170,6 @@ def test_export_survives_malformed_and_truncated_clients(ds, test_disk, tmp_path
         assert read_reply(s)[1] == ERR_INVALID
         send_option(s, 99, b"abc")
         assert read_reply(s)[1] == ERR_UNSUP
-        send_option(s, OPT_STRUCTURED)
-        assert read_reply(s)[1] == ERR_UNSUP
         assert go(s, b"nope")[-1][0] == ERR_UNKNOWN
         send_option(s, OPT_LIST)
         assert read_reply(s)[1] == REP_SERVER and read_reply(s)[1] == REP_ACK
@@ -271,3 +269,68 @@ def test_mount_ends_cleanly_on_ctrl_c(ds, test_disk, tmp_path):
         assert server.stop(signal.SIGINT) == 0
     assert str(mnt) not in open("/proc/mounts").read()
     assert mnt.is_dir() and os.listdir(mnt) == [], "an existing mount point is left, empty"
+
+
+def test_export_reports_zero_chunks_with_block_status(ds, test_disk, tmp_path):
+    from conftest import chunk_list
+    snap = ds.create(test_disk["v1"], "mapped")
+    sock = tmp_path / "nbd.sock"
+    chunks = chunk_list(test_disk["v1"], 64 << 10)
+    expected = []  # merged [start, length, zero]
+    for i, digest in enumerate(chunks):
+        zero = digest is None
+        length = min(64 << 10, test_disk["disk_size"] - i * (64 << 10))
+        if expected and expected[-1][2] == zero:
+            expected[-1][1] += length
+        else:
+            expected.append([i * (64 << 10), length, zero])
+    with Server(ds.repo, "export", snap, "--socket", sock) as server:
+        mapped = json.loads(subprocess.run(["nbdinfo", "--map", "--json", unix_url(sock)], check=True,
+                                           capture_output=True, text=True).stdout)
+        assert [[m["offset"], m["length"], m["type"] == 3] for m in mapped] == expected
+        assert any(zero for _, _, zero in expected) and any(not zero for _, _, zero in expected)
+        # qemu-img skips the zero extents: its copy is identical and sparse.
+        out = tmp_path / "sparse.raw"
+        qemu_img = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", unix_url(sock), str(out)], capture_output=True)
+        assert qemu_img.returncode == 0
+        assert sha256(out) == sha256(test_disk["v1"])
+        data_bytes = sum(length for _, length, zero in expected if not zero)
+        assert os.stat(out).st_blocks * 512 <= data_bytes + (1 << 20)
+        # The options, byte by byte.
+        s = connect(str(sock))
+        s.sendall(struct.pack(">I", 1))
+        query = struct.pack(">I", 0) + struct.pack(">I", 1) + struct.pack(">I", 15) + b"base:allocation"
+        send_option(s, 10, query)
+        assert read_reply(s)[1] == ERR_INVALID, "SET_META_CONTEXT needs structured replies first"
+        send_option(s, OPT_STRUCTURED, b"x")
+        assert read_reply(s)[1] == ERR_INVALID
+        send_option(s, OPT_STRUCTURED)
+        assert read_reply(s)[1] == REP_ACK
+        send_option(s, 10, query[:-3])
+        assert read_reply(s)[1] == ERR_INVALID, "a query longer than the option"
+        send_option(s, 9, struct.pack(">II", 0, 0))
+        option, kind, data = read_reply(s)
+        assert kind == 4 and data[4:] == b"base:allocation" and read_reply(s)[1] == REP_ACK
+        send_option(s, 10, query)
+        option, kind, data = read_reply(s)
+        assert kind == 4 and struct.unpack(">I", data[:4])[0] != 0 and read_reply(s)[1] == REP_ACK
+        assert go(s)[-1][0] == REP_ACK
+        s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 7, 5, 0, 2 << 20))
+        magic, flags, kind, cookie, length = struct.unpack(">IHHQI", recv_exactly(s, 20))
+        assert (magic, kind, cookie) == (0x668E33EF, 5, 5) and flags & 1
+        payload = recv_exactly(s, length)
+        descriptors = [struct.unpack(">II", payload[i:i + 8]) for i in range(4, len(payload), 8)]
+        clipped = [(min(start + length, 2 << 20) - start, 3 if zero else 0) for start, length, zero in expected if start < 2 << 20]
+        assert descriptors == clipped
+        s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 6, 1 << 20, 4096))
+        magic, flags, kind, cookie, length = struct.unpack(">IHHQI", recv_exactly(s, 20))
+        assert (magic, kind, cookie, length) == (0x668E33EF, 1, 6, 8 + 4096)
+        body = recv_exactly(s, length)
+        with open(test_disk["v1"], "rb") as f:
+            f.seek(1 << 20)
+            assert body[:8] == struct.pack(">Q", 1 << 20) and body[8:] == f.read(4096)
+        s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 7, test_disk["disk_size"], 4096))
+        magic, flags, kind, cookie, length = struct.unpack(">IHHQI", recv_exactly(s, 20))
+        assert kind == 0x8001 and struct.unpack(">I", recv_exactly(s, length)[:4])[0] == errno.EINVAL, "a read past the end: an error chunk"
+        s.close()
+        assert server.stop() == 0
