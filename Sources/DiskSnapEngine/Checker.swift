@@ -97,12 +97,8 @@ public struct Checker {
                 for entry in toc.values.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
                     let digest = entry.digest
                     output = [UInt8](repeating: 0, count: Int(entry.rawLength))
-                    let location = ChunkLocation(pack: 0, storedLength: entry.storedLength, offset: entry.offset,
-                                                 rawLength: entry.rawLength, encoding: entry.encoding, blockOffset: entry.blockOffset)
                     do {
-                        try output.withUnsafeMutableBytes {
-                            try decoder.read(digest: digest, location: location, pack: id, file: file, into: $0)
-                        }
+                        try output.withUnsafeMutableBytes { try decoder.read(entry, pack: id, file: file, into: $0) }
                         report.chunksVerified += 1
                     } catch let error as any CodedError {
                         if index.location(of: digest).map({ index.packs[Int($0.pack)] == id }) ?? true {

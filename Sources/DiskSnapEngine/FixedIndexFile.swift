@@ -89,9 +89,16 @@ struct FixedIndexReader {
 
     /// Calls `body` with every (chunk number, digest), in order, a block at a time.
     func forEach(_ body: (UInt64, ChunkDigest) throws -> Void) throws {
-        var first: UInt64 = 0
-        while first < header.chunkCount {
-            let n = Int(min(UInt64(Self.entriesPerRead), header.chunkCount - first))
+        try forEach(chunks: 0..<header.chunkCount, body)
+    }
+
+    /// Calls `body` with (chunk number, digest) for the chunks of `chunks`, in order, reading
+    /// `entriesPerRead` entries at a time.
+    func forEach(chunks: Range<UInt64>, _ body: (UInt64, ChunkDigest) throws -> Void) throws {
+        var first = chunks.lowerBound
+        let end = min(chunks.upperBound, header.chunkCount)
+        while first < end {
+            let n = Int(min(UInt64(Self.entriesPerRead), end - first))
             for (i, digest) in try entries(first: first, count: n).enumerated() { try body(first + UInt64(i), digest) }
             first += UInt64(n)
         }

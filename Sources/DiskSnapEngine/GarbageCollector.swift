@@ -225,9 +225,7 @@ public struct GarbageCollector {
                         used = 0
                     }
                     let chunk = UnsafeMutableRawBufferPointer(rebasing: staging[used..<used + count])
-                    let location = ChunkLocation(pack: 0, storedLength: e.storedLength, offset: e.offset, rawLength: e.rawLength,
-                                                 encoding: e.encoding, blockOffset: e.blockOffset)
-                    try decoder.read(digest: e.digest, location: location, pack: pack, file: file, into: chunk)
+                    try decoder.read(e, pack: pack, file: file, into: chunk)
                     try builder.add(e.digest, UnsafeRawBufferPointer(chunk))
                     copied.insert(e.digest)
                     used += count

@@ -98,7 +98,7 @@ final class InPlaceWork: Sendable {
             }
             func fetch(_ c: Int) throws {
                 let chunk = snapshot.chunkRange(run.first + UInt64(c))
-                try naming(chunk.start) { try reader.read(digests[c], at: try reader.locate(digests[c]), into: slot(desired, chunk)) }
+                try snapshot.naming(chunkAt: chunk.start) { try reader.read(digests[c], at: try reader.locate(digests[c]), into: slot(desired, chunk)) }
                 fetched[c] = true
             }
             do {
@@ -145,15 +145,8 @@ final class InPlaceWork: Sendable {
             }
 
             // 2. The stored bytes of the differing data chunks, in the order the store holds them.
-            var reads: [(chunk: Int, location: ChunkLocation)] = []
-            for c in differing where !digests[c].isZero && !fetched[c] {
-                reads.append((c, try naming(snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.locate(digests[c]) }))
-            }
-            reads.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
-            for (c, location) in reads {
-                let chunk = snapshot.chunkRange(run.first + UInt64(c))
-                try naming(chunk.start) { try reader.read(digests[c], at: location, into: slot(desired, chunk)) }
-            }
+            try snapshot.readInStoreOrder(differing.filter { !digests[$0].isZero && !fetched[$0] }, first: run.first, digests: digests,
+                                          reader: reader) { slot(desired, snapshot.chunkRange(run.first + UInt64($0))) }
 
             // 3. Consecutive differing chunks of the same kind are written together.
             var k = 0
@@ -178,14 +171,6 @@ final class InPlaceWork: Sendable {
                 k = last + 1
             }
             progress.add(span.count)
-        }
-    }
-
-    private func naming<T>(_ offset: UInt64, _ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let error as any CodedError {
-            throw ContextError(underlying: error, context: "snapshot \(snapshot.record.snapshotId), chunk at offset \(offset)")
         }
     }
 }

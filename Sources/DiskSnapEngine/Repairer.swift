@@ -54,10 +54,8 @@ public struct Repairer {
             for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) where !seen.contains(e.digest) {
                 if readData {
                     var bytes = [UInt8](repeating: 0, count: Int(e.rawLength))
-                    let location = ChunkLocation(pack: 0, storedLength: e.storedLength, offset: e.offset, rawLength: e.rawLength,
-                                                 encoding: e.encoding, blockOffset: e.blockOffset)
                     do {
-                        try bytes.withUnsafeMutableBytes { try decoder.read(digest: e.digest, location: location, pack: id, file: file, into: $0) }
+                        try bytes.withUnsafeMutableBytes { try decoder.read(e, pack: id, file: file, into: $0) }
                     } catch {
                         result.chunksDropped += 1
                         continue

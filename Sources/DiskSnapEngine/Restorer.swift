@@ -90,8 +90,7 @@ public struct Restorer {
             let chunkSize = snapshot.chunkSize
             let runs = WorkPlan.runs(dataRanges: range.count > 0 ? [range] : [],
                                      chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
-            let work = RestoreWork(record: record, fixed: snapshot.fixed, index: index, packs: packs,
-                                   target: target, range: range, runs: runs, chunkSize: chunkSize, progress: progress)
+            let work = RestoreWork(snapshot: snapshot, index: index, packs: packs, target: target, range: range, runs: runs, progress: progress)
             try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress) { _, queue in
                 try work.run(queue)
             }
@@ -150,21 +149,17 @@ public struct Restorer {
     private func qcow2Layout(snapshot: OpenedSnapshot, range: ByteRange) throws -> Qcow2Layout {
         let cs = Qcow2Layout.clusterSize
         var allocated: [UInt64] = []
-        var first: UInt64 = range.start / snapshot.chunkSize
-        let end = (range.end + snapshot.chunkSize - 1) / snapshot.chunkSize
-        while first < end {
-            let n = Int(min(UInt64(FixedIndexReader.entriesPerRead), end - first))
-            for (i, digest) in try snapshot.fixed.entries(first: first, count: n).enumerated() where !digest.isZero {
-                let chunk = snapshot.chunkRange(first + UInt64(i))
-                let lower = max(chunk.start, range.start) - range.start, upper = min(chunk.end, range.end) - range.start
-                guard lower < upper else { continue }
-                var cluster = lower / cs
-                while cluster * cs < upper {
-                    if allocated.last.map({ $0 < cluster }) ?? true { allocated.append(cluster) }
-                    cluster += 1
-                }
+        let chunks = range.start / snapshot.chunkSize..<(range.end + snapshot.chunkSize - 1) / snapshot.chunkSize
+        try snapshot.fixed.forEach(chunks: chunks) { c, digest in
+            guard !digest.isZero else { return }
+            let chunk = snapshot.chunkRange(c)
+            let lower = max(chunk.start, range.start) - range.start, upper = min(chunk.end, range.end) - range.start
+            guard lower < upper else { return }
+            var cluster = lower / cs
+            while cluster * cs < upper {
+                if allocated.last.map({ $0 < cluster }) ?? true { allocated.append(cluster) }
+                cluster += 1
             }
-            first += UInt64(n)
         }
         return Qcow2Layout(virtualSize: range.count, allocated: allocated)
     }
@@ -326,30 +321,27 @@ final class Target: Sendable {
 }
 
 private final class RestoreWork: Sendable {
-    let record: SnapshotRecord
-    let fixed: FixedIndexReader
+    let snapshot: OpenedSnapshot
     let index: ChunkIndex
     let packs: PackFiles
     let target: Target
     /// The disk bytes being restored; disk offset `range.start` lands at target offset 0.
     let range: ByteRange
     let runs: [ChunkRun]
-    let chunkSize: UInt64
     let progress: Progress
     let written = Atomic<UInt64>(0)
 
-    init(record: SnapshotRecord, fixed: FixedIndexReader, index: ChunkIndex, packs: PackFiles, target: Target,
-         range: ByteRange, runs: [ChunkRun], chunkSize: UInt64, progress: Progress) {
+    init(snapshot: OpenedSnapshot, index: ChunkIndex, packs: PackFiles, target: Target, range: ByteRange, runs: [ChunkRun], progress: Progress) {
+        self.snapshot = snapshot
         self.range = range
-        self.record = record
-        self.fixed = fixed
         self.index = index
         self.packs = packs
         self.target = target
         self.runs = runs
-        self.chunkSize = chunkSize
         self.progress = progress
     }
+
+    var chunkSize: UInt64 { snapshot.chunkSize }
 
     /// The part of disk bytes `[start, start + length)` inside `range`.
     func clipped(_ start: UInt64, _ length: UInt64) -> ByteRange? {
@@ -361,30 +353,14 @@ private final class RestoreWork: Sendable {
         let reader = ChunkReader(index: index, packs: packs)
         let buffer = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
         defer { buffer.deallocate() }
-        var reads: [(chunk: Int, location: ChunkLocation)] = []
         while let i = queue.take() {
             let run = runs[i]
-            let digests = try fixed.entries(first: run.first, count: Int(run.end - run.first))
-            // 1. Every data chunk of the run into its place in `buffer`, in the order the
-            //    store holds them: a block shared by several chunks (and by several snapshots
-            //    of the same region, interleaved) is decompressed once per run.
-            func naming<T>(chunk c: Int, _ body: () throws -> T) throws -> T {
-                do {
-                    return try body()
-                } catch let error as any CodedError {
-                    throw ContextError(underlying: error, context: "snapshot \(record.snapshotId), chunk at offset \((run.first + UInt64(c)) * chunkSize)")
-                }
-            }
-            reads.removeAll(keepingCapacity: true)
-            for (c, digest) in digests.enumerated() where !digest.isZero {
-                reads.append((c, try naming(chunk: c) { try reader.locate(digest) }))
-            }
-            reads.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
-            for (c, location) in reads {
-                let offset = (run.first + UInt64(c)) * chunkSize
-                let length = Int(min(chunkSize, record.sourceSize - offset))
-                let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[c * Int(chunkSize)..<c * Int(chunkSize) + length])
-                try naming(chunk: c) { try reader.read(digests[c], at: location, into: slot) }
+            let digests = try snapshot.fixed.entries(first: run.first, count: Int(run.end - run.first))
+            // 1. Every data chunk of the run into its place in `buffer`.
+            try snapshot.readInStoreOrder(digests.indices.filter { !digests[$0].isZero }, first: run.first, digests: digests,
+                                          reader: reader) { c in
+                let length = Int(snapshot.chunkRange(run.first + UInt64(c)).count)
+                return UnsafeMutableRawBufferPointer(rebasing: buffer[c * Int(chunkSize)..<c * Int(chunkSize) + length])
             }
             // 2. Consecutive data chunks are written with one pwrite; consecutive zero chunks
             //    on a device are zeroed with one BLKZEROOUT; in a file they stay holes.
@@ -410,7 +386,7 @@ private final class RestoreWork: Sendable {
             }
             for (c, digest) in digests.enumerated() {
                 let offset = (run.first + UInt64(c)) * chunkSize
-                let length = Int(min(chunkSize, record.sourceSize - offset))
+                let length = Int(min(chunkSize, snapshot.size - offset))
                 if digest.isZero {
                     try flush()
                     if target.isBlockDevice {
@@ -428,7 +404,7 @@ private final class RestoreWork: Sendable {
             }
             try flush()
             try flushZeros()
-            if let done = clipped(run.first * chunkSize, min(run.end * chunkSize, record.sourceSize) - run.first * chunkSize) {
+            if let done = clipped(run.first * chunkSize, min(run.end * chunkSize, snapshot.size) - run.first * chunkSize) {
                 progress.add(done.count)
             }
         }

@@ -42,6 +42,32 @@ struct OpenedSnapshot: Sendable {
         return ByteRange(start: part.start, end: part.start + part.size)
     }
 
+    /// Runs `body`, naming this snapshot and the chunk at disk offset `offset` in the coded
+    /// error it throws.
+    func naming<T>(chunkAt offset: UInt64, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as any CodedError {
+            throw ContextError(underlying: error, context: "snapshot \(record.snapshotId), chunk at offset \(offset)")
+        }
+    }
+
+    /// Reads the data chunks `chunks` of the run that starts at chunk `first` (`digests` are
+    /// the run's entries) into `slot(c)`, in the order the store holds them: a block shared
+    /// by several chunks (and by several snapshots of the same region, interleaved) is
+    /// decompressed once per run.
+    func readInStoreOrder(_ chunks: [Int], first: UInt64, digests: [ChunkDigest], reader: ChunkReader,
+                          into slot: (Int) -> UnsafeMutableRawBufferPointer) throws {
+        var reads: [(chunk: Int, location: ChunkLocation)] = []
+        for c in chunks {
+            reads.append((c, try naming(chunkAt: chunkRange(first + UInt64(c)).start) { try reader.locate(digests[c]) }))
+        }
+        reads.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
+        for (c, location) in reads {
+            try naming(chunkAt: chunkRange(first + UInt64(c)).start) { try reader.read(digests[c], at: location, into: slot(c)) }
+        }
+    }
+
     func recordedPartitions() throws -> [Partition] {
         guard let identity = record.identity, identity.partitionTableType != nil else {
             throw EngineError(code: "InvalidParameter.Partition", "snapshot \(record.snapshotId) recorded no partition table", exitStatus: .invalidParameter)
@@ -86,21 +112,15 @@ public final class SnapshotImage: Sendable {
     public func zeroExtents(offset: UInt64, length: UInt64) throws -> [(length: UInt64, zero: Bool)] {
         guard length > 0, offset < size else { return [] }
         let end = min(offset + length, size), chunkSize = snapshot.chunkSize
-        let first = offset / chunkSize, last = (end + chunkSize - 1) / chunkSize
         var extents: [(length: UInt64, zero: Bool)] = []
-        var c = first
-        while c < last {
-            let n = Int(min(UInt64(FixedIndexReader.entriesPerRead), last - c))
-            for (i, digest) in try snapshot.fixed.entries(first: c, count: n).enumerated() {
-                let chunk = snapshot.chunkRange(c + UInt64(i))
-                let piece = min(chunk.end, end) - max(chunk.start, offset)
-                if let tail = extents.last, tail.zero == digest.isZero {
-                    extents[extents.count - 1].length += piece
-                } else {
-                    extents.append((piece, digest.isZero))
-                }
+        try snapshot.fixed.forEach(chunks: offset / chunkSize..<(end + chunkSize - 1) / chunkSize) { c, digest in
+            let chunk = snapshot.chunkRange(c)
+            let piece = min(chunk.end, end) - max(chunk.start, offset)
+            if let tail = extents.last, tail.zero == digest.isZero {
+                extents[extents.count - 1].length += piece
+            } else {
+                extents.append((piece, digest.isZero))
             }
-            c += UInt64(n)
         }
         return extents
     }
@@ -126,7 +146,7 @@ public final class SnapshotImage: Sendable {
                 slot.initializeMemory(as: UInt8.self, repeating: 0)
                 continue
             }
-            do {
+            try snapshot.naming(chunkAt: chunk.start) {
                 let location = try reader.locate(digest)
                 if lower == chunk.start && upper == chunk.end {
                     try reader.read(digest, at: location, into: slot)  // whole chunk: straight into place
@@ -136,8 +156,6 @@ public final class SnapshotImage: Sendable {
                     try reader.read(digest, at: location, into: whole)
                     slot.copyMemory(from: UnsafeRawBufferPointer(rebasing: whole[Int(lower - chunk.start)..<Int(upper - chunk.start)]))
                 }
-            } catch let error as any CodedError {
-                throw ContextError(underlying: error, context: "snapshot \(record.snapshotId), chunk at offset \(chunk.start)")
             }
         }
     }

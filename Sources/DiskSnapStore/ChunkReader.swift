@@ -106,6 +106,14 @@ public final class BlockDecoder {
         }
     }
 
+    /// Reads, decodes and verifies the chunk of a pack's table-of-contents entry (`check`,
+    /// `check --repair` and gc walk packs by their own tables, not the chunk index).
+    public func read(_ entry: PackEntry, pack: PackID, file: OpenFile, into output: UnsafeMutableRawBufferPointer) throws {
+        let location = ChunkLocation(pack: 0, storedLength: entry.storedLength, offset: entry.offset, rawLength: entry.rawLength,
+                                     encoding: entry.encoding, blockOffset: entry.blockOffset)
+        try read(digest: entry.digest, location: location, pack: pack, file: file, into: output)
+    }
+
     /// Reads and decompresses the block at `location` into `block`; returns its length.
     private func decompressBlock(location: ChunkLocation, file: OpenFile, what: String) throws -> Int {
         let count = Int(location.storedLength)

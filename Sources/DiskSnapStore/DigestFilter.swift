@@ -18,17 +18,25 @@ public struct DigestFilter: Sendable {
 
     public var byteCount: Int { bits.count * 8 }
 
-    /// Digests are uniform already: two words of the digest give the probe sequence.
-    private func positions(_ digest: ChunkDigest) -> [UInt64] {
-        let a = digest.secondWord, b = digest.thirdWord | 1
-        return (0..<UInt64(Self.probes)).map { (a &+ $0 &* b) % bitCount }
+    /// Digests are uniform already: two words of the digest give the probe sequence
+    /// (computed in place: gc probes every chunk of every snapshot, no allocation each).
+    @inline(__always)
+    private func position(_ digest: ChunkDigest, probe: UInt64) -> UInt64 {
+        (digest.secondWord &+ probe &* (digest.thirdWord | 1)) % bitCount
     }
 
     public mutating func insert(_ digest: ChunkDigest) {
-        for p in positions(digest) { bits[Int(p / 64)] |= 1 << (p % 64) }
+        for probe in 0..<UInt64(Self.probes) {
+            let p = position(digest, probe: probe)
+            bits[Int(p / 64)] |= 1 << (p % 64)
+        }
     }
 
     public func mayContain(_ digest: ChunkDigest) -> Bool {
-        positions(digest).allSatisfy { bits[Int($0 / 64)] & (1 << ($0 % 64)) != 0 }
+        for probe in 0..<UInt64(Self.probes) {
+            let p = position(digest, probe: probe)
+            if bits[Int(p / 64)] & (1 << (p % 64)) == 0 { return false }
+        }
+        return true
     }
 }
