@@ -48,8 +48,10 @@ public struct Catalog: Sendable {
     }
 
     /// The record as readers should see it: `progressing` with no living creator is `failed`.
+    /// A creation lock that cannot be probed counts as held: the record stays `progressing`.
     func effective(_ record: SnapshotRecord) -> SnapshotRecord {
-        guard record.status == .progressing, !repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) else {
+        guard record.status == .progressing,
+              (try? repository.isLockHeld(name: Self.creationLockName(record.snapshotId))) == false else {
             return record
         }
         var failed = record
@@ -73,7 +75,7 @@ public struct Catalog: Sendable {
     /// Removes a snapshot: the record first, then its fixed index (reverse of creation),
     /// so a crash in between leaves an unreferenced index, never a record without one.
     public func delete(_ record: SnapshotRecord) throws {
-        if repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) {
+        if try repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) {
             throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot \(record.snapshotId) is still being created")
         }
         try FileSystem.removeIfExists(repository.recordPath(record.snapshotId))

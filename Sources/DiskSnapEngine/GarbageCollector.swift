@@ -59,7 +59,7 @@ public struct GarbageCollector {
         result.dryRun = request.dryRun
 
         if let pending = try repository.gcState() {
-            let running = pending.waitingFor.filter { isRunning($0) }
+            let running = try pending.waitingFor.filter { try isRunning($0) }
             guard running.isEmpty else {
                 result.deferred = "waiting for the creation of \(running.joined(separator: ", ")) to end"
                 result.generation = pending.generation
@@ -94,8 +94,8 @@ public struct GarbageCollector {
             let records = try Catalog(repository: repository).records().records
             // Running creations, and snapshots that became accomplished after the mark read
             // the records: their references are not in this mark.
-            let waiting = records.filter {
-                ($0.status == .progressing && isRunning($0.snapshotId.rawValue))
+            let waiting = try records.filter {
+                try ($0.status == .progressing && isRunning($0.snapshotId.rawValue))
                     || ($0.status == .accomplished && !marked.snapshots.contains($0.snapshotId))
             }.map(\.snapshotId.rawValue)
             state = GCState(generation: (try repository.gcState()?.generation ?? 0) + 1, condemnedPacks: plan.packs.map(\.hex),
@@ -113,9 +113,16 @@ public struct GarbageCollector {
         return result
     }
 
-    private func isRunning(_ snapshotID: String) -> Bool {
+    /// Whether the creation of `snapshotID` is still running. A lock gc cannot probe stops
+    /// gc before it removes anything (the error names the lock): the creation might still
+    /// rely on the packs it would sweep. An id that does not parse was never a creation.
+    private func isRunning(_ snapshotID: String) throws -> Bool {
         guard let id = SnapshotID(snapshotID) else { return false }
-        return repository.isLockHeld(name: Catalog.creationLockName(id))
+        do {
+            return try repository.isLockHeld(name: Catalog.creationLockName(id))
+        } catch {
+            throw ContextError(underlying: error, context: "gc stops before removing anything")
+        }
     }
 
     /// Every chunk of every accomplished snapshot, and which snapshots were read. A fixed

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import DiskSnapSys
 import DiskSnapFormat
 
@@ -126,14 +129,19 @@ public final class Repository: Sendable {
         try FileLock.tryAcquire(path: "\(locksDirectory)/\(name).lock", kind: .exclusive)
     }
 
-    /// True while some live process holds the named lock.
-    public func isLockHeld(name: String) -> Bool {
+    /// True while some live process holds the named lock; false when its file is gone or the
+    /// lock is free. A lock that cannot be probed (its file cannot be opened, flock fails:
+    /// EMFILE, EACCES, EISDIR, ...) is no answer: that throws `Repository.LockUnknown`, and
+    /// every caller reads it as "held" (gc stops, delete refuses, a record stays
+    /// `progressing`), never as "free".
+    public func isLockHeld(name: String) throws(StoreError) -> Bool {
         let path = "\(locksDirectory)/\(name).lock"
         guard FileSystem.exists(path) else { return false }
         do {
             return try FileLock.tryAcquire(path: path, kind: .exclusive) == nil
         } catch {
-            return false
+            if error.errno == ENOENT { return false }  // removed by its owner since the check
+            throw StoreError(.lockUnknown, "cannot tell whether lock \(path) is held: \(error.message)")
         }
     }
 

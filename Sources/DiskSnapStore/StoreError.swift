@@ -6,6 +6,8 @@ public struct StoreError: CodedError {
         case repositoryNotFound = "Repository.NotFound"
         case repositoryExists = "Repository.AlreadyExists"
         case repositoryLocked = "Repository.Locked"
+        /// A lock whose state cannot be read: treated as held.
+        case lockUnknown = "Repository.LockUnknown"
         case chunkMissing = "Chunk.Missing"
         case chunkCorrupt = "Chunk.Corrupt"
     }
@@ -23,7 +25,7 @@ public struct StoreError: CodedError {
         switch kind {
         case .repositoryNotFound: .notFound
         case .repositoryExists: .conflict
-        case .repositoryLocked: .busy
+        case .repositoryLocked, .lockUnknown: .busy
         case .chunkMissing, .chunkCorrupt: .corrupt
         }
     }

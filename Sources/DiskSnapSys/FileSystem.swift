@@ -117,9 +117,11 @@ public enum FileSystem {
 
     public static var processID: Int32 { getpid() }
 
-    /// True while process `pid` exists on this machine (kill(pid, 0); EPERM means it exists).
+    /// True while process `pid` may exist on this machine: only ESRCH from kill(pid, 0)
+    /// says it does not (EPERM means it exists; any other failure is no proof of death).
     public static func processIsAlive(_ pid: Int32) -> Bool {
-        pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
+        guard pid > 0 else { return false }
+        return kill(pid, 0) == 0 || errno != ESRCH
     }
 
     public static func environment(_ name: String) -> String? {

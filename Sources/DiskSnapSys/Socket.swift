@@ -33,10 +33,17 @@ public final class Socket: Sendable {
             guard status.mode & UInt32(S_IFMT) == UInt32(S_IFSOCK) else {
                 throw SystemError(errno: EEXIST, operation: "bind (exists and is not a socket)", path: path)
             }
-            if (try? connect(address: address, path: path)) != nil {
+            // Only a refused connection proves the server gone; any other failure (a full
+            // backlog's EAGAIN, EMFILE, EACCES) could be a live server's socket: not replaced.
+            let probe = Result { () throws(SystemError) in try connect(address: address, path: path) }
+            switch probe {
+            case .success:
                 throw SystemError(errno: EADDRINUSE, operation: "bind (another server answers there)", path: path)
+            case .failure(let error) where error.errno == ECONNREFUSED:
+                try FileSystem.removeIfExists(path)
+            case .failure(let error):
+                throw SystemError(errno: error.errno, operation: "bind (cannot tell whether a server still listens there)", path: path)
             }
-            try FileSystem.removeIfExists(path)
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError.current("socket", path) }

@@ -112,6 +112,45 @@ def test_gc_never_removes_what_a_running_create_relies_on(ds, test_disk, tmp_pat
     restores_identically(ds, b, test_disk["v1"], tmp_path)
 
 
+def test_a_creation_lock_gc_cannot_probe_stops_the_sweep(ds, test_disk, tmp_path):
+    """The running create's lock file is replaced by something gc cannot open (a directory:
+    EISDIR, as EMFILE or EACCES would be). gc must not read that as "the create ended" and
+    sweep the packs the create relies on: it stops with Repository.LockUnknown, removes
+    nothing, and the create finishes and restores."""
+    image = tmp_path / "disk.img"
+    shutil.copyfile(test_disk["v1"], image)
+    a = ds.create(image, "snap-a")
+    proc, release = start_paused(ds, tmp_path, "create-after-index", "create", test_disk["v1"], "--name", "snap-b", "--json")
+    locks = os.path.join(ds.repo, "locks")
+    [name] = [n for n in os.listdir(locks) if n.startswith("create-")]
+    held = os.path.join(locks, name)
+    os.rename(held, held + ".moved")  # the create keeps its flock on the moved file
+    os.mkdir(held)
+    ds.run("delete", a)
+    packs = sorted(os.listdir(os.path.join(ds.repo, "packs")))
+    for attempt in range(2):  # the condemning run, then a run over the pending generation
+        g = ds.run("gc", "--json", check=False)
+        assert g.code == 5, f"gc must stop (busy), got {g.code}: {g.out} {g.err}"
+        assert g.json()["Code"] == "Repository.LockUnknown" and name in g.json()["Message"]
+        assert sorted(os.listdir(os.path.join(ds.repo, "packs"))) == packs, "nothing is swept"
+    # delete refuses too, and list still shows the creation as progressing, not failed
+    listed = {r["SnapshotId"]: r for r in ds.run("list", "--json").json()}
+    [b_id] = [i for i, r in listed.items() if r["SnapshotName"] == "snap-b"]
+    assert listed[b_id]["Status"] == "progressing"
+    refused = ds.run("delete", b_id, "--json", check=False)
+    assert refused.code == 5 and refused.json()["Code"] == "Repository.LockUnknown"
+    os.rmdir(held)
+    os.rename(held + ".moved", held)
+    release.touch()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    b = json.loads(out)["SnapshotId"]
+    assert ds.show(b)["BytesStoredNew"] == 0, "b relied on a's chunks"
+    assert ds.run("gc", "--json").json().get("Deferred") is None
+    assert ds.run("check", "--read-data", "--json").json()["Problems"] == []
+    restores_identically(ds, b, test_disk["v1"], tmp_path)
+
+
 def test_a_create_that_starts_after_condemnation_stores_its_own_copies(ds, test_disk, tmp_path):
     a = ds.create(test_disk["v1"], "snap-a")
     other = tmp_path / "other.img"
