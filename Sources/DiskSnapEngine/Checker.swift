@@ -27,7 +27,8 @@ public struct Checker {
 
     public init(repository: Repository) { self.repository = repository }
 
-    public func check(readData: Bool) throws -> CheckReport {
+    /// With `readDataOf`, `--read-data` reads only the packs holding that snapshot's chunks.
+    public func check(readData: Bool, readDataOf snapshot: String? = nil) throws -> CheckReport {
         let lock = try repository.lock(.shared, for: "check")
         let readers = try repository.readersLock()
         defer { withExtendedLifetime((lock, readers)) {} }
@@ -42,66 +43,79 @@ public struct Checker {
             report.problems.append(CheckProblem(code: error.code, message: error.message))
         }
 
-        // 1. Index segments.
-        var index = ChunkIndex()
-        for name in try repository.indexSegmentNames() {
+        // 1. Index segments, each read through once (pages, order, fanout, Bloom filter),
+        //    counting the entries that name each pack. Memory: one batch of pages.
+        var segments: [any IndexSegment] = []
+        var named: [PackID: UInt64] = [:]
+        for name in try repository.indexSegmentNames().sorted() {
             let path = "\(repository.indexDirectory)/\(name)"
             do {
-                index.add(try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path))
+                let segment = try IndexSegments.open(path)
+                var counts = [UInt64](repeating: 0, count: segment.packs.count)
+                try segment.forEach { e in counts[Int(e.pack)] += 1 }
+                try (segment as? SortedSegment)?.verifyBloom()
+                for (i, pack) in segment.packs.enumerated() { named[pack, default: 0] += counts[i] }
+                segments.append(segment)
             } catch let error as any CodedError {
                 report.problems.append(CheckProblem(code: error.code, message: error.message))
             }
         }
-        report.chunksChecked = index.count
+        let index = ChunkLocator(segments: segments, excluding: [])
+        report.chunksChecked = Int(index.entryCount)
 
-        // 2. Packs: each one's table of contents, and the index's entries against it.
-        var tocs: [PackID: [ChunkDigest: PackEntry]] = [:]
-        for id in try repository.packIDs() {
-            do {
-                let entries = try PackReader.tableOfContents(repository.packPath(id))
-                tocs[id] = Dictionary(entries.map { ($0.digest, $0) }, uniquingKeysWith: { a, _ in a })
-            } catch let error as any CodedError {
-                report.problems.append(CheckProblem(code: error.code, message: error.message))
-                tocs[id] = [:]
-            }
-        }
-        report.packsChecked = tocs.count
-        let indexedPacks = Set(index.packs)
-        for id in tocs.keys where !indexedPacks.contains(id) {
-            report.notes.append("pack \(id) is in no index segment (a create in progress, or left by an interrupted one)")
-        }
+        // 2. Packs, one table of contents at a time: every index entry naming a pack must be
+        //    one of its entries at the same place. Each TOC entry's digest is looked up; the
+        //    entries that match are counted against `named` (only a pack whose counts differ
+        //    is searched entry by entry, to name what is wrong).
         var badDigests: [ChunkDigest: String] = [:]
-        for (digest, location) in index.entries {
-            let pack = index.packs[Int(location.pack)]
-            guard let toc = tocs[pack] else {
-                badDigests[digest] = "pack \(pack) holding chunk \(digest) is missing"
+        let packIDs = try repository.packIDs().sorted { $0.hex < $1.hex }
+        var readable: [PackID] = []
+        for id in packIDs {
+            let toc: [PackEntry]
+            do {
+                toc = try PackReader.tableOfContents(repository.packPath(id))
+            } catch let error as any CodedError {
+                report.problems.append(CheckProblem(code: error.code, message: error.message))
+                if named[id] != nil { try misplaced(in: id, toc: nil, index: index, into: &badDigests) }
                 continue
             }
-            guard let entry = toc[digest] else {
-                if !toc.isEmpty { badDigests[digest] = "chunk \(digest) is not in pack \(pack) where the index puts it" }
-                else { badDigests[digest] = "chunk \(digest) is in unreadable pack \(pack)" }
+            readable.append(id)
+            guard let expected = named[id] else {
+                report.notes.append("pack \(id) is in no index segment (a create in progress, or left by an interrupted one)")
                 continue
             }
-            if entry.offset != location.offset || entry.storedLength != location.storedLength || entry.blockOffset != location.blockOffset {
-                badDigests[digest] = "chunk \(digest): index and pack \(pack) disagree on its place"
+            var matched: UInt64 = 0
+            for t in toc {
+                for copy in try index.copies(of: t.digest) where copy.pack == id {
+                    let e = copy.entry
+                    if e.offset == t.offset && e.storedLength == t.storedLength && e.blockOffset == t.blockOffset { matched += 1 }
+                }
             }
+            if matched != expected { try misplaced(in: id, toc: toc, index: index, into: &badDigests) }
+        }
+        report.packsChecked = packIDs.count
+        for (id, _) in named where !packIDs.contains(id) {
+            try misplaced(in: id, toc: nil, index: index, into: &badDigests)
         }
 
-        // 3. With readData: every chunk's bytes, by its digest.
+        // 3. With readData: every chunk's bytes, by its digest, a pack at a time in pack order.
         if readData {
+            var only: Set<PackID>?
+            if let snapshot { only = try packsHolding(snapshot, index: index) }
             let decoder = BlockDecoder()
             var output: [UInt8] = []
-            for (id, toc) in tocs where !toc.isEmpty {
+            for id in readable where only?.contains(id) ?? true {
+                let toc = try PackReader.tableOfContents(repository.packPath(id))
                 let file = try OpenFile(path: repository.packPath(id))
                 // In pack order: each block is read and decompressed once.
-                for entry in toc.values.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
+                for entry in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
                     let digest = entry.digest
-                    output = [UInt8](repeating: 0, count: Int(entry.rawLength))
+                    if output.count != Int(entry.rawLength) { output = [UInt8](repeating: 0, count: Int(entry.rawLength)) }
                     do {
                         try output.withUnsafeMutableBytes { try decoder.read(entry, pack: id, file: file, into: $0) }
                         report.chunksVerified += 1
                     } catch let error as any CodedError {
-                        if index.location(of: digest).map({ index.packs[Int($0.pack)] == id }) ?? true {
+                        if try index.location(of: digest).map({ index.packs[Int($0.pack)] == id }) ?? true {
                             badDigests[digest] = error.message
                         } else {
                             report.problems.append(CheckProblem(code: error.code, message: error.message + " (a duplicate; the index uses another copy)"))
@@ -138,7 +152,7 @@ public struct Checker {
                 var missing = 0
                 try fixed.forEach { chunk, digest in
                     guard !digest.isZero else { return }
-                    if !index.contains(digest) {
+                    if try !index.contains(digest) {
                         if missing < 10 {
                             report.problems.append(CheckProblem(code: "Chunk.Missing",
                                 message: "snapshot \(record.snapshotId): chunk at offset \(chunk * UInt64(record.chunkSize)) (\(digest)) is not in the chunk index",
@@ -165,7 +179,39 @@ public struct Checker {
         }
         return report
     }
+    /// Names every index entry of pack `id` that its table of contents (nil: the pack is
+    /// missing or unreadable) does not hold at the same place. Streams every segment.
+    private func misplaced(in id: PackID, toc: [PackEntry]?, index: ChunkLocator, into bad: inout [ChunkDigest: String]) throws {
+        var byDigest: [ChunkDigest: [PackEntry]] = [:]
+        for t in toc ?? [] { byDigest[t.digest, default: []].append(t) }
+        let missing = !FileSystem.exists(repository.packPath(id))
+        try index.forEachEntry { pack, e in
+            guard pack == id else { return }
+            if toc == nil {
+                bad[e.digest] = missing ? "pack \(id) holding chunk \(e.digest) is missing" : "chunk \(e.digest) is in unreadable pack \(id)"
+            } else if let candidates = byDigest[e.digest] {
+                if !candidates.contains(where: { $0.offset == e.offset && $0.storedLength == e.storedLength && $0.blockOffset == e.blockOffset }) {
+                    bad[e.digest] = "chunk \(e.digest): index and pack \(id) disagree on its place"
+                }
+            } else {
+                bad[e.digest] = "chunk \(e.digest) is not in pack \(id) where the index puts it"
+            }
+        }
+    }
+
+    /// The packs that hold the chunks of `snapshot` (by the index's first copy).
+    private func packsHolding(_ snapshot: String, index: ChunkLocator) throws -> Set<PackID> {
+        let record = try Catalog(repository: repository).find(snapshot)
+        let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+        var packs = Set<PackID>()
+        try fixed.forEach { _, digest in
+            guard !digest.isZero, let location = try index.location(of: digest) else { return }
+            packs.insert(index.packs[Int(location.pack)])
+        }
+        return packs
+    }
 }
+
 
 /// Reads a pack's table of contents, checking header, trailer and checksum.
 public enum PackReader {
@@ -204,15 +250,17 @@ public struct RepositoryStats: Sendable, Codable {
     /// Bytes of all snapshots' disks, as restored.
     public var logicalBytes: UInt64
 
+    /// From the segments' headers (and the records): no entry is read, except of a version 1-2
+    /// segment not compacted yet.
     public static func gather(_ repository: Repository) throws -> RepositoryStats {
-        let index = try ChunkIndex.load(from: repository)
+        let index = try ChunkLocator.open(repository)
         let records = try Catalog(repository: repository).records().records
         let packs = try repository.packIDs()
         let packBytes = try packs.reduce(UInt64(0)) { $0 + (try FileSystem.status(repository.packPath($1)).size) }
         return RepositoryStats(repository: repository.root, chunkSize: repository.config.chunkSize.bytes,
                                compression: repository.config.compression.description,
                                profile: repository.config.profile ?? "ecs", maxSnapshots: repository.config.maxSnapshots,
-                               diskCount: try DiskRegistry(repository: repository).disks().count, chunkCount: index.count,
+                               diskCount: try DiskRegistry(repository: repository).disks().count, chunkCount: Int(index.entryCount),
                                storedBytes: index.storedBytes, rawBytes: index.rawBytes, packCount: packs.count,
                                packBytes: packBytes, snapshotCount: records.count,
                                logicalBytes: records.reduce(0) { $0 + $1.sourceSize })

@@ -76,7 +76,7 @@ public struct Differ {
             throw EngineError(code: "InvalidParameter.Target", "'\(target)' is neither a snapshot nor a disk (no such snapshot, registered disk or file)", exitStatus: .notFound)
         }
         let source = try Source.open(path, format: nil)
-        let index = try ChunkIndex.load(from: repository)
+        let index = try ChunkLocator.open(repository)
         let compared = ByteRange(start: 0, end: min(from.size, source.size))
         let progress = Progress(label: "compare", total: compared.count, visible: request.showProgress)
         let work = InPlaceWork(snapshot: from, index: index, packs: PackFiles(repository: repository, index: index), file: source.file,

@@ -24,6 +24,8 @@ public struct GCResult: Sendable {
     public var segmentsReplaced = 0
     public var chunksCopied: UInt64 = 0
     public var orphanFixedIndexesRemoved = 0
+    /// Index segments merged into one by the compaction that ends every gc.
+    public var segmentsCompacted = 0
     /// Bytes of files removed minus bytes of files written.
     public var bytesFreed: Int64 = 0
     /// Why condemned packs are still there, when they are.
@@ -55,6 +57,17 @@ public struct GarbageCollector {
         }
         defer { withExtendedLifetime(gcLock) {} }
         let clock = Progress(label: "gc", total: 0, visible: false)
+        var result = try collect(request)
+        if !request.dryRun {
+            // The segment count stays bounded (gc.lock is held: nothing else replaces segments).
+            let compaction = try IndexCompactor.compact(repository)
+            result.segmentsCompacted = compaction.segmentsMerged
+        }
+        result.seconds = clock.elapsedSeconds
+        return result
+    }
+
+    private func collect(_ request: GCRequest) throws -> GCResult {
         var result = GCResult()
         result.dryRun = request.dryRun
 
@@ -63,7 +76,6 @@ public struct GarbageCollector {
             guard running.isEmpty else {
                 result.deferred = "waiting for the creation of \(running.joined(separator: ", ")) to end"
                 result.generation = pending.generation
-                result.seconds = clock.elapsedSeconds
                 return result
             }
             if request.dryRun {
@@ -71,7 +83,6 @@ public struct GarbageCollector {
             } else {
                 try sweep(pending, mark: try mark().filter, into: &result)
                 if result.deferred != nil {
-                    result.seconds = clock.elapsedSeconds
                     return result
                 }
             }
@@ -84,7 +95,6 @@ public struct GarbageCollector {
         result.deadBytes = plan.deadBytes
         result.liveBytesToCopy = plan.liveBytes
         guard !request.dryRun, !plan.packs.isEmpty || !plan.unindexed.isEmpty else {
-            result.seconds = clock.elapsedSeconds
             return result
         }
         let state: GCState
@@ -109,7 +119,6 @@ public struct GarbageCollector {
         } else {
             result.deferred = "waiting for the creation of \(state.waitingFor.joined(separator: ", ")) to end (run gc again)"
         }
-        result.seconds = clock.elapsedSeconds
         return result
     }
 
@@ -164,12 +173,10 @@ public struct GarbageCollector {
     /// live chunk as dead here, which only makes its pack more likely to be condemned; the
     /// sweep copies every marked chunk of a condemned pack regardless.
     func condemnationPlan(_ filter: DigestFilter, threshold: Double) throws -> Plan {
-        let names = try repository.indexSegmentNames()
-        let estimated = try names.reduce(0) { $0 + Int(try FileSystem.status("\(repository.indexDirectory)/\($1)").size) / 56 }
-        var seen = DigestFilter(expected: estimated)
+        let segments = try ChunkLocator.open(repository).openSegments
+        var seen = DigestFilter(expected: Int(segments.reduce(0) { $0 + $1.entryCount }))
         var live: [PackID: UInt64] = [:], total: [PackID: UInt64] = [:]
-        for name in names {
-            let segment = try SegmentFileReader(path: "\(repository.indexDirectory)/\(name)")
+        for segment in segments {
             for pack in segment.packs { total[pack] = total[pack] ?? 0 }
             try segment.forEach { e in
                 let pack = segment.packs[Int(e.pack)]
@@ -206,7 +213,7 @@ public struct GarbageCollector {
             let area = try TemporaryArea(repository: repository)
             defer { area.remove() }
             let capacity = max(Snapshotter.blockBytes, Int(repository.config.chunkSize.bytes))
-            let writer = ChunkWriter(repository: repository, index: ChunkIndex(), area: area)
+            let writer = ChunkWriter(repository: repository, store: ChunkLocator(), area: area)
             let builder = writer.makePackBuilder(compression: repository.config.compression, blockCapacity: capacity)
             let decoder = BlockDecoder()
             // The builder keeps pointers to the chunks until the block ends: they are read
@@ -214,7 +221,6 @@ public struct GarbageCollector {
             let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 64)
             defer { staging.deallocate() }
             var used = 0
-            var copied = Set<ChunkDigest>()
             for pack in present.sorted(by: { $0.hex < $1.hex }) {
                 let path = repository.packPath(pack)
                 let toc: [PackEntry]
@@ -225,7 +231,7 @@ public struct GarbageCollector {
                 }
                 let file = try OpenFile(path: path)
                 for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) })
-                where filter.mayContain(e.digest) && !copied.contains(e.digest) {
+                where try filter.mayContain(e.digest) && writer.claim(e.digest) {
                     let count = Int(e.rawLength)
                     if used + count > capacity {
                         try builder.endBlock()
@@ -234,7 +240,6 @@ public struct GarbageCollector {
                     let chunk = UnsafeMutableRawBufferPointer(rebasing: staging[used..<used + count])
                     try decoder.read(e, pack: pack, file: file, into: chunk)
                     try builder.add(e.digest, UnsafeRawBufferPointer(chunk))
-                    copied.insert(e.digest)
                     used += count
                 }
             }
@@ -258,42 +263,22 @@ public struct GarbageCollector {
         var replacedBytes: UInt64 = 0, newSegmentBytes: UInt64 = 0
         for name in try repository.indexSegmentNames() {
             let path = "\(repository.indexDirectory)/\(name)"
-            let segment = try SegmentFileReader(path: path)
+            let segment = try IndexSegments.open(path)
             guard segment.packs.contains(where: { condemned.contains($0) }) else {
                 named.formUnion(segment.packs)
                 continue
             }
-            // The entries outside condemned packs, streamed into a new file (counted first:
-            // the header comes before them).
-            var keptPacks: [PackID] = [], ordinals: [UInt32: UInt32] = [:]
-            for (i, pack) in segment.packs.enumerated() where !condemned.contains(pack) {
-                ordinals[UInt32(i)] = UInt32(keptPacks.count)
-                keptPacks.append(pack)
-            }
-            var keptCount: UInt64 = 0
-            try segment.forEach { e in if ordinals[e.pack] != nil { keptCount += 1 } }
-            if keptCount > 0 {
-                let temporary = "\(repository.temporaryDirectory)/\(FileSystem.uniqueTemporaryName(for: name))"
-                do {
-                    let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive])
-                    var writer = try SegmentFileWriter(file: file, packs: keptPacks, entryCount: keptCount)
-                    try segment.forEach { e in
-                        guard let ordinal = ordinals[e.pack] else { return }
-                        var entry = e
-                        entry.pack = ordinal
-                        try writer.append(entry)
-                    }
-                    try writer.finish()
-                    _ = try SegmentFileReader(path: temporary)  // read back what we publish
-                    try file.sync()
-                    newSegmentBytes += try file.status().size
-                    try FileSystem.rename(temporary, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
-                } catch {
-                    try? FileSystem.removeIfExists(temporary)
-                    throw error
-                }
+            // The entries outside condemned packs, merged (streaming) into a new version 3
+            // segment, read back, then renamed into place.
+            let temporary = "\(repository.temporaryDirectory)/\(FileSystem.uniqueTemporaryName(for: name))"
+            let kept = try SegmentMerge.merge([segment], to: temporary, dropping: condemned)
+            if kept.entries > 0 {
+                newSegmentBytes += try FileSystem.status(temporary).size
+                named.formUnion(segment.packs.filter { !condemned.contains($0) })
+                try FileSystem.rename(temporary, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
                 try FileSystem.syncDirectory(repository.indexDirectory)
-                named.formUnion(keptPacks)
+            } else {
+                try FileSystem.removeIfExists(temporary)
             }
             replacedBytes += try FileSystem.status(path).size
             try FileSystem.remove(path)

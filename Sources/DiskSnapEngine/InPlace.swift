@@ -20,7 +20,7 @@ import DiskSnapQcow2
 /// holes in a file and BLKZEROOUT ranges on a device.
 final class InPlaceWork: Sendable {
     let snapshot: OpenedSnapshot
-    let index: ChunkIndex
+    let index: ChunkLocator
     let packs: PackFiles
     /// The target, open for reading (and writing when `writer` is set).
     let file: OpenFile
@@ -44,7 +44,7 @@ final class InPlaceWork: Sendable {
     let written = Atomic<UInt64>(0)
     let collected = Mutex<[UInt64]>([])
 
-    init(snapshot: OpenedSnapshot, index: ChunkIndex, packs: PackFiles, file: OpenFile, writer: DirectWriter?,
+    init(snapshot: OpenedSnapshot, index: ChunkLocator, packs: PackFiles, file: OpenFile, writer: DirectWriter?,
          isBlockDevice: Bool, range: ByteRange, progress: Progress, collect: Bool = false, qcow2: Qcow2Image? = nil) {
         precondition(qcow2 == nil || writer == nil, "a qcow2 disk is compared, never repaired in place")
         self.qcow2 = qcow2

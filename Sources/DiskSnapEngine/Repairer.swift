@@ -34,12 +34,15 @@ public struct Repairer {
         let clock = Progress(label: "repair", total: 0, visible: false)
         var result = RepairResult()
 
-        // 1. Every readable pack's entries (first copy of each digest; with readData, only
-        //    chunks whose bytes verify).
-        var segment = ChunkIndexFormat.Segment(packs: [], entries: [])
-        var seen = Set<ChunkDigest>()
+        // 1. Every readable pack's entries (with readData, only chunks whose bytes verify),
+        //    gathered as sorted runs in a work area (bounded memory), then merged into one
+        //    segment with the first copy of each digest.
+        let area = try TemporaryArea(repository: repository)
+        defer { area.remove() }
+        let runs = SpilledRuns(area: area, expectedEntries: 1 << 20)
         let decoder = BlockDecoder()
-        for id in try repository.packIDs() {
+        var bytes: [UInt8] = []
+        for id in try repository.packIDs().sorted(by: { $0.hex < $1.hex }) {
             let toc: [PackEntry]
             do {
                 toc = try PackReader.tableOfContents(repository.packPath(id))
@@ -49,11 +52,10 @@ public struct Repairer {
             }
             result.packsRead += 1
             let file = try OpenFile(path: repository.packPath(id))
-            let ordinal = UInt32(segment.packs.count)
-            segment.packs.append(id)
-            for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) where !seen.contains(e.digest) {
+            var kept: [PackEntry] = []
+            for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
                 if readData {
-                    var bytes = [UInt8](repeating: 0, count: Int(e.rawLength))
+                    if bytes.count != Int(e.rawLength) { bytes = [UInt8](repeating: 0, count: Int(e.rawLength)) }
                     do {
                         try bytes.withUnsafeMutableBytes { try decoder.read(e, pack: id, file: file, into: $0) }
                     } catch {
@@ -61,19 +63,20 @@ public struct Repairer {
                         continue
                     }
                 }
-                seen.insert(e.digest)
-                segment.entries.append(.init(digest: e.digest, pack: ordinal, offset: e.offset, storedLength: e.storedLength,
-                                             rawLength: e.rawLength, encoding: e.encoding, blockOffset: e.blockOffset))
+                kept.append(e)
             }
+            if !kept.isEmpty { try runs.add(pack: id, entries: kept) }
         }
-        result.chunksIndexed = segment.entries.count
+        let rebuilt = area.path("rebuilt.idx")
+        let merged = try runs.merge(to: rebuilt, unique: true)
+        result.chunksIndexed = Int(merged.entries)
+        let index = ChunkLocator(segments: merged.entries > 0 ? [try SortedSegment(path: rebuilt)] : [], excluding: [])
 
         // 2. The rebuilt index replaces every segment.
         let old = try repository.indexSegmentNames()
-        if !segment.entries.isEmpty {
-            let bytes = ChunkIndexFormat.encode(segment)
-            _ = try ChunkIndexFormat.decode(bytes, file: "rebuilt index segment")  // decode what we publish
-            try repository.publish(bytes, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
+        if merged.entries > 0 {
+            try FileSystem.rename(rebuilt, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
+            try FileSystem.syncDirectory(repository.indexDirectory)
         }
         for name in old { try FileSystem.removeIfExists("\(repository.indexDirectory)/\(name)") }
         try FileSystem.syncDirectory(repository.indexDirectory)
@@ -95,7 +98,7 @@ public struct Repairer {
                 }
                 var missing: UInt64 = 0, first: UInt64?
                 try fixed.forEach { chunk, digest in
-                    if !digest.isZero && !seen.contains(digest) {
+                    if try !digest.isZero && !index.contains(digest) {
                         missing += 1
                         if first == nil { first = chunk * UInt64(record.chunkSize) }
                     }

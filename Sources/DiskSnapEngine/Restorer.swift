@@ -64,7 +64,7 @@ public struct Restorer {
         defer { withExtendedLifetime((lock, readers)) {} }
         let snapshot = try OpenedSnapshot.open(request.snapshot, in: repository)
         let range = try snapshot.byteRange(partition: request.partition)
-        let index = try ChunkIndex.load(from: repository)
+        let index = try ChunkLocator.open(repository)
         let packs = PackFiles(repository: repository, index: index)
         if request.inPlace { return try restoreInPlace(request, snapshot: snapshot, range: range, index: index, packs: packs) }
         guard !request.dryRun else {
@@ -112,7 +112,7 @@ public struct Restorer {
     }
 
     private func restoreInPlace(_ request: RestoreRequest, snapshot: OpenedSnapshot, range: ByteRange,
-                                index: ChunkIndex, packs: PackFiles) throws -> RestoreResult {
+                                index: ChunkLocator, packs: PackFiles) throws -> RestoreResult {
         guard !Qcow2Image.isQcow2(request.targetPath) else {
             throw EngineError(code: "InvalidParameter.Format", "\(request.targetPath) is a qcow2 image: --in-place writes raw disks (restore to a new qcow2 file with --format qcow2)", exitStatus: .invalidParameter)
         }
@@ -167,7 +167,7 @@ public struct Restorer {
     /// Reads the written target back from the disk (its cached pages dropped first) and
     /// compares every chunk with the snapshot.
     private func verify(snapshot: OpenedSnapshot, file: OpenFile, isBlockDevice: Bool, range: ByteRange,
-                        index: ChunkIndex, packs: PackFiles, request: RestoreRequest) throws {
+                        index: ChunkLocator, packs: PackFiles, request: RestoreRequest) throws {
         file.dropCache()
         let check = InPlaceWork(snapshot: snapshot, index: index, packs: packs, file: file, writer: nil, isBlockDevice: isBlockDevice,
                                 range: range, progress: Progress(label: "verify", total: range.count, visible: request.showProgress))
@@ -322,7 +322,7 @@ final class Target: Sendable {
 
 private final class RestoreWork: Sendable {
     let snapshot: OpenedSnapshot
-    let index: ChunkIndex
+    let index: ChunkLocator
     let packs: PackFiles
     let target: Target
     /// The disk bytes being restored; disk offset `range.start` lands at target offset 0.
@@ -331,7 +331,7 @@ private final class RestoreWork: Sendable {
     let progress: Progress
     let written = Atomic<UInt64>(0)
 
-    init(snapshot: OpenedSnapshot, index: ChunkIndex, packs: PackFiles, target: Target, range: ByteRange, runs: [ChunkRun], progress: Progress) {
+    init(snapshot: OpenedSnapshot, index: ChunkLocator, packs: PackFiles, target: Target, range: ByteRange, runs: [ChunkRun], progress: Progress) {
         self.snapshot = snapshot
         self.range = range
         self.index = index

@@ -93,7 +93,7 @@ public final class SnapshotImage: Sendable {
         locks = (try repository.lock(.shared, for: command), try repository.readersLock())
         snapshot = try OpenedSnapshot.open(name, in: repository)
         record = snapshot.record
-        let index = try ChunkIndex.load(from: repository)
+        let index = try ChunkLocator.open(repository)
         pool = ReaderPool(index: index, packs: PackFiles(repository: repository, index: index))
     }
 
@@ -163,13 +163,13 @@ public final class SnapshotImage: Sendable {
 
 /// Chunk readers shared by the threads serving one image, last returned first out.
 private final class ReaderPool: @unchecked Sendable {
-    private let index: ChunkIndex
+    private let index: ChunkLocator
     private let packs: PackFiles
     private let free = Mutex<Int>(0)
     // Guarded by `free`'s lock; `ChunkReader` is used by one thread at a time.
     private nonisolated(unsafe) var readers: [ChunkReader] = []
 
-    init(index: ChunkIndex, packs: PackFiles) {
+    init(index: ChunkLocator, packs: PackFiles) {
         self.index = index
         self.packs = packs
     }

@@ -44,6 +44,10 @@ public struct CreateRequest: Sendable {
 public struct CreateResult: Sendable {
     public var record: SnapshotRecord
     public var reused: Bool
+    /// The index compaction that followed the snapshot (nothing when none was due or a gc
+    /// held the index), and why it failed if it did: the snapshot stands either way.
+    public var compaction = CompactionResult()
+    public var compactionError: String?
 }
 
 /// Takes a snapshot: the pipeline of docs/DESIGN.md ("Snapshot pipeline").
@@ -167,7 +171,9 @@ public struct Snapshotter {
             record.progress = "100%"
             record.completionTime = ISOTime.now()
             try catalog.save(record)
-            return CreateResult(record: record, reused: false)
+            var result = CreateResult(record: record, reused: false)
+            compactIndex(into: &result)
+            return result
         } catch {
             record.status = .failed
             record.failureReason = (error as? any CodedError)?.description ?? "\(error)"
@@ -177,17 +183,32 @@ public struct Snapshotter {
         }
     }
 
+    /// Keeps the index's segment count bounded (`CompactionPolicy`) once the snapshot is
+    /// committed, unless a gc holds the index (it compacts at its end). A failure leaves the
+    /// segments as they were (docs/DESIGN.md, "Chunk index") and is reported, not thrown.
+    private func compactIndex(into result: inout CreateResult) {
+        guard let gcLock = try? repository.tryLock(name: "gc") else { return }
+        defer { withExtendedLifetime(gcLock) {} }
+        do {
+            result.compaction = try IndexCompactor.compact(repository)
+        } catch let error as any CodedError {
+            result.compactionError = error.description
+        } catch {
+            result.compactionError = "\(error)"
+        }
+    }
+
     private func run(source: Source, request: CreateRequest, record: inout SnapshotRecord, area: TemporaryArea,
                      previous: SnapshotRecord?) throws {
         let chunkSize = UInt64(repository.config.chunkSize.bytes)
         // Read after this snapshot's record was published: a gc that condemned packs before
         // then does not wait for this run, so the run must not rely on their chunks.
         let condemned = Set((try repository.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
-        let index = try ChunkIndex.load(from: repository, excluding: condemned)
+        let index = try ChunkLocator.open(repository, excluding: condemned)
         TestHooks.pause(at: "create-after-index")
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
         let previousIndex = previous.flatMap { try? FixedIndexReader(path: repository.fixedIndexPath($0.snapshotId)) }
-        let writer = ChunkWriter(repository: repository, index: index, area: area)
+        let writer = ChunkWriter(repository: repository, store: index, area: area, expectedChunks: record.chunkCount)
         let fixed = try FixedIndexBuilder(path: area.path("index.fidx"), diskSize: source.size, chunkSize: UInt32(chunkSize))
         let runs = WorkPlan.runs(dataRanges: source.dataRanges, chunkSize: chunkSize,
                                  maxChunks: UInt64(max(1, Self.runBytes / Int(chunkSize))))
@@ -298,9 +319,9 @@ private struct Pipeline: Sendable {
                 if !isAllZero(chunk) {
                     nonZero += UInt64(chunk.count)
                     digest = ChunkDigest(hashing: chunk)
-                    if c < before.count && before[c] == digest && (!verifyPrevious || writer.index.contains(digest)) {
+                    if c < before.count && before[c] == digest, try !verifyPrevious || writer.store.contains(digest) {
                         counters.sameAsPrevious.wrappingAdd(1, ordering: .relaxed)
-                    } else if writer.claim(digest) {
+                    } else if try writer.claim(digest) {
                         try packs.add(digest, chunk)
                     }
                 }

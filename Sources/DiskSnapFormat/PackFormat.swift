@@ -16,6 +16,9 @@ public enum PackFormat {
     public static let trailerSize = 56
     /// A pack is closed once its blobs reach this size.
     public static let targetSize = 32 << 20
+    /// A writer closes a pack at this many chunks even below `targetSize` (very compressible
+    /// data): the table of contents a reader loads stays under 2 MiB.
+    public static let maximumEntriesPerPack = 1 << 15
     /// Packs larger than this are refused when read (a limit on everything).
     public static let maximumSize: UInt64 = 1 << 32
     /// The most raw bytes one block may hold: a reader's decompression buffer.

@@ -9,7 +9,7 @@ public final class PackFiles: Sendable {
     private let open = Mutex<[UInt32: OpenFile]>([:])
     private let limit: Int
 
-    public init(repository: Repository, index: ChunkIndex, limit: Int = 256) {
+    public init(repository: Repository, index: ChunkLocator, limit: Int = 256) {
         self.repository = repository
         self.packs = index.packs
         self.limit = limit
@@ -31,18 +31,18 @@ public final class PackFiles: Sendable {
 
 /// Reads chunks back and verifies each against its digest. One per thread.
 public final class ChunkReader {
-    private let index: ChunkIndex
+    private let index: ChunkLocator
     private let packs: PackFiles
     private let decoder = BlockDecoder()
 
-    public init(index: ChunkIndex, packs: PackFiles) {
+    public init(index: ChunkLocator, packs: PackFiles) {
         self.index = index
         self.packs = packs
     }
 
     /// Where `digest` is stored.
     public func locate(_ digest: ChunkDigest) throws -> ChunkLocation {
-        guard let location = index.location(of: digest) else {
+        guard let location = try index.location(of: digest) else {
             throw StoreError(.chunkMissing, "chunk \(digest) is not in the chunk index")
         }
         return location

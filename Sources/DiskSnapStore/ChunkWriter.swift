@@ -7,6 +7,14 @@ import DiskSnapFormat
 /// segment naming them. Shared by the worker threads of a pipeline; each worker fills packs
 /// of its own through a `PackBuilder`, so appending takes no lock.
 ///
+/// Memory is bounded whatever the number of new chunks: a claimed digest stays in the claim
+/// set only until its pack is closed and its entries are spilled, sorted, to a run file in
+/// the work area (at most `spillEntries` entries wait in memory). Runs are found through a
+/// Bloom filter of every spilled digest and the runs' own sorted pages, so a chunk seen
+/// twice in one snapshot is stored once however far apart; runs of one size class are merged
+/// as they accumulate (at most `runsPerTier` each), and `finish` merges the rest into the
+/// published segment.
+///
 /// Write order (docs/DESIGN.md): pack fsync -> rename into packs/ -> fsync packs/ ->
 /// index segment published. Until the segment exists no one else knows the chunks.
 public final class ChunkWriter: Sendable {
@@ -18,7 +26,7 @@ public final class ChunkWriter: Sendable {
 
     struct ClosedPack: Sendable {
         let id: PackID
-        let entries: [PackEntry]
+        let chunks: UInt64
         let storedBytes: UInt64
     }
 
@@ -29,24 +37,38 @@ public final class ChunkWriter: Sendable {
     }
 
     public let repository: Repository
-    public let index: ChunkIndex
+    /// The store's index, as this writer deduplicates against it.
+    public let store: ChunkLocator
     let area: TemporaryArea
     let packTargetSize: UInt64
     private let shards: [ClaimShard] = (0..<64).map { _ in ClaimShard() }
-    private let closed = Mutex([ClosedPack]())
+    private let runs: SpilledRuns
+    private let closedPacks = Mutex([ClosedPack]())
 
-    public init(repository: Repository, index: ChunkIndex, area: TemporaryArea, packTargetSize: Int = PackFormat.targetSize) {
+    /// `expectedChunks` sizes the filter of spilled digests (the source's chunk count).
+    public init(repository: Repository, store: ChunkLocator, area: TemporaryArea, expectedChunks: UInt64 = 1 << 16,
+                packTargetSize: Int = PackFormat.targetSize) {
         self.repository = repository
-        self.index = index
+        self.store = store
         self.area = area
         self.packTargetSize = UInt64(packTargetSize)
+        runs = SpilledRuns(area: area, expectedEntries: expectedChunks)
     }
 
-    /// True when the caller must store `digest`: it is neither in the index nor claimed by
-    /// another worker of this writer. False means the store has (or will have) it.
-    public func claim(_ digest: ChunkDigest) -> Bool {
-        if index.contains(digest) { return false }
-        return shards[Int(digest.leadingWord % UInt64(shards.count))].claimed.withLock { $0.insert(digest).inserted }
+    private func shard(_ digest: ChunkDigest) -> ClaimShard { shards[Int(digest.leadingWord % UInt64(shards.count))] }
+
+    /// True when the caller must store `digest`: it is neither in the store nor claimed or
+    /// stored by another worker of this writer. False means the store has (or will have) it.
+    public func claim(_ digest: ChunkDigest) throws -> Bool {
+        if try store.contains(digest) { return false }
+        return try shard(digest).claimed.withLock { claimed in
+            if claimed.contains(digest) { return false }
+            // Spilled runs become visible before their digests leave the claim set (both under
+            // this shard's lock), so a digest is always found in one or the other.
+            if try runs.contains(digest) { return false }
+            claimed.insert(digest)
+            return true
+        }
     }
 
     /// A pack filler for one worker thread, compressing blocks of up to `blockCapacity` raw bytes.
@@ -54,16 +76,24 @@ public final class ChunkWriter: Sendable {
         PackBuilder(writer: self, compression: compression, blockCapacity: blockCapacity)
     }
 
-    func closed(_ pack: ClosedPack) { closed.withLock { $0.append(pack) } }
+    /// A builder closed a pack (fsynced in the work area): its entries join the runs; once
+    /// spilled, their digests leave the claim set.
+    func closed(id: PackID, entries: [PackEntry], storedBytes: UInt64) throws {
+        closedPacks.withLock { $0.append(ClosedPack(id: id, chunks: UInt64(entries.count), storedBytes: storedBytes)) }
+        try runs.add(pack: id, entries: entries) { spilled in
+            for digest in spilled { _ = shard(digest).claimed.withLock { $0.remove(digest) } }
+        }
+    }
 
     /// Publishes everything the builders closed: moves the packs into `packs/` and writes
-    /// their index segment. Every builder must have been finished. Returns what was stored.
+    /// their index segment, merged from the runs. Every builder must have been finished.
+    /// Returns what was stored.
     public func finish() throws -> Summary {
-        let packs = closed.withLock { $0 }
+        let packs = closedPacks.withLock { $0 }
         var summary = Summary()
         summary.packsWritten = packs.count
         for pack in packs {
-            summary.chunksStored += UInt64(pack.entries.count)
+            summary.chunksStored += pack.chunks
             summary.bytesStored += pack.storedBytes
         }
         guard !packs.isEmpty else { return summary }
@@ -71,18 +101,11 @@ public final class ChunkWriter: Sendable {
             try FileSystem.rename(area.path(pack.id.hex + ".pack"), to: repository.packPath(pack.id))
         }
         try FileSystem.syncDirectory(repository.packsDirectory)
-        var segment = ChunkIndexFormat.Segment(packs: packs.map(\.id), entries: [])
-        for (ordinal, pack) in packs.enumerated() {
-            for e in pack.entries {
-                segment.entries.append(.init(digest: e.digest, pack: UInt32(ordinal), offset: e.offset,
-                                             storedLength: e.storedLength, rawLength: e.rawLength, encoding: e.encoding,
-                                             blockOffset: e.blockOffset))
-            }
-        }
-        let bytes = ChunkIndexFormat.encode(segment)
-        _ = try ChunkIndexFormat.decode(bytes, file: "new index segment")  // decode what we publish
-        try repository.publish(bytes, to: "\(repository.indexDirectory)/\(packs[0].id.hex).idx")
-        closed.withLock { $0 = [] }
+        let merged = area.path("segment.idx")
+        _ = try runs.merge(to: merged)
+        try FileSystem.rename(merged, to: "\(repository.indexDirectory)/\(packs[0].id.hex).idx")
+        try FileSystem.syncDirectory(repository.indexDirectory)
+        closedPacks.withLock { $0 = [] }
         return summary
     }
 }
@@ -191,7 +214,7 @@ public final class PackBuilder {
         }
         pending.removeAll(keepingCapacity: true)
         pendingBytes = 0
-        if current!.size >= writer.packTargetSize { try close() }
+        if current!.size >= writer.packTargetSize || current!.entries.count >= PackFormat.maximumEntriesPerPack { try close() }
     }
 
     /// Stores the last block and closes the open pack. Call once the worker has no more chunks.
@@ -240,6 +263,6 @@ public final class PackBuilder {
         let (toc, trailer) = PackFormat.encodeTrailer(entries: pack.entries, tocOffset: pack.size)
         try pack.file.write(toc + trailer, at: pack.size)
         try pack.file.sync()
-        writer.closed(ChunkWriter.ClosedPack(id: pack.id, entries: pack.entries, storedBytes: pack.blockBytes))
+        try writer.closed(id: pack.id, entries: pack.entries, storedBytes: pack.blockBytes)
     }
 }

@@ -34,7 +34,7 @@ struct GC: ParsableCommand {
                 Output.line("dry run: \(condemned)" + (r.deferred.map { "; \($0)" } ?? ""))
                 return
             }
-            Output.line("gc: \(condemned); \(r.packsRemoved) packs removed, \(r.chunksCopied) chunks copied, \(r.segmentsReplaced) index segments merged, \(r.orphanFixedIndexesRemoved) orphan fixed indexes removed; \(r.bytesFreed >= 0 ? ByteFormat.human(UInt64(r.bytesFreed)) : "-" + ByteFormat.human(UInt64(-r.bytesFreed))) freed in \(String(format: "%.2f", r.seconds)) s")
+            Output.line("gc: \(condemned); \(r.packsRemoved) packs removed, \(r.chunksCopied) chunks copied, \(r.segmentsReplaced) index segments rewritten, \(r.segmentsCompacted) compacted, \(r.orphanFixedIndexesRemoved) orphan fixed indexes removed; \(r.bytesFreed >= 0 ? ByteFormat.human(UInt64(r.bytesFreed)) : "-" + ByteFormat.human(UInt64(-r.bytesFreed))) freed in \(String(format: "%.2f", r.seconds)) s")
             if let deferred = r.deferred { Output.line("deferred: \(deferred)") }
         }
     }
@@ -49,6 +49,7 @@ struct GCResponse: Encodable {
     var packsRemoved: Int
     var chunksCopied: UInt64
     var segmentsReplaced: Int
+    var segmentsCompacted: Int
     var orphanFixedIndexesRemoved: Int
     var bytesFreed: Int64
     var deferred: String?
@@ -63,6 +64,7 @@ struct GCResponse: Encodable {
         packsRemoved = r.packsRemoved
         chunksCopied = r.chunksCopied
         segmentsReplaced = r.segmentsReplaced
+        segmentsCompacted = r.segmentsCompacted
         orphanFixedIndexesRemoved = r.orphanFixedIndexesRemoved
         bytesFreed = r.bytesFreed
         deferred = r.deferred
