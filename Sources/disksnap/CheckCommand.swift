@@ -9,8 +9,14 @@ struct Check: ParsableCommand {
     var readData = false
     @Flag(help: "Rebuild the chunk index from the packs, mark snapshots that lost chunks as damaged, then check. Runs alone.")
     var repair = false
+    @Option(help: "With --read-data: read only the packs that hold this snapshot's chunks (id or name).")
+    var snapshot: String?
     @Flag(help: "Print the report as JSON.")
     var json = false
+
+    func validate() throws {
+        if snapshot != nil && !readData { throw ValidationError("--snapshot limits --read-data: pass both") }
+    }
 
     func run() throws {
         var clean = true
@@ -26,7 +32,7 @@ struct Check: ParsableCommand {
                 let summary = parts.joined(separator: "; ")
                 if json { Output.log(summary) } else { Output.line(summary) }
             }
-            let report = try Checker(repository: try global.openRepository()).check(readData: readData)
+            let report = try Checker(repository: try global.openRepository()).check(readData: readData, readDataOf: snapshot)
             clean = report.isClean
             if json {
                 Output.json(report)
