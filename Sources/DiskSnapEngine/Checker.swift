@@ -46,15 +46,15 @@ public struct Checker {
         // 1. Index segments, each read through once (pages, order, fanout, Bloom filter),
         //    counting the entries that name each pack. Memory: one batch of pages.
         var segments: [any IndexSegment] = []
-        var named: [PackID: UInt64] = [:]
+        var named: [PackID: PlaceSum] = [:]
         for name in try repository.indexSegmentNames().sorted() {
             let path = "\(repository.indexDirectory)/\(name)"
             do {
                 let segment = try IndexSegments.open(path)
-                var counts = [UInt64](repeating: 0, count: segment.packs.count)
-                try segment.forEach { e in counts[Int(e.pack)] += 1 }
+                var sums = [PlaceSum](repeating: PlaceSum(), count: segment.packs.count)
+                try segment.forEach { e in sums[Int(e.pack)].add(e.digest, e.offset, e.storedLength, e.blockOffset) }
                 try (segment as? SortedSegment)?.verifyBloom()
-                for (i, pack) in segment.packs.enumerated() { named[pack, default: 0] += counts[i] }
+                for (i, pack) in segment.packs.enumerated() { named[pack, default: PlaceSum()].add(sums[i]) }
                 segments.append(segment)
             } catch let error as any CodedError {
                 report.problems.append(CheckProblem(code: error.code, message: error.message))
@@ -64,19 +64,24 @@ public struct Checker {
         report.chunksChecked = Int(index.entryCount)
 
         // 2. Packs, one table of contents at a time: every index entry naming a pack must be
-        //    one of its entries at the same place. Each TOC entry's digest is looked up; the
-        //    entries that match are counted against `named` (only a pack whose counts differ
-        //    is searched entry by entry, to name what is wrong).
+        //    one of its entries at the same place. When the index's entries for a pack and the
+        //    pack's own entries have the same count and sum of places (the common case: every
+        //    chunk of the pack indexed once), they are the same. Otherwise each TOC entry's
+        //    digest is looked up and the matches are counted; only a pack whose count still
+        //    differs is searched entry by entry, to name what is wrong.
         var badDigests: [ChunkDigest: String] = [:]
         let packIDs = try repository.packIDs().sorted { $0.hex < $1.hex }
         var readable: [PackID] = []
+        // Packs whose index entries do not all match: their tables of contents (nil: the pack
+        // is missing or unreadable), searched entry by entry in one pass at the end.
+        var suspects: [PackID: [PackEntry]?] = [:]
         for id in packIDs {
             let toc: [PackEntry]
             do {
                 toc = try PackReader.tableOfContents(repository.packPath(id))
             } catch let error as any CodedError {
                 report.problems.append(CheckProblem(code: error.code, message: error.message))
-                if named[id] != nil { try misplaced(in: id, toc: nil, index: index, into: &badDigests) }
+                if named[id] != nil { suspects[id] = .some(nil) }
                 continue
             }
             readable.append(id)
@@ -84,6 +89,9 @@ public struct Checker {
                 report.notes.append("pack \(id) is in no index segment (a create in progress, or left by an interrupted one)")
                 continue
             }
+            var own = PlaceSum()
+            for t in toc { own.add(t.digest, t.offset, t.storedLength, t.blockOffset) }
+            if own == expected { continue }
             var matched: UInt64 = 0
             for t in toc {
                 for copy in try index.copies(of: t.digest) where copy.pack == id {
@@ -91,12 +99,12 @@ public struct Checker {
                     if e.offset == t.offset && e.storedLength == t.storedLength && e.blockOffset == t.blockOffset { matched += 1 }
                 }
             }
-            if matched != expected { try misplaced(in: id, toc: toc, index: index, into: &badDigests) }
+            if matched != expected.count { suspects[id] = toc }
         }
         report.packsChecked = packIDs.count
-        for (id, _) in named where !packIDs.contains(id) {
-            try misplaced(in: id, toc: nil, index: index, into: &badDigests)
-        }
+        let present = Set(packIDs)
+        for (id, _) in named where !present.contains(id) { suspects[id] = .some(nil) }
+        if !suspects.isEmpty { try misplaced(suspects, index: index, into: &badDigests) }
 
         // 3. With readData: every chunk's bytes, by its digest, a pack at a time in pack order.
         if readData {
@@ -125,9 +133,13 @@ public struct Checker {
             }
         }
 
-        // 4. Snapshots: records, fixed indexes, and every chunk they name.
+        // 4. Snapshots: records, fixed indexes, and every chunk they name. A disk's snapshots
+        //    are checked oldest first: a chunk equal to the one at the same position in the
+        //    disk's previous snapshot, every chunk of which was found, needs no lookup (most of
+        //    an incremental; the index does not change while check holds the readers lock).
         let catalog = Catalog(repository: repository)
         var affected: [ChunkDigest: Set<String>] = [:]
+        var accomplished: [SnapshotRecord] = []
         for name in try FileSystem.listDirectory(repository.snapshotsDirectory) where name.hasSuffix(".json") {
             let path = "\(repository.snapshotsDirectory)/\(name)"
             let record: SnapshotRecord
@@ -144,15 +156,23 @@ public struct Checker {
                 continue
             }
             guard (try? catalog.record(record.snapshotId))?.status == .accomplished else { continue }
+            accomplished.append(record)
+        }
+        accomplished.sort { ($0.sourceDiskId?.rawValue ?? "", $0.creationTime, $0.snapshotId.rawValue) < ($1.sourceDiskId?.rawValue ?? "", $1.creationTime, $1.snapshotId.rawValue) }
+        var reference: (record: SnapshotRecord, fixed: FixedIndexReader)?
+        for record in accomplished {
             do {
                 let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
                 guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
                     throw FormatError(file: fixed.file.path, "does not match its snapshot record (size or id)")
                 }
+                let previous = reference.flatMap { $0.record.sourceDiskId == record.sourceDiskId && $0.record.chunkSize == record.chunkSize ? $0.fixed : nil }
+                reference = nil
+                var window = PositionWindow(previous)
                 var missing = 0
                 try fixed.forEach { chunk, digest in
                     guard !digest.isZero else { return }
-                    if try !index.contains(digest) {
+                    if try window.digest(at: chunk) != digest, try !index.contains(digest) {
                         if missing < 10 {
                             report.problems.append(CheckProblem(code: "Chunk.Missing",
                                 message: "snapshot \(record.snapshotId): chunk at offset \(chunk * UInt64(record.chunkSize)) (\(digest)) is not in the chunk index",
@@ -167,7 +187,9 @@ public struct Checker {
                     report.problems.append(CheckProblem(code: "Chunk.Missing", message: "snapshot \(record.snapshotId): \(missing - 10) more chunks are missing",
                                                         affectedSnapshots: [record.snapshotId.rawValue]))
                 }
+                if missing == 0 { reference = (record, fixed) }
             } catch let error as any CodedError {
+                reference = nil
                 report.problems.append(CheckProblem(code: error.code, message: error.message, affectedSnapshots: [record.snapshotId.rawValue]))
             }
         }
@@ -179,17 +201,18 @@ public struct Checker {
         }
         return report
     }
-    /// Names every index entry of pack `id` that its table of contents (nil: the pack is
-    /// missing or unreadable) does not hold at the same place. Streams every segment.
-    private func misplaced(in id: PackID, toc: [PackEntry]?, index: ChunkLocator, into bad: inout [ChunkDigest: String]) throws {
-        var byDigest: [ChunkDigest: [PackEntry]] = [:]
-        for t in toc ?? [] { byDigest[t.digest, default: []].append(t) }
-        let missing = !FileSystem.exists(repository.packPath(id))
-        try index.forEachEntry { pack, e in
-            guard pack == id else { return }
-            if toc == nil {
-                bad[e.digest] = missing ? "pack \(id) holding chunk \(e.digest) is missing" : "chunk \(e.digest) is in unreadable pack \(id)"
-            } else if let candidates = byDigest[e.digest] {
+    /// Names every index entry of a suspect pack that its table of contents (nil: the pack
+    /// is missing or unreadable) does not hold at the same place. One pass over the segments.
+    private func misplaced(_ suspects: [PackID: [PackEntry]?], index: ChunkLocator, into bad: inout [ChunkDigest: String]) throws {
+        var tocs: [PackID: [ChunkDigest: [PackEntry]]] = [:]
+        for case let (id, toc?) in suspects { tocs[id] = Dictionary(grouping: toc, by: \.digest) }
+        try index.forEachEntry { id, e in
+            guard suspects[id] != nil else { return }
+            guard let toc = tocs[id] else {
+                bad[e.digest] = FileSystem.exists(repository.packPath(id)) ? "chunk \(e.digest) is in unreadable pack \(id)" : "pack \(id) holding chunk \(e.digest) is missing"
+                return
+            }
+            if let candidates = toc[e.digest] {
                 if !candidates.contains(where: { $0.offset == e.offset && $0.storedLength == e.storedLength && $0.blockOffset == e.blockOffset }) {
                     bad[e.digest] = "chunk \(e.digest): index and pack \(id) disagree on its place"
                 }
@@ -264,5 +287,55 @@ public struct RepositoryStats: Sendable, Codable {
                                storedBytes: index.storedBytes, rawBytes: index.rawBytes, packCount: packs.count,
                                packBytes: packBytes, snapshotCount: records.count,
                                logicalBytes: records.reduce(0) { $0 + $1.sourceSize })
+    }
+}
+
+/// The entries of a fixed index read forward in batches, by chunk number (nil past its end or
+/// without an index): the previous snapshot beside the one being checked.
+struct PositionWindow {
+    private let fixed: FixedIndexReader?
+    private var first: UInt64 = 0
+    private var batch: [ChunkDigest] = []
+
+    init(_ fixed: FixedIndexReader?) { self.fixed = fixed }
+
+    mutating func digest(at chunk: UInt64) throws -> ChunkDigest? {
+        guard let fixed, chunk < fixed.header.chunkCount else { return nil }
+        if chunk < first || chunk >= first + UInt64(batch.count) {
+            first = chunk
+            batch = try fixed.entries(first: chunk, count: Int(min(UInt64(FixedIndexReader.entriesPerRead), fixed.header.chunkCount - chunk)))
+        }
+        return batch[Int(chunk - first)]
+    }
+}
+
+/// The count and a 64-bit sum of mixed (digest, offset, stored length, block offset) of a set
+/// of chunk places: equal for the index's entries of a pack and the pack's own table exactly
+/// when they are the same multiset (but for a 2^-64 chance), without a lookup per entry.
+struct PlaceSum: Equatable {
+    var count: UInt64 = 0
+    var sum: UInt64 = 0
+
+    mutating func add(_ digest: ChunkDigest, _ offset: UInt64, _ storedLength: UInt32, _ blockOffset: UInt32) {
+        var h = Self.mix(digest.leadingWord)
+        h = Self.mix(h ^ digest.secondWord)
+        h = Self.mix(h ^ digest.thirdWord)
+        h = Self.mix(h ^ offset)
+        h = Self.mix(h ^ (UInt64(storedLength) << 32 | UInt64(blockOffset)))
+        count += 1
+        sum &+= h
+    }
+
+    mutating func add(_ other: PlaceSum) {
+        count += other.count
+        sum &+= other.sum
+    }
+
+    /// splitmix64's finalizer.
+    static func mix(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9e37_79b9_7f4a_7c15
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
     }
 }

@@ -261,6 +261,8 @@ public struct GarbageCollector {
         //    twice, which is valid).
         var named = Set<PackID>()
         var replacedBytes: UInt64 = 0, newSegmentBytes: UInt64 = 0
+        let rewriteArea = try TemporaryArea(repository: repository)
+        defer { rewriteArea.remove() }
         for name in try repository.indexSegmentNames() {
             let path = "\(repository.indexDirectory)/\(name)"
             let segment = try IndexSegments.open(path)
@@ -270,7 +272,7 @@ public struct GarbageCollector {
             }
             // The entries outside condemned packs, merged (streaming) into a new version 3
             // segment, read back, then renamed into place.
-            let temporary = "\(repository.temporaryDirectory)/\(FileSystem.uniqueTemporaryName(for: name))"
+            let temporary = rewriteArea.path(name)
             let kept = try SegmentMerge.merge([segment], to: temporary, dropping: condemned)
             if kept.entries > 0 {
                 newSegmentBytes += try FileSystem.status(temporary).size

@@ -1,6 +1,6 @@
-/// The repository's chunk size: a power of two from 64 KiB to 16 MiB.
+/// The repository's chunk size: a power of two from 16 KiB to 16 MiB.
 public struct ChunkSize: Sendable, Equatable, Codable, CustomStringConvertible {
-    public static let minimumBytes = 64 << 10
+    public static let minimumBytes = 16 << 10
     public static let maximumBytes = 16 << 20
     /// Chosen by measurement: docs/DESIGN.md, "Choosing the chunk size".
     public static let `default` = ChunkSize(uncheckedBytes: 64 << 10)
@@ -12,7 +12,7 @@ public struct ChunkSize: Sendable, Equatable, Codable, CustomStringConvertible {
     public init(bytes: Int) throws(ParameterError) {
         guard bytes >= Self.minimumBytes, bytes <= Self.maximumBytes, bytes & (bytes - 1) == 0 else {
             throw ParameterError(code: "InvalidParameter.ChunkSize",
-                                 "chunk size \(bytes) bytes is not a power of two from 64 KiB to 16 MiB")
+                                 "chunk size \(bytes) bytes is not a power of two from 16 KiB to 16 MiB")
         }
         self.bytes = bytes
     }

@@ -14,7 +14,10 @@ public final class Qcow2Image: Sendable {
     let l1: [UInt64]
     let backing: Backing?
     private let l2Cache = Mutex<[UInt64: [UInt64]]>([:])
-    static let l2CacheLimit = 256
+    /// L2 tables kept: 4 MiB of them (at least 4), whatever the cluster size. Reads are
+    /// sequential (a snapshot, a diff), so this covers 32 GiB of guest disk at 64 KiB clusters;
+    /// a count of tables would hold 512 MiB at 2 MiB clusters.
+    var l2CacheLimit: Int { max(4, (4 << 20) / Int(header.clusterSize)) }
     public static let maximumChainDepth = 16
 
     enum Backing: Sendable {
@@ -142,7 +145,7 @@ public final class Qcow2Image: Sendable {
         var r = BigEndianReader(bytes: bytes, file: path)
         let table = try (0..<Int(header.clusterSize / 8)).map { _ in try r.u64() }
         l2Cache.withLock { cache in
-            if cache.count >= Self.l2CacheLimit { cache.removeAll(keepingCapacity: true) }
+            if cache.count >= l2CacheLimit { cache.removeAll(keepingCapacity: true) }
             cache[offset] = table
         }
         return table

@@ -81,7 +81,7 @@ public final class ChunkWriter: Sendable {
     func closed(id: PackID, entries: [PackEntry], storedBytes: UInt64) throws {
         closedPacks.withLock { $0.append(ClosedPack(id: id, chunks: UInt64(entries.count), storedBytes: storedBytes)) }
         try runs.add(pack: id, entries: entries) { spilled in
-            for digest in spilled { _ = shard(digest).claimed.withLock { $0.remove(digest) } }
+            for e in spilled { _ = shard(e.digest).claimed.withLock { $0.remove(e.digest) } }
         }
     }
 

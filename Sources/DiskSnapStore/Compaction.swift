@@ -10,6 +10,7 @@ import DiskSnapFormat
 /// merged: the first compaction rewrites them as version 3.
 public enum CompactionPolicy {
     public static let maximumSegments = 8
+    static let maximumEntries = SortedSegmentFormat.maximumEntries
 
     /// Indices into `sizes` (entry counts) to merge into one; empty when nothing is due.
     public static func plan(sizes: [UInt64], legacy: [Bool], limit: Int = maximumSegments) -> [Int] {
@@ -19,11 +20,12 @@ public enum CompactionPolicy {
         if sizes.count > limit {
             var k = sizes.count - limit + 1
             var merged = order[..<k].reduce(UInt64(0)) { $0 + sizes[$1] }
-            while k < order.count && sizes[order[k]] <= merged {
+            while k < order.count && sizes[order[k]] <= merged && merged + sizes[order[k]] <= maximumEntries {
                 merged += sizes[order[k]]
                 k += 1
             }
-            chosen = Array(order[..<k])
+            // A segment holds at most 2^28 entries: past that, more segments (slower lookups).
+            chosen = merged <= maximumEntries ? Array(order[..<k]) : []
         }
         let old = sizes.indices.filter { legacy[$0] && !chosen.contains($0) }
         return (chosen + old).sorted()
@@ -52,7 +54,10 @@ public enum IndexCompactor {
         let plan = CompactionPolicy.plan(sizes: segments.map(\.entryCount), legacy: segments.map { $0 is LegacySegment }, limit: limit)
         guard !plan.isEmpty else { return CompactionResult() }
         let inputs = plan.map { segments[$0] }
-        let temporary = "\(repository.temporaryDirectory)/\(FileSystem.uniqueTemporaryName(for: "compacted.idx"))"
+        // In a work area: a crash leaves it to the next writer, which removes it (its lock is free).
+        let area = try TemporaryArea(repository: repository)
+        defer { area.remove() }
+        let temporary = area.path("compacted.idx")
         let merged = try SegmentMerge.merge(inputs, to: temporary)
         do {
             if merged.entries > 0 {

@@ -44,9 +44,9 @@ public final class SpilledRuns: Sendable {
         return false
     }
 
-    /// Adds one pack's entries; when enough wait, spills them and calls `spilled` with their
-    /// digests once the run is visible to `contains`.
-    public func add(pack: PackID, entries: [PackEntry], spilled: ([ChunkDigest]) -> Void = { _ in }) throws {
+    /// Adds one pack's entries; when enough wait, spills them and calls `spilled` with the
+    /// spilled entries once their run is visible to `contains`.
+    public func add(pack: PackID, entries: [PackEntry], spilled: ([ChunkIndexFormat.Entry]) -> Void = { _ in }) throws {
         let full = state.withLock { state -> Bool in
             let ordinal = UInt32(state.pendingPacks.count)
             state.pendingPacks.append(pack)
@@ -67,10 +67,10 @@ public final class SpilledRuns: Sendable {
         return area.path("run-\(number).idx")
     }
 
-    /// Writes the waiting entries as one sorted run.
-    private func spill(_ spilled: ([ChunkDigest]) -> Void) throws {
+    /// Writes the waiting entries as one sorted run (sorted in place: the only copy in memory).
+    private func spill(_ spilled: ([ChunkIndexFormat.Entry]) -> Void) throws {
         try writing.withLock { _ in
-            let (entries, packs) = state.withLock { state in
+            var (entries, packs) = state.withLock { state in
                 defer {
                     state.pending = []
                     state.pendingPacks = []
@@ -78,18 +78,17 @@ public final class SpilledRuns: Sendable {
                 return (state.pending, state.pendingPacks)
             }
             guard !entries.isEmpty else { return }
-            // Stable: of two copies of a digest, the first added stays first.
-            let sorted = entries.enumerated().sorted { ($0.element.digest, $0.offset) < ($1.element.digest, $1.offset) }.map(\.element)
+            entries.sort { $0.digest < $1.digest }
             let path = nextPath()
-            let writer = try SortedSegmentWriter(path: path, packs: packs, entryCount: UInt64(sorted.count), sync: false)
-            for e in sorted { try writer.append(e) }
+            let writer = try SortedSegmentWriter(path: path, packs: packs, entryCount: UInt64(entries.count), sync: false)
+            for e in entries { try writer.append(e) }
             try writer.finish()
             let run = try SortedSegment(path: path)
             state.withLock { state in
                 state.runs.append(run)
-                for e in sorted { state.filter.insert(e.digest) }
+                for e in entries { state.filter.insert(e.digest) }
             }
-            spilled(sorted.map(\.digest))
+            spilled(entries)
             try mergeFullTier()
         }
     }

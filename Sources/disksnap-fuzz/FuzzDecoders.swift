@@ -8,6 +8,7 @@
 import DiskSnapFormat
 import DiskSnapSys
 import DiskSnapQcow2
+import DiskSnapStore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,7 +23,24 @@ enum FuzzDecoders {
         ("gc state", { _ = try GCState.decode($0, file: "gc.json") }),
         ("disk record", { _ = try DiskRecord.decode($0, file: "disk.json") }),
         ("qcow2 image", decodeQcow2),
+        ("chunk index segment file", decodeSegmentFile),
     ]
+
+    /// A whole segment file of any version, as `ChunkLocator` and `check` read it: opened,
+    /// looked up (its own first digests and one it cannot hold), streamed, Bloom verified.
+    static func decodeSegmentFile(_ bytes: [UInt8]) throws {
+        let path = "/dev/shm/disksnap-fuzz-\(getpid()).idx"
+        let file = try OpenFile(path: path, mode: [.writeOnly, .create, .truncate])
+        try file.write(bytes, at: 0)
+        defer { unlink(path) }
+        let segment = try IndexSegments.open(path)
+        var seen: [ChunkDigest] = []
+        try segment.forEach { if seen.count < 4 { seen.append($0.digest) } }
+        for digest in seen + [ChunkDigest.zero] where try segment.mayContain(digest) {
+            _ = try segment.copies(of: digest)
+        }
+        try (segment as? SortedSegment)?.verifyBloom()
+    }
 
     /// A whole qcow2 file: header, extensions, L1 and L2 tables (through `dataRanges`), and
     /// guest reads at both ends. Written to a file first (the reader takes a path); inputs

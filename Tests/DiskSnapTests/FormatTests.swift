@@ -138,7 +138,7 @@ import Testing
         #expect(try ChunkSize(parsing: text).bytes == bytes)
     }
 
-    @Test(arguments: ["32K", "96K", "32M", "0", "-64K", "abc", "", "64Q"])
+    @Test(arguments: ["8K", "96K", "32M", "0", "-64K", "abc", "", "64Q"])
     func badChunkSizes(text: String) {
         #expect(throws: ParameterError.self) { try ChunkSize(parsing: text) }
     }
