@@ -229,6 +229,7 @@ public final class PackBuilder {
         let file = try OpenFile(path: path, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
         fill = 0
         current = OpenPack(id: id, writer: DirectWriter(file: file), size: 0)
+        current!.entries.reserveCapacity(1024)
         try stage(PackFormat.encodeHeader())
     }
 

@@ -9,7 +9,8 @@ import DiskSnapFormat
 /// `merge` combines everything into one segment. A Bloom filter of every spilled digest answers
 /// "absent" without reading a run. Thread-safe.
 public final class SpilledRuns: Sendable {
-    public static let spillEntries = 1 << 16
+    /// Entries waiting in memory before a spill (2 MiB; one pack more may join before it).
+    public static let spillEntries = 1 << 15
     static let runsPerTier = 8
     /// The filter is sized for at most this many (past it, more false positives: a run page
     /// read, never a wrong answer).
@@ -48,6 +49,8 @@ public final class SpilledRuns: Sendable {
     /// spilled entries once their run is visible to `contains`.
     public func add(pack: PackID, entries: [PackEntry], spilled: ([ChunkIndexFormat.Entry]) -> Void = { _ in }) throws {
         let full = state.withLock { state -> Bool in
+            // Reserved once per spill: growing by doubling would hold the old and new buffers.
+            if state.pending.isEmpty { state.pending.reserveCapacity(Self.spillEntries + PackFormat.maximumEntriesPerPack) }
             let ordinal = UInt32(state.pendingPacks.count)
             state.pendingPacks.append(pack)
             for e in entries {

@@ -131,14 +131,14 @@ import DiskSnapStore
         defer { area.remove() }
         let runs = SpilledRuns(area: area, expectedEntries: 200_000)
         var spilled = 0
-        let perPack = 5000, packCount = 30  // 150 000 entries: two spills, then the rest at merge
+        let perPack = 5000, packCount = 30  // 150 000 entries: spills every 7 packs (35 000), the rest at merge
         for k in 0..<packCount {
             let entries = (0..<perPack).map { i in
                 PackEntry(digest: digest(k * perPack + i), offset: UInt64(16 + i * 100), storedLength: 100, rawLength: 65536, encoding: .zstd)
             }
             try runs.add(pack: PackID.generate(), entries: entries) { spilled += $0.count }
         }
-        #expect(spilled == 140_000, "entries past the memory limit are spilled (twice 14 packs of 5000)")
+        #expect(spilled == 140_000, "entries past the memory limit are spilled (four times 7 packs of 5000)")
         for i in stride(from: 0, to: spilled, by: 997) { #expect(try runs.contains(digest(i))) }
         #expect(try !runs.contains(digest(10_000_000)))
         let result = try runs.merge(to: "\(directory)/runs.idx")
