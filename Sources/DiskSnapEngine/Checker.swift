@@ -94,10 +94,7 @@ public struct Checker {
             if own == expected { continue }
             var matched: UInt64 = 0
             for t in toc {
-                for copy in try index.copies(of: t.digest) where copy.pack == id {
-                    let e = copy.entry
-                    if e.offset == t.offset && e.storedLength == t.storedLength && e.blockOffset == t.blockOffset { matched += 1 }
-                }
+                for copy in try index.copies(of: t.digest) where copy.pack == id && Self.samePlace(copy.entry, t) { matched += 1 }
             }
             if matched != expected.count { suspects[id] = toc }
         }
@@ -213,13 +210,18 @@ public struct Checker {
                 return
             }
             if let candidates = toc[e.digest] {
-                if !candidates.contains(where: { $0.offset == e.offset && $0.storedLength == e.storedLength && $0.blockOffset == e.blockOffset }) {
+                if !candidates.contains(where: { Self.samePlace(e, $0) }) {
                     bad[e.digest] = "chunk \(e.digest): index and pack \(id) disagree on its place"
                 }
             } else {
                 bad[e.digest] = "chunk \(e.digest) is not in pack \(id) where the index puts it"
             }
         }
+    }
+
+    /// An index entry and a pack's table-of-contents entry put the chunk at the same place.
+    static func samePlace(_ e: ChunkIndexFormat.Entry, _ t: PackEntry) -> Bool {
+        e.offset == t.offset && e.storedLength == t.storedLength && e.blockOffset == t.blockOffset
     }
 
     /// The packs that hold the chunks of `snapshot` (by the index's first copy).

@@ -50,7 +50,8 @@ public final class SortedSegment: IndexSegment {
     public let packs: [PackID]
     private let fanout: [UInt32]
     private let file: OpenFile
-    static let pagesPerRead = 64
+    /// Pages a stream (cursor, `forEach`) reads at once: 64 KiB per input of a k-way merge.
+    static let pagesPerRead = 16
 
     public var entryCount: UInt64 { header.entryCount }
     public var storedBytes: UInt64 { header.storedBytes }
@@ -158,33 +159,14 @@ public final class SortedSegment: IndexSegment {
     }
 
     public func forEach(_ body: (ChunkIndexFormat.Entry) throws -> Void) throws {
-        let perPage = SortedSegmentFormat.entriesPerPage
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.pagesPerRead * SortedSegmentFormat.pageSize, alignment: 64)
-        defer { buffer.deallocate() }
-        var page: UInt64 = 0, index: UInt64 = 0
-        var previous = ChunkDigest.zero
-        var bucket = 0
-        while page < header.pageCount {
-            let count = Int(min(UInt64(Self.pagesPerRead), header.pageCount - page))
-            try readPages(page, count: count, into: buffer)
-            let raw = UnsafeRawBufferPointer(buffer)
-            for p in 0..<count {
-                for slot in 0..<perPage where index < header.entryCount {
-                    let at = p * SortedSegmentFormat.pageSize + SortedSegmentFormat.slotOffset(slot)
-                    let entry = try SortedSegmentFormat.entry(in: raw, at: at, header: header, file: path)
-                    try checkOrder(entry, index: index, previous: previous, bucket: &bucket)
-                    previous = entry.digest
-                    index += 1
-                    try body(entry)
-                }
-            }
-            page += UInt64(count)
-        }
+        let entries = cursor()
+        while let e = try entries.next() { try body(e) }
     }
 
     public func cursor() -> any SegmentCursor { SortedCursor(self) }
 
-    /// Pulls entries a batch of pages at a time, checked as `forEach` checks them.
+    /// Pulls entries a batch of pages at a time: every page verified, every entry checked for
+    /// order and fanout bucket.
     final class SortedCursor: SegmentCursor {
         let segment: SortedSegment
         var batch: [ChunkIndexFormat.Entry] = []
@@ -207,7 +189,7 @@ public final class SortedSegment: IndexSegment {
         private func refill() throws -> Bool {
             let header = segment.header
             guard page < header.pageCount else { return false }
-            let count = Int(min(UInt64(SortedSegment.pagesPerRead / 4), header.pageCount - page))
+            let count = Int(min(UInt64(SortedSegment.pagesPerRead), header.pageCount - page))
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count * SortedSegmentFormat.pageSize, alignment: 64)
             defer { buffer.deallocate() }
             try segment.readPages(page, count: count, into: buffer)
