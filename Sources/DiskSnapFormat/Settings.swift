@@ -3,7 +3,7 @@ public struct ChunkSize: Sendable, Equatable, Codable, CustomStringConvertible {
     public static let minimumBytes = 16 << 10
     public static let maximumBytes = 16 << 20
     /// Chosen by measurement: docs/DESIGN.md, "Choosing the chunk size".
-    public static let `default` = ChunkSize(uncheckedBytes: 64 << 10)
+    public static let `default` = ChunkSize(uncheckedBytes: 32 << 10)
 
     public let bytes: Int
 

@@ -8,12 +8,10 @@ import DiskSnapFormat
 /// of its own through a `PackBuilder`, so appending takes no lock.
 ///
 /// Memory is bounded whatever the number of new chunks: a claimed digest stays in the claim
-/// set only until its pack is closed and its entries are spilled, sorted, to a run file in
-/// the work area (at most `spillEntries` entries wait in memory). Runs are found through a
-/// Bloom filter of every spilled digest and the runs' own sorted pages, so a chunk seen
-/// twice in one snapshot is stored once however far apart; runs of one size class are merged
-/// as they accumulate (at most `runsPerTier` each), and `finish` merges the rest into the
-/// published segment.
+/// set only until its pack is closed and its entries are spilled, sorted, as a run in the work
+/// area (`SpilledRuns`). A chunk seen twice in one snapshot is stored once however far apart
+/// the two are: the second finds the first in the claim set or in a run. `finish` merges the
+/// runs into the published segment.
 ///
 /// Write order (docs/DESIGN.md): pack fsync -> rename into packs/ -> fsync packs/ ->
 /// index segment published. Until the segment exists no one else knows the chunks.

@@ -7,6 +7,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("DISKSNAP_BIN", os.path.join(ROOT, ".build", "debug", "disksnap"))
+# The chunk size of a repository made with the defaults (docs/DESIGN.md, "Choosing the chunk size").
+CHUNK = 32 << 10
 
 
 class Result:

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import partition_bytes, sha256
+from conftest import CHUNK, partition_bytes, sha256
 
 
 def qemu_img(*args):
@@ -168,7 +168,7 @@ def test_probe_and_diff_on_qcow2(ds, test_disk, tmp_path):
     snap = ds.create(image, "before")
     subprocess.run(["qemu-io", "-c", "write -P 0x77 2M 4k", str(image)], check=True, capture_output=True)
     d = ds.run("diff", snap, image, "--json").json()
-    assert [[r["Start"], r["End"]] for r in d["Ranges"]] == [[2 << 20, (2 << 20) + (64 << 10)]]
+    assert [[r["Start"], r["End"]] for r in d["Ranges"]] == [[2 << 20, (2 << 20) + CHUNK]]
     assert d["Ranges"][0]["Partitions"] == [1]
     after = ds.create(image, "after")
     assert ds.run("diff", snap, after, "--json").json()["ChangedChunks"] == 1

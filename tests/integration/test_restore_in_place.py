@@ -5,9 +5,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, Loop, chunk_list, e2fsck_partition, partition_bytes, sha256
-
-CHUNK = 64 << 10
+from conftest import BIN, CHUNK, Loop, chunk_list, e2fsck_partition, partition_bytes, sha256
 
 
 def differing_chunks(a, b, chunk=CHUNK):

@@ -272,18 +272,18 @@ def test_mount_ends_cleanly_on_ctrl_c(ds, test_disk, tmp_path):
 
 
 def test_export_reports_zero_chunks_with_block_status(ds, test_disk, tmp_path):
-    from conftest import chunk_list
+    from conftest import CHUNK, chunk_list
     snap = ds.create(test_disk["v1"], "mapped")
     sock = tmp_path / "nbd.sock"
-    chunks = chunk_list(test_disk["v1"], 64 << 10)
+    chunks = chunk_list(test_disk["v1"], CHUNK)
     expected = []  # merged [start, length, zero]
     for i, digest in enumerate(chunks):
         zero = digest is None
-        length = min(64 << 10, test_disk["disk_size"] - i * (64 << 10))
+        length = min(CHUNK, test_disk["disk_size"] - i * CHUNK)
         if expected and expected[-1][2] == zero:
             expected[-1][1] += length
         else:
-            expected.append([i * (64 << 10), length, zero])
+            expected.append([i * CHUNK, length, zero])
     with Server(ds.repo, "export", snap, "--socket", sock) as server:
         mapped = json.loads(subprocess.run(["nbdinfo", "--map", "--json", unix_url(sock)], check=True,
                                            capture_output=True, text=True).stdout)
