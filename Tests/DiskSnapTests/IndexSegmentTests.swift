@@ -171,4 +171,29 @@ import DiskSnapStore
         #expect(sizes.reduce(0, +) == 2000 * 64)
         #expect(written < 2000 * 64 * 12, "each entry rewritten about log(N) times, not N: \(Double(written) / (2000 * 64))")
     }
+
+    @Test func anOldStoreIsReadThenRewrittenByCompaction() throws {
+        // A repository index as an earlier disksnap left it: a version 2 segment (unsorted),
+        // beside a version 3 one.
+        let repository = try Repository.initialize(at: "\(directory)/old", config: RepositoryConfig(chunkSize: .default, compression: .default))
+        let packs = [PackID.generate(), PackID.generate()]
+        let old = (0..<700).reversed().map { entry(digest($0), pack: 0, $0) }
+        try repository.publish(ChunkIndexFormat.encode(.init(packs: [packs[0]], entries: old)), to: "\(repository.indexDirectory)/a.idx")
+        _ = try write("new.idx", packs: [packs[1]], (700..<900).map { entry(digest($0), pack: 0, $0) })
+        try FileSystem.rename("\(directory)/new.idx", to: "\(repository.indexDirectory)/b.idx")
+        let before = try ChunkLocator.open(repository)
+        #expect(before.hasLegacySegments && before.entryCount == 900)
+        #expect(try before.location(of: digest(5)).map { before.packs[Int($0.pack)] } == packs[0])
+        #expect(try before.location(of: digest(800)).map { before.packs[Int($0.pack)] } == packs[1])
+        // Below the segment limit, the legacy segment alone is rewritten.
+        let result = try IndexCompactor.compact(repository)
+        #expect(result.segmentsMerged == 1 && result.entries == 700)
+        let after = try ChunkLocator.open(repository)
+        #expect(!after.hasLegacySegments && after.segmentCount == 2 && after.entryCount == 900)
+        for i in stride(from: 0, to: 900, by: 7) {
+            let location = try #require(try after.location(of: digest(i)))
+            #expect(after.packs[Int(location.pack)] == packs[i < 700 ? 0 : 1] && location.offset == UInt64(16 + i * 100))
+        }
+        #expect(try IndexCompactor.compact(repository).segmentsMerged == 0, "nothing more is due")
+    }
 }
