@@ -53,7 +53,7 @@ public struct GarbageCollector {
         let repositoryLock = try repository.lock(.shared, for: "gc")
         defer { withExtendedLifetime(repositoryLock) {} }
         guard let gcLock = try repository.tryLock(name: "gc") else {
-            throw EngineError(code: "Repository.GCRunning", "another gc is running on \(repository.root)", exitStatus: .busy)
+            throw EngineError(code: "Repository.GCRunning", "another gc, or the index compaction that ends a create, is running on \(repository.root); try again", exitStatus: .busy)
         }
         defer { withExtendedLifetime(gcLock) {} }
         let clock = Progress(label: "gc", total: 0, visible: false)
