@@ -44,7 +44,8 @@ public struct Checker {
         }
 
         // 1. Index segments, each read through once (pages, order, fanout, Bloom filter),
-        //    counting the entries that name each pack. Memory: one batch of pages.
+        //    with the count and sum of places of the entries that name each pack. Memory: one
+        //    batch of pages and a `PlaceSum` per pack.
         var segments: [any IndexSegment] = []
         var named: [PackID: PlaceSum] = [:]
         for name in try repository.indexSegmentNames().sorted() {
