@@ -277,10 +277,7 @@ public struct GarbageCollector {
             if kept.entries > 0 {
                 newSegmentBytes += try FileSystem.status(temporary).size
                 named.formUnion(segment.packs.filter { !condemned.contains($0) })
-                try FileSystem.rename(temporary, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
-                try FileSystem.syncDirectory(repository.indexDirectory)
-            } else {
-                try FileSystem.removeIfExists(temporary)
+                try repository.publishSegment(temporary)
             }
             replacedBytes += try FileSystem.status(path).size
             try FileSystem.remove(path)

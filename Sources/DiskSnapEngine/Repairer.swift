@@ -74,10 +74,7 @@ public struct Repairer {
 
         // 2. The rebuilt index replaces every segment.
         let old = try repository.indexSegmentNames()
-        if merged.entries > 0 {
-            try FileSystem.rename(rebuilt, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
-            try FileSystem.syncDirectory(repository.indexDirectory)
-        }
+        if merged.entries > 0 { try repository.publishSegment(rebuilt) }
         for name in old { try FileSystem.removeIfExists("\(repository.indexDirectory)/\(name)") }
         try FileSystem.syncDirectory(repository.indexDirectory)
         result.segmentsReplaced = old.count

@@ -86,7 +86,6 @@ public final class ChunkLocator: Sendable {
     }
 
     public var segmentCount: Int { segments.count }
-    public var segmentPaths: [String] { segments.map(\.path) }
     /// Entries of all segments (a chunk two writers stored is counted twice until compaction).
     public var entryCount: UInt64 { segments.reduce(0) { $0 + $1.entryCount } }
     public var storedBytes: UInt64 { segments.reduce(0) { $0 + $1.storedBytes } }

@@ -101,8 +101,7 @@ public final class ChunkWriter: Sendable {
         try FileSystem.syncDirectory(repository.packsDirectory)
         let merged = area.path("segment.idx")
         _ = try runs.merge(to: merged)
-        try FileSystem.rename(merged, to: "\(repository.indexDirectory)/\(packs[0].id.hex).idx")
-        try FileSystem.syncDirectory(repository.indexDirectory)
+        try repository.publishSegment(merged, name: packs[0].id.hex)
         closedPacks.withLock { $0 = [] }
         return summary
     }

@@ -54,22 +54,13 @@ public enum IndexCompactor {
         let plan = CompactionPolicy.plan(sizes: segments.map(\.entryCount), legacy: segments.map { $0 is LegacySegment }, limit: limit)
         guard !plan.isEmpty else { return CompactionResult() }
         let inputs = plan.map { segments[$0] }
-        // In a work area: a crash leaves it to the next writer, which removes it (its lock is free).
+        // In a work area: removed on every path, and after a crash by the next writer (its lock
+        // is free), with a merged segment that was not published.
         let area = try TemporaryArea(repository: repository)
         defer { area.remove() }
         let temporary = area.path("compacted.idx")
         let merged = try SegmentMerge.merge(inputs, to: temporary)
-        do {
-            if merged.entries > 0 {
-                try FileSystem.rename(temporary, to: "\(repository.indexDirectory)/\(PackID.generate().hex).idx")
-            } else {
-                try FileSystem.removeIfExists(temporary)
-            }
-            try FileSystem.syncDirectory(repository.indexDirectory)
-        } catch {
-            try? FileSystem.removeIfExists(temporary)
-            throw error
-        }
+        if merged.entries > 0 { try repository.publishSegment(temporary) }
         for input in inputs { try FileSystem.removeIfExists(input.path) }
         try FileSystem.syncDirectory(repository.indexDirectory)
         return CompactionResult(segmentsMerged: inputs.count, entries: merged.entries)

@@ -153,6 +153,13 @@ public final class Repository: Sendable {
         }
     }
 
+    /// Publishes a finished, fsynced segment file (a work-area file on this filesystem) in
+    /// `index/`: renamed, then the directory fsynced. `name` defaults to a fresh random one.
+    public func publishSegment(_ path: String, name: String = PackID.generate().hex) throws {
+        try FileSystem.rename(path, to: "\(indexDirectory)/\(name).idx")
+        try FileSystem.syncDirectory(indexDirectory)
+    }
+
     public func indexSegmentNames() throws -> [String] {
         try FileSystem.listDirectory(indexDirectory).filter { $0.hasSuffix(".idx") }
     }
