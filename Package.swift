@@ -13,7 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
-        // C: the only place that sees libzstd, libblkid, zlib, libfuse3, ioctls and Linux-only constants.
+        // C: the only place that sees libzstd, libblkid, zlib, libfuse3, libnbd, ioctls and Linux-only constants.
         .target(name: "CShim", path: "Sources/CShim"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
@@ -24,10 +24,14 @@ let package = Package(
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
         .target(name: "CFuseGlue", dependencies: ["CFuse"], path: "Sources/CFuseGlue"),
+        .systemLibrary(name: "CNBD", path: "Sources/CNBD", pkgConfig: "libnbd",
+                       providers: [.apt(["libnbd-dev"])]),
         // Swift face of the operating system and the C libraries.
-        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue"]),
+        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD"]),
         // qcow2 images as the guest sees them: header, L1/L2 tables, backing chains, writer.
         .target(name: "DiskSnapQcow2", dependencies: ["DiskSnapSys"]),
+        // A running QEMU: QMP, its block graph, point-in-time views and dirty bitmaps.
+        .target(name: "DiskSnapQemu", dependencies: ["DiskSnapSys"]),
         // On-disk formats: byte layouts, digests, versioned records.
         .target(name: "DiskSnapFormat", dependencies: [
             "DiskSnapSys", .product(name: "Crypto", package: "swift-crypto"),
@@ -38,7 +42,7 @@ let package = Package(
         .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapQcow2"]),
         // Snapshot, restore, check: the pipelines over every core.
         .target(name: "DiskSnapEngine", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2", "DiskSnapQemu",
         ]),
         // Serving a snapshot to other programs: NBD export, FUSE mount.
         .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),
@@ -51,7 +55,7 @@ let package = Package(
         // corpus in Tests/Fuzz (a plain build).
         .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore"], path: "Sources/disksnap-fuzz"),
         .testTarget(name: "DiskSnapTests", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu",
         ]),
     ],
     swiftLanguageModes: [.v6]

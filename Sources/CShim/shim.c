@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -105,3 +106,10 @@ int ds_is_all_zero(const void *buf, size_t length) {
 }
 
 uint64_t ds_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }
+
+int ds_socket_peer_pid(int fd) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0 || credentials.pid <= 0) return -1;
+    return credentials.pid;
+}

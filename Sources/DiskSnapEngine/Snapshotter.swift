@@ -5,6 +5,7 @@ import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapCatalog
 import DiskSnapQcow2
+import DiskSnapQemu
 
 /// What a caller asks of `create`.
 public struct CreateRequest: Sendable {
@@ -25,6 +26,8 @@ public struct CreateRequest: Sendable {
     public var force = false
     public var showProgress = false
     public var workers = Workers.defaultCount
+    /// Set for a disk a running QEMU has open: read its point-in-time view.
+    public var qemu: QemuTarget?
 
     public init(source: String, name: String) {
         self.source = source
@@ -39,6 +42,22 @@ public struct CreateRequest: Sendable {
     }
 }
 
+/// A running QEMU that has the disk open (docs/DESIGN.md, "Running VMs").
+public struct QemuTarget: Sendable {
+    /// Its QMP socket (`-qmp unix:PATH,server=on,wait=off`).
+    public var qmpSocket: String
+    /// The block node; nil: the node that has the image open.
+    public var node: String?
+    /// The Unix socket of an NBD server this QEMU already runs; nil: disksnap starts one.
+    public var nbdSocket: String?
+
+    public init(qmpSocket: String, node: String? = nil, nbdSocket: String? = nil) {
+        self.qmpSocket = qmpSocket
+        self.node = node
+        self.nbdSocket = nbdSocket
+    }
+}
+
 /// What `create` did: a new snapshot, or the one an earlier request with the same client
 /// token made.
 public struct CreateResult: Sendable {
@@ -48,6 +67,11 @@ public struct CreateResult: Sendable {
     /// held the index), and why it failed if it did: the snapshot stands either way.
     public var compaction = CompactionResult()
     public var compactionError: String?
+    /// What went wrong after the data was read, without making the snapshot wrong
+    /// (tearing down a QEMU view, removing a bitmap no longer needed).
+    public var warnings: [String] = []
+    /// Objects a killed run had left in QEMU, removed before the view was made.
+    public var removedStale: [String] = []
 }
 
 /// Takes a snapshot: the pipeline of docs/DESIGN.md ("Snapshot pipeline").
@@ -147,41 +171,89 @@ public struct Snapshotter {
 
         let area = try TemporaryArea(repository: repository)
         defer { area.remove() }
+        // The disk's latest accomplished snapshot: the fast path's reference, and the base
+        // of change tracking.
+        let previous = live.filter { $0.sourceDiskId == disk.diskId && $0.status == .accomplished && $0.chunkSize == record.chunkSize }
+            .max { $0.creationTime < $1.creationTime }
+        var view: PointInTimeView?
+        var source: Source?
+        var warnings: [String] = []
+        /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
+        /// read, a failure here is a warning, not a failed snapshot.
+        func closeView() {
+            source?.view?.close()
+            source = nil
+            do { try view?.close() } catch { warnings.append("tearing down the QEMU view: \(Self.describe(error))") }
+        }
         do {
-            let source = try Source.open(disk.path, format: request.format, allowBacking: request.allowBacking)
-            record.sourceKind = source.kind
-            if let image = source.qcow2 {
-                record.sourceFormat = SourceFormat.qcow2.rawValue
-                record.backingChain = image.backingChain.isEmpty ? nil : image.backingChain
-                if let live = image.liveUse() {
-                    guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) \(live); a snapshot of it would not be one point in time (shut the VM down, or pass --allow-live)") }
-                    record.crashConsistent = false
+            if let qemu = request.qemu {
+                var viewRequest = ViewRequest(qmpSocket: qemu.qmpSocket, imagePath: disk.path, snapshotID: id.rawValue,
+                                              repositoryID: repository.config.repositoryId,
+                                              chunkSize: UInt64(record.chunkSize), scratchDirectory: area.directory)
+                viewRequest.node = qemu.node
+                viewRequest.nbdSocket = qemu.nbdSocket
+                viewRequest.base = previous.map {
+                    TrackingBase(snapshotID: $0.snapshotId.rawValue, bitmap: $0.changeTracking?.bitmap,
+                                 granularity: $0.changeTracking?.granularity, diskSize: $0.sourceSize)
+                }
+                let made = try PointInTimeView.make(viewRequest)
+                view = made
+                source = try Source.open(view: made, path: disk.path)
+                record.consistencyMethod = made.method
+                record.sourceFormat = made.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
+                var tracking = ChangeTrackingRecord(node: made.node.name, bitmap: made.newBitmap, granularity: made.newBitmap == nil ? nil : made.granularity)
+                switch made.plan {
+                case .incremental: tracking.baseSnapshotId = previous?.snapshotId.rawValue
+                case .full(let reason): tracking.fullReadReason = reason
+                }
+                record.changeTracking = tracking
+            } else {
+                let opened = try Source.open(disk.path, format: request.format, allowBacking: request.allowBacking)
+                source = opened
+                if let image = opened.qcow2 {
+                    record.sourceFormat = SourceFormat.qcow2.rawValue
+                    record.backingChain = image.backingChain.isEmpty ? nil : image.backingChain
+                    if let live = image.liveUse() {
+                        guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) \(live); a snapshot of it would not be one point in time (pass --qmp with the socket of the QEMU that runs it, shut the VM down, or pass --allow-live)") }
+                        record.crashConsistent = false
+                    }
                 }
             }
-            record.sourceSize = source.size
-            record.chunkCount = FixedIndexHeader.chunkCount(diskSize: source.size, chunkSize: UInt32(record.chunkSize))
-            if !request.allowLive, let mount = source.writableMounts().first {
+            let opened = source!
+            record.sourceKind = opened.kind
+            record.sourceSize = opened.size
+            record.chunkCount = FixedIndexHeader.chunkCount(diskSize: opened.size, chunkSize: UInt32(record.chunkSize))
+            if !request.allowLive, let mount = opened.writableMounts().first {
                 throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
             }
-            // The disk's latest accomplished snapshot: the fast path's reference.
-            let previous = live.filter { $0.sourceDiskId == disk.diskId && $0.status == .accomplished && $0.chunkSize == record.chunkSize }
-                .max { $0.creationTime < $1.creationTime }
-            try run(source: source, request: request, record: &record, area: area, previous: previous)
+            try run(source: opened, request: request, record: &record, area: area, previous: previous)
+            closeView()
             record.status = .accomplished
             record.progress = "100%"
             record.completionTime = ISOTime.now()
             try catalog.save(record)
+            TestHooks.pause(at: "create-after-commit")
+            if let view {
+                // Committed: the previous snapshot's bitmap is of no more use.
+                do { try view.commit() } catch { warnings.append("removing the previous snapshot's bitmap (the next create removes it): \(Self.describe(error))") }
+            }
             var result = CreateResult(record: record, reused: false)
+            result.warnings = warnings
+            result.removedStale = view?.removedStale ?? []
             compactIndex(into: &result)
             return result
         } catch {
+            closeView()
+            view?.abandon()
             record.status = .failed
-            record.failureReason = (error as? any CodedError)?.description ?? "\(error)"
+            record.failureReason = Self.describe(error)
             record.completionTime = ISOTime.now()
             try? catalog.save(record)
             throw error
         }
     }
+
+    static func describe(_ error: any Error) -> String { (error as? any CodedError)?.description ?? "\(error)" }
 
     /// Keeps the index's segment count bounded (`CompactionPolicy`) once the snapshot is
     /// committed, unless a gc holds the index (it compacts at its end). A failure leaves the
@@ -210,15 +282,27 @@ public struct Snapshotter {
         let previousIndex = previous.flatMap { try? FixedIndexReader(path: repository.fixedIndexPath($0.snapshotId)) }
         let writer = ChunkWriter(repository: repository, store: index, area: area, expectedChunks: record.chunkCount)
         let fixed = try FixedIndexBuilder(path: area.path("index.fidx"), diskSize: source.size, chunkSize: UInt32(chunkSize))
-        let runs = WorkPlan.runs(dataRanges: source.dataRanges, chunkSize: chunkSize,
+        let counters = Counters()
+        var toRead = source.dataRanges
+        if let changed = source.changedRanges {
+            if let previousIndex, previousIndex.header.diskSize == source.size, previousIndex.header.chunkSize == UInt32(chunkSize) {
+                let extra = try Self.carryUnchanged(from: previousIndex, changed: changed, into: fixed, writer: writer,
+                                                     verify: !condemned.isEmpty, diskSize: source.size, counters: counters)
+                toRead = (changed + extra).sorted { $0.start < $1.start }.mergedAdjacent()
+                record.changeTracking?.changedBytes = changed.reduce(0) { $0 + $1.count }
+            } else {
+                record.changeTracking?.baseSnapshotId = nil
+                record.changeTracking?.fullReadReason = "the previous snapshot's fixed index does not verify (check reports it)"
+            }
+        }
+        let runs = WorkPlan.runs(dataRanges: toRead, chunkSize: chunkSize,
                                  maxChunks: UInt64(max(1, Self.runBytes / Int(chunkSize))))
         let totalToRead = runs.reduce(UInt64(0)) { $0 + min($1.end * chunkSize, source.size) - $1.first * chunkSize }
         let progress = Progress(label: "snapshot", total: totalToRead, visible: request.showProgress)
-        let counters = Counters()
         let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, previous: previousIndex, verifyPrevious: !condemned.isEmpty,
                                 runs: runs, chunkSize: chunkSize,
                                 compression: repository.config.compression, counters: counters, progress: progress,
-                                cache: source.kind == .file && source.qcow2 == nil ? PageCacheCourtesy(file: source.file) : nil)
+                                cache: source.kind == .file && source.qcow2 == nil && source.view == nil ? PageCacheCourtesy(file: source.file) : nil)
         // Progress is written into the record every 250 ms tick (one small atomic write), for
         // `list`/`show` in other processes.
         let catalog = Catalog(repository: repository)
@@ -253,6 +337,44 @@ public struct Snapshotter {
         record.bytesStoredNew = summary.bytesStored
         record.chunksStoredNew = summary.chunksStored
         record.chunksUnchanged = counters.sameAsPrevious.load(ordering: .relaxed)
+    }
+}
+
+extension Snapshotter {
+    /// Change tracking's incremental: every entry of the previous snapshot goes into the new
+    /// fixed index (those the changed ranges touch are overwritten when read). Returns the
+    /// chunks that must be read anyway: while a gc has condemned packs, a carried chunk that
+    /// the (filtered) index lacks may live only in a condemned pack.
+    static func carryUnchanged(from previous: FixedIndexReader, changed: [ByteRange], into fixed: FixedIndexBuilder,
+                               writer: ChunkWriter, verify: Bool, diskSize: UInt64, counters: Counters) throws -> [ByteRange] {
+        let chunkSize = UInt64(previous.header.chunkSize)
+        let dirty = ChangeTracking.dirtyChunks(changed.map { ($0.start, $0.count) }, chunkSize: chunkSize)
+        var next = 0
+        var extra: [ByteRange] = []
+        var first: UInt64 = 0
+        let count = previous.header.chunkCount
+        while first < count {
+            let batch = Int(min(UInt64(FixedIndexReader.entriesPerRead), count - first))
+            let entries = try previous.entries(first: first, count: batch)
+            for (i, digest) in entries.enumerated() where digest != .zero {
+                let chunk = first + UInt64(i)
+                while next < dirty.count, dirty[next].end <= chunk { next += 1 }
+                if next < dirty.count, dirty[next].first <= chunk { continue }
+                let start = chunk * chunkSize, end = min(start + chunkSize, diskSize)
+                if verify, try !writer.store.contains(digest) {
+                    extra.append(ByteRange(start: start, end: end))
+                    continue
+                }
+                counters.sameAsPrevious.wrappingAdd(1, ordering: .relaxed)
+                counters.nonZeroBytes.wrappingAdd(end - start, ordering: .relaxed)
+            }
+            var bytes = [UInt8]()
+            bytes.reserveCapacity(batch * ChunkDigest.byteCount)
+            for digest in entries { digest.withBytes { bytes += $0 } }
+            try bytes.withUnsafeBytes { try fixed.write(entries: $0, firstChunk: first) }
+            first += UInt64(batch)
+        }
+        return extra
     }
 }
 

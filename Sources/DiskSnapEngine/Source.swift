@@ -1,6 +1,8 @@
 import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapQcow2
+import DiskSnapQemu
+import Synchronization
 
 /// How a source file is read: its bytes, or a qcow2 image's guest disk.
 public enum SourceFormat: String, Sendable, CaseIterable {
@@ -19,10 +21,18 @@ struct Source {
     let dataRanges: [ByteRange]
     /// Set for a qcow2 image: reads go through its L1/L2 tables and backing chain.
     var qcow2: Qcow2Image? = nil
+    /// Set for a running QEMU's disk: reads go to its point-in-time view over NBD, and
+    /// `file` (the image QEMU writes) only names it.
+    var view: NBDReaders? = nil
+    /// For an incremental through change tracking: the ranges changed since the previous
+    /// snapshot (`dataRanges` still lists everything that may hold data).
+    var changedRanges: [ByteRange]? = nil
 
     /// Reads disk bytes (guest bytes for a qcow2 image).
     func readExactly(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        if let qcow2 {
+        if let view {
+            try view.read(into: buffer, at: offset)
+        } else if let qcow2 {
             try qcow2.read(into: buffer, at: offset)
         } else {
             try file.readExactly(into: buffer, at: offset)
@@ -58,6 +68,29 @@ struct Source {
         return Source(path: path, file: file, kind: .file, size: status.size, statusBefore: status, dataRanges: ranges)
     }
 
+    /// A running QEMU's disk through its point-in-time view: data ranges from the view's
+    /// `base:allocation`, and with change tracking the extents its dirty bitmap marks.
+    static func open(view: PointInTimeView, path: String) throws -> Source {
+        let first = try NBDClient(socketPath: view.socketPath, exportName: view.exportName,
+                                  metaContexts: [NBDClient.allocationContext] + (view.dirtyContext.map { [$0] } ?? []))
+        let allocation = try first.extents(context: NBDClient.allocationContext, offset: 0, length: first.size)
+        let data = allocation.filter { $0.flags & NBDClient.stateZero == 0 }.map { ByteRange(start: $0.offset, end: $0.end) }
+        var changed: [ByteRange]?
+        if let context = view.dirtyContext {
+            guard first.supports(context) else {
+                throw EngineError(code: "Qemu.CommandFailed", "the NBD export of \(path) offers no \(context) context", exitStatus: .ioError)
+            }
+            changed = try first.extents(context: context, offset: 0, length: first.size)
+                .filter { $0.flags & NBDClient.stateDirty != 0 }.map { ByteRange(start: $0.offset, end: $0.end) }
+        }
+        let file = try OpenFile(path: path)
+        var source = Source(path: path, file: file, kind: .file, size: first.size, statusBefore: try file.status(),
+                            dataRanges: data.mergedAdjacent())
+        source.view = NBDReaders(seed: first)
+        source.changedRanges = changed?.mergedAdjacent()
+        return source
+    }
+
     /// Mounts that make a point-in-time read impossible: the device mounted read-write.
     func writableMounts() -> [Mounts.Mount] {
         guard kind == .blockDevice else { return [] }
@@ -66,7 +99,7 @@ struct Source {
 
     /// Why the source is not the same file as when it was opened, or nil.
     func changeSinceOpen() throws -> String? {
-        guard kind == .file else { return nil }
+        guard kind == .file, view == nil else { return nil }
         let now = try file.status()
         if now.size != statusBefore.size { return "its size changed from \(statusBefore.size) to \(now.size) bytes" }
         if now.modificationTime != statusBefore.modificationTime { return "it was modified (mtime changed)" }
@@ -113,4 +146,44 @@ enum WorkPlan {
         }
         return runs
     }
+}
+
+extension Array where Element == ByteRange {
+    /// Adjacent or overlapping ranges joined (the input in order).
+    func mergedAdjacent() -> [ByteRange] {
+        var merged: [ByteRange] = []
+        for range in self where range.count > 0 {
+            if let last = merged.last, range.start <= last.end {
+                merged[merged.count - 1] = ByteRange(start: last.start, end: Swift.max(last.end, range.end))
+            } else {
+                merged.append(range)
+            }
+        }
+        return merged
+    }
+}
+
+/// NBD connections to one export, one per reader at a time (libnbd serializes calls on a
+/// connection): a reader takes an idle one or opens another.
+final class NBDReaders: Sendable {
+    let socketPath: String
+    let exportName: String
+    private let idle: Mutex<[NBDClient]>
+
+    /// `seed`: a connection already open to the export.
+    init(seed: NBDClient) {
+        socketPath = seed.socketPath
+        exportName = seed.exportName
+        idle = Mutex([seed])
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        let client = try idle.withLock { $0.popLast() } ?? NBDClient(socketPath: socketPath, exportName: exportName)
+        defer { idle.withLock { $0.append(client) } }
+        try client.read(into: buffer, at: offset)
+    }
+
+    /// Closes every idle connection (all of them once the readers are done): the view can
+    /// be torn down then.
+    func close() { idle.withLock { $0.removeAll() } }
 }

@@ -150,6 +150,14 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     public var automatic: Bool = false
     /// Percent of the source read, as the documents write it ("37%"); "100%" when done.
     public var progress: String = "0%"
+    /// How a point in time was had from a disk in use: `qemu-fleecing` (a running QEMU's
+    /// point-in-time view), `qemu-read-only` (QEMU has the image open read-only); absent:
+    /// the disk was read directly.
+    public var consistencyMethod: String?
+    /// True when the guest's filesystems were frozen by its agent around the instant.
+    public var guestFrozen: Bool?
+    /// Change tracking through QEMU's dirty bitmaps (docs/FORMAT.md, "Snapshot record").
+    public var changeTracking: ChangeTrackingRecord?
 
     public init(snapshotId: SnapshotID, snapshotName: String, description: String, sourcePath: String,
                 sourceKind: SourceKind, sourceSize: UInt64, chunkSize: Int) {
@@ -163,6 +171,29 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
         self.chunkSize = chunkSize
         self.chunkCount = FixedIndexHeader.chunkCount(diskSize: sourceSize, chunkSize: UInt32(chunkSize))
         self.creationTime = ISOTime.now()
+    }
+}
+
+/// What a snapshot taken through QEMU read, and what it left for the next one.
+public struct ChangeTrackingRecord: Codable, Sendable, Equatable {
+    /// The block node the view was made of.
+    public var node: String
+    /// The persistent dirty bitmap this snapshot left in the image, counting writes from
+    /// its instant on; nil when none could be (an image open read-only).
+    public var bitmap: String?
+    public var granularity: UInt64?
+    /// Set for an incremental: the snapshot whose bitmap said what changed; every chunk
+    /// outside the changed extents is that snapshot's.
+    public var baseSnapshotId: String?
+    /// Bytes the bitmap marked changed (rounded out to whole chunks when read).
+    public var changedBytes: UInt64?
+    /// Set for a full read: why the bitmap could not be used.
+    public var fullReadReason: String?
+
+    public init(node: String, bitmap: String?, granularity: UInt64?) {
+        self.node = node
+        self.bitmap = bitmap
+        self.granularity = granularity
     }
 }
 

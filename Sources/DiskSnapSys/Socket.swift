@@ -1,3 +1,4 @@
+import CShim
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,16 +20,7 @@ public final class Socket: Sendable {
     /// Listens on a Unix socket at `path`. An existing socket file is replaced only when no
     /// server answers on it (a server that was killed leaves its socket file behind).
     public static func listen(unixPath path: String) throws(SystemError) -> Socket {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw SystemError(errno: ENAMETOOLONG, operation: "bind", path: path)
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
+        var address = try unixAddress(path)
         if let status = try FileSystem.statusIfExists(path) {
             guard status.mode & UInt32(S_IFMT) == UInt32(S_IFSOCK) else {
                 throw SystemError(errno: EEXIST, operation: "bind (exists and is not a socket)", path: path)
@@ -54,6 +46,25 @@ public final class Socket: Sendable {
         guard rc == 0 else { throw SystemError.current("bind", path) }
         guard Glibc.listen(fd, 64) == 0 else { throw SystemError.current("listen", path) }
         return listener
+    }
+
+    /// Connects to the Unix socket at `path`.
+    public static func connect(unixPath path: String) throws(SystemError) -> Socket {
+        try connect(address: unixAddress(path), path: path)
+    }
+
+    private static func unixAddress(_ path: String) throws(SystemError) -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw SystemError(errno: ENAMETOOLONG, operation: "socket address", path: path)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return address
     }
 
     private static func connect(address: sockaddr_un, path: String) throws(SystemError) -> Socket {
@@ -130,6 +141,29 @@ public final class Socket: Sendable {
             }
         }
         return true
+    }
+
+    /// Reads what has arrived (at least one byte, waiting for it); 0 at end of stream. A
+    /// receive timeout that expires throws `ETIMEDOUT`.
+    public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+        while true {
+            let n = recv(descriptor, buffer.baseAddress!, buffer.count, 0)
+            if n >= 0 { return n }
+            if errno == EAGAIN || errno == EWOULDBLOCK { throw SystemError(errno: ETIMEDOUT, operation: "recv (no answer in time)", path: name) }
+            if errno != EINTR { throw SystemError.current("recv", name) }
+        }
+    }
+
+    /// Reads fail with `ETIMEDOUT` once `seconds` pass without a byte (0: wait forever).
+    public func setReceiveTimeout(seconds: Double) {
+        var time = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// The process at the other end of a Unix socket (SO_PEERCRED), nil if unknown.
+    public var peerProcessID: Int32? {
+        let pid = ds_socket_peer_pid(descriptor)
+        return pid > 0 ? pid : nil
     }
 
     /// Reads exactly `count` bytes; end of stream anywhere is an error.

@@ -26,6 +26,12 @@ struct Create: ParsableCommand {
     var noBacking = false
     @Flag(help: "Snapshot even when another disk now sits at the registered path.")
     var force = false
+    @Option(help: ArgumentHelp("The QMP socket of a running QEMU (or qemu-storage-daemon) that has the image open: read a point-in-time view of it, and with change tracking only what changed since the disk's previous snapshot.", valueName: "socket"))
+    var qmp: String?
+    @Option(help: ArgumentHelp("With --qmp: the block node (default: the node that has the image open).", valueName: "name"))
+    var node: String?
+    @Option(help: ArgumentHelp("With --qmp: the Unix socket of an NBD server the QEMU already runs (default: disksnap starts one, on a private socket).", valueName: "path"))
+    var nbdSocket: String?
     @Flag(help: "Print {\"SnapshotId\", \"RequestId\"} as JSON.")
     var json = false
 
@@ -44,10 +50,20 @@ struct Create: ParsableCommand {
                 request.format = parsed
             }
             request.allowBacking = !noBacking
+            if let qmp {
+                guard !allowLive, format == nil else {
+                    throw CatalogError.invalid("InvalidParameter.Qmp", "--qmp reads QEMU's point-in-time view of the disk as QEMU's node sees it: --allow-live and --format do not apply")
+                }
+                request.qemu = QemuTarget(qmpSocket: qmp, node: node, nbdSocket: nbdSocket)
+            } else if node != nil || nbdSocket != nil {
+                throw CatalogError.invalid("InvalidParameter.Qmp", "--node and --nbd-socket need --qmp")
+            }
             request.showProgress = Output.stderrIsTerminal
             let repository = try Repository.openOrInitialize(at: global.repositoryPath)
             let result = try Snapshotter(repository: repository).create(request)
             if let problem = result.compactionError { Output.warning("index compaction after the snapshot failed (the snapshot is complete): \(problem)") }
+            for stale in result.removedStale { Output.warning("removed \(stale), left in QEMU by a disksnap run that was killed") }
+            for warning in result.warnings { Output.warning("\(warning) (the snapshot is complete)") }
             if json {
                 Output.json(CreateResponse(snapshotId: result.record.snapshotId.rawValue, requestId: RandomUUID.generate()))
             } else {

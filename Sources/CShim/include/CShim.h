@@ -64,4 +64,7 @@ uint64_t ds_makedev(unsigned int major, unsigned int minor);
 /// 1 when every byte of buf[0..<length] is zero, else 0.
 int ds_is_all_zero(const void *buf, size_t length);
 
+/// The process id at the other end of a Unix socket (SO_PEERCRED); -1 when unknown.
+int ds_socket_peer_pid(int fd);
+
 #endif

@@ -1,0 +1,142 @@
+import Foundation
+import DiskSnapSys
+
+/// A JSON object as QMP sends it.
+public typealias QMPObject = [String: Any]
+
+/// A QEMU Machine Protocol connection (qemu `docs/interop/qmp-spec.txt`): a Unix stream
+/// socket carrying one JSON object per line. The server greets with `{"QMP": {...}}`; after
+/// `qmp_capabilities` each `{"execute", "arguments", "id"}` gets `{"return"}` or `{"error"}`
+/// with the same id, and `{"event"}` objects may arrive between them at any time.
+public final class QMPClient {
+    public struct Version: Comparable, CustomStringConvertible, Sendable {
+        public var major: Int, minor: Int, micro: Int
+        public init(_ major: Int, _ minor: Int, _ micro: Int) { (self.major, self.minor, self.micro) = (major, minor, micro) }
+        public static func < (a: Version, b: Version) -> Bool { (a.major, a.minor, a.micro) < (b.major, b.minor, b.micro) }
+        public var description: String { "\(major).\(minor).\(micro)" }
+    }
+
+    public let socketPath: String
+    public let version: Version
+    /// The QEMU process at the other end (SO_PEERCRED), when the kernel tells.
+    public let peerProcessID: Int32?
+    private let socket: Socket
+    private var buffer: [UInt8] = []
+    private var nextID = 1
+    /// Events received and not yet consumed by `waitForEvent`.
+    public private(set) var events: [QMPObject] = []
+
+    /// Connects, checks the greeting and leaves capabilities negotiation mode. `timeout`
+    /// bounds every wait for an answer: a silent socket is not QMP, a hung QEMU is reported.
+    public init(socketPath: String, timeout: Double = 60) throws(QemuError) {
+        self.socketPath = socketPath
+        guard let status = try? FileSystem.statusIfExists(socketPath) else {
+            throw QemuError.unreachable("QMP socket \(socketPath) does not exist")
+        }
+        guard status.mode & UInt32(S_IFMT) == UInt32(S_IFSOCK) else {
+            throw QemuError.unreachable("\(socketPath) is not a socket (start QEMU with -qmp unix:\(socketPath),server=on,wait=off)")
+        }
+        do {
+            socket = try Socket.connect(unixPath: socketPath)
+        } catch {
+            throw QemuError.unreachable("cannot connect to the QMP socket \(socketPath): \(error.message) (is QEMU running?)")
+        }
+        // A QMP server greets at once; a socket that stays silent is something else.
+        socket.setReceiveTimeout(seconds: min(timeout, 5))
+        peerProcessID = socket.peerProcessID
+        let greeting: QMPObject
+        do {
+            greeting = try Self.readObject(socket: socket, buffer: &buffer, path: socketPath)
+        } catch where error.code == "Qemu.Gone" {
+            throw QemuError.notQMP("\(socketPath) did not greet as a QMP server (\(error.message))")
+        }
+        guard let qmp = greeting["QMP"] as? QMPObject, let qemu = (qmp["version"] as? QMPObject)?["qemu"] as? QMPObject,
+              let major = qemu["major"] as? Int, let minor = qemu["minor"] as? Int, let micro = qemu["micro"] as? Int else {
+            throw QemuError.notQMP("\(socketPath) answered, but not with a QMP greeting")
+        }
+        version = Version(major, minor, micro)
+        socket.setReceiveTimeout(seconds: timeout)
+        _ = try execute("qmp_capabilities")
+    }
+
+    /// Runs `command` and returns its `return` value; a QMP error throws
+    /// `Qemu.CommandFailed` with QEMU's description.
+    @discardableResult
+    public func execute(_ command: String, _ arguments: QMPObject = [:]) throws(QemuError) -> Any {
+        let id = "disksnap-\(nextID)"
+        nextID += 1
+        var message: QMPObject = ["execute": command, "id": id]
+        if !arguments.isEmpty { message["arguments"] = arguments }
+        let data: Data
+        do {
+            data = try JSONSerialization.data(withJSONObject: message)
+        } catch {
+            throw QemuError("Qemu.CommandFailed", "\(command): its arguments are not JSON (\(error))", exitStatus: .internalError)
+        }
+        do {
+            try socket.write(Array(data) + [0x0A])
+        } catch {
+            throw QemuError.gone("QEMU at \(socketPath) went away (\(error.message)) before \(command)")
+        }
+        while true {
+            let reply = try Self.readObject(socket: socket, buffer: &buffer, path: socketPath)
+            if reply["event"] != nil {
+                events.append(reply)
+                continue
+            }
+            if let replyID = reply["id"] as? String, replyID != id { continue }
+            if let error = reply["error"] as? QMPObject {
+                throw QemuError.commandFailed(command, error["class"] as? String ?? "GenericError", error["desc"] as? String ?? "(no description)")
+            }
+            guard let value = reply["return"] else {
+                throw QemuError.notQMP("\(socketPath) answered \(command) with neither return nor error")
+            }
+            return value
+        }
+    }
+
+    /// Waits up to `timeout` seconds for an event named `name` for which `matches` holds
+    /// (those already received count), and removes it from `events`.
+    public func waitForEvent(_ name: String, timeout: Double, matching matches: (QMPObject) -> Bool = { _ in true }) throws(QemuError) -> QMPObject {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let i = events.firstIndex(where: { $0["event"] as? String == name && matches($0["data"] as? QMPObject ?? [:]) }) {
+                return events.remove(at: i)
+            }
+            guard Date() < deadline else { throw QemuError.gone("QEMU at \(socketPath) sent no \(name) event within \(Int(timeout)) s") }
+            // Polling with a cheap command also drains events that arrived meanwhile.
+            _ = try execute("query-status")
+            usleep(10_000)
+        }
+    }
+
+    /// Command names this QEMU accepts.
+    public func commands() throws(QemuError) -> Set<String> {
+        guard let list = try execute("query-commands") as? [QMPObject] else { throw QemuError.notQMP("query-commands answered with no list") }
+        return Set(list.compactMap { $0["name"] as? String })
+    }
+
+    private static func readObject(socket: Socket, buffer: inout [UInt8], path: String) throws(QemuError) -> QMPObject {
+        while true {
+            if let newline = buffer.firstIndex(of: 0x0A) {
+                let line = buffer[..<newline]
+                buffer.removeSubrange(...newline)
+                if line.allSatisfy({ $0 == 0x0D || $0 == 0x20 }) { continue }
+                guard let object = (try? JSONSerialization.jsonObject(with: Data(line))) as? QMPObject else {
+                    throw QemuError.notQMP("\(path) sent a line that is not a JSON object: \(String(decoding: line.prefix(80), as: UTF8.self))")
+                }
+                return object
+            }
+            guard buffer.count < 64 << 20 else { throw QemuError.notQMP("\(path) sent more than 64 MiB without a line break") }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let count: Int
+            do {
+                count = try chunk.withUnsafeMutableBytes { raw in try socket.readSome(into: raw) }
+            } catch {
+                throw QemuError.gone("QEMU at \(path) stopped answering: \((error as? any CodedError)?.message ?? "\(error)")")
+            }
+            guard count > 0 else { throw QemuError.gone("QEMU at \(path) closed the connection (did it exit?)") }
+            buffer += chunk[..<count]
+        }
+    }
+}

@@ -1,0 +1,142 @@
+import CNBD
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed NBD call, with libnbd's message.
+public struct NBDError: CodedError {
+    public let operation: String
+    public let detail: String
+    public let errno: Int32
+
+    public var code: String { "Source.ReadFailed" }
+    public var message: String { "NBD \(operation): \(detail)" }
+    public var exitStatus: ExitStatus { .ioError }
+
+    static func last(_ operation: String) -> NBDError {
+        NBDError(operation: operation, detail: nbd_get_error().map { String(cString: $0) } ?? "unknown error", errno: nbd_get_errno())
+    }
+}
+
+/// One extent of an NBD block-status reply: `[offset, offset + length)` has `flags`.
+public struct NBDExtent: Sendable, Equatable {
+    public var offset: UInt64
+    public var length: UInt64
+    public var flags: UInt32
+    public init(offset: UInt64, length: UInt64, flags: UInt32) {
+        self.offset = offset
+        self.length = length
+        self.flags = flags
+    }
+    public var end: UInt64 { offset + length }
+}
+
+/// A read-only NBD client connection through libnbd (docs/DESIGN.md, "Running VMs": why
+/// libnbd and not a client of our own). libnbd serializes calls on one handle, so readers
+/// that run in parallel each open their own connection.
+public final class NBDClient: @unchecked Sendable {
+    /// `base:allocation`: the holes and zeros of an export.
+    public static let allocationContext = "base:allocation"
+    public static let stateHole: UInt32 = 1
+    public static let stateZero: UInt32 = 2
+    /// In a `qemu:dirty-bitmap:` context: the range is dirty.
+    public static let stateDirty: UInt32 = 1
+
+    private let handle: OpaquePointer
+    public let socketPath: String
+    public let exportName: String
+    /// The export's size in bytes.
+    public let size: UInt64
+
+    /// Connects to `exportName` on the Unix socket `socketPath`, asking for `metaContexts`.
+    public init(socketPath: String, exportName: String, metaContexts: [String] = []) throws(NBDError) {
+        guard let handle = nbd_create() else { throw NBDError.last("create") }
+        self.handle = handle
+        self.socketPath = socketPath
+        self.exportName = exportName
+        for context in metaContexts where nbd_add_meta_context(handle, context) != 0 {
+            let error = NBDError.last("add_meta_context \(context)")
+            nbd_close(handle)
+            throw error
+        }
+        guard nbd_set_export_name(handle, exportName) == 0, nbd_connect_unix(handle, socketPath) == 0 else {
+            let error = NBDError.last("connect \(socketPath) export \(exportName)")
+            nbd_close(handle)
+            throw error
+        }
+        let size = nbd_get_size(handle)
+        guard size >= 0 else {
+            let error = NBDError.last("get_size")
+            nbd_close(handle)
+            throw error
+        }
+        self.size = UInt64(size)
+    }
+
+    deinit {
+        _ = nbd_shutdown(handle, 0)
+        nbd_close(handle)
+    }
+
+    /// Whether the server agreed to `context` at connect time.
+    public func supports(_ context: String) -> Bool { nbd_can_meta_context(handle, context) == 1 }
+
+    /// Fills `buffer` from `offset`; a short export or a server error throws.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(NBDError) {
+        // The NBD protocol caps one request at 32 MiB (qemu's server): larger reads go in parts.
+        let step = 32 << 20
+        var done = 0
+        while done < buffer.count {
+            let count = min(step, buffer.count - done)
+            guard nbd_pread(handle, buffer.baseAddress! + done, count, offset + UInt64(done), 0) == 0 else {
+                throw NBDError.last("pread \(count) bytes at \(offset + UInt64(done)) from \(socketPath)")
+            }
+            done += count
+        }
+    }
+
+    /// The extents of `context` over `[offset, offset + length)`, in order, covering it
+    /// exactly (the last one clipped). The server may answer for less than asked: the
+    /// request repeats from where its answer ended.
+    public func extents(context: String, offset: UInt64, length: UInt64) throws(NBDError) -> [NBDExtent] {
+        final class Collector {
+            let context: String
+            var extents: [NBDExtent] = []
+            init(context: String) { self.context = context }
+        }
+        let collector = Collector(context: context)
+        let end = offset + length
+        var position = offset
+        while position < end {
+            let before = collector.extents.count
+            var cursor = position
+            let callback = nbd_extent_callback(
+                callback: { userData, name, start, entries, count, _ in
+                    let collector = Unmanaged<Collector>.fromOpaque(userData!).takeUnretainedValue()
+                    guard let name, String(cString: name) == collector.context, let entries else { return 0 }
+                    var at = start
+                    for i in stride(from: 0, to: count - 1, by: 2) {
+                        let length = UInt64(entries[i])
+                        collector.extents.append(NBDExtent(offset: at, length: length, flags: entries[i + 1]))
+                        at += length
+                    }
+                    return 0
+                },
+                user_data: Unmanaged.passUnretained(collector).toOpaque(), free: nil)
+            let ask = min(end - position, 1 << 31)
+            let rc = withExtendedLifetime(collector) { nbd_block_status(handle, ask, position, callback, 0) }
+            guard rc == 0 else { throw NBDError.last("block_status \(context) at \(position)") }
+            for extent in collector.extents[before...] { cursor = max(cursor, extent.end) }
+            guard cursor > position else {
+                throw NBDError(operation: "block_status \(context) at \(position)", detail: "the server answered with no extent", errno: EIO)
+            }
+            position = cursor
+        }
+        // Clip the last extent to the range asked.
+        while let last = collector.extents.last, last.offset >= end { collector.extents.removeLast() }
+        if let last = collector.extents.last, last.end > end {
+            collector.extents[collector.extents.count - 1].length = end - last.offset
+        }
+        return collector.extents
+    }
+}
