@@ -44,8 +44,10 @@ public enum ChangeTracking {
         if bitmap.inconsistent {
             return .full(reason: "the bitmap \(name) is inconsistent (QEMU did not close the image cleanly while it recorded)")
         }
-        guard bitmap.recording, bitmap.persistent, !bitmap.busy else {
-            return .full(reason: "the bitmap \(name) is \(!bitmap.recording ? "not recording" : !bitmap.persistent ? "not persistent" : "in use by another job")")
+        // A bitmap that is not persistent (a raw image cannot store one) is as good while it
+        // exists: it lives exactly as long as the QEMU process that has recorded since.
+        guard bitmap.recording, !bitmap.busy else {
+            return .full(reason: "the bitmap \(name) is \(!bitmap.recording ? "not recording" : "in use by another job")")
         }
         guard bitmap.granularity == (base.granularity ?? 0), bitmap.granularity > 0, chunkSize % bitmap.granularity == 0 else {
             return .full(reason: "the bitmap \(name) has granularity \(bitmap.granularity), not the \(base.granularity ?? 0) it was made with")

@@ -166,7 +166,8 @@ public final class PointInTimeView {
                 actions.append(["type": "block-dirty-bitmap-add", "data": ["node": node.name, "name": temporaryBitmap, "granularity": granularity, "persistent": false, "disabled": true] as QMPObject])
                 actions.append(["type": "block-dirty-bitmap-merge", "data": ["node": node.name, "target": temporaryBitmap, "bitmaps": [keep]] as QMPObject])
             }
-            actions.append(["type": "block-dirty-bitmap-add", "data": ["node": node.name, "name": newBitmap!, "granularity": granularity, "persistent": true] as QMPObject])
+            // Only qcow2 stores bitmaps; on another format the bitmap lives as long as QEMU.
+            actions.append(["type": "block-dirty-bitmap-add", "data": ["node": node.name, "name": newBitmap!, "granularity": granularity, "persistent": node.driver == "qcow2"] as QMPObject])
             actions.append(["type": "blockdev-backup", "data": ["job-id": backupJob, "device": node.name, "target": overlayNode, "sync": "none"] as QMPObject])
             try qmp.execute("transaction", ["actions": actions])
             TestHooks.pause(at: "qemu-after-view")
@@ -289,7 +290,8 @@ public final class PointInTimeView {
         if FileSystem.exists(markerPath) {
             // The marker names this QEMU (its process id and start time are in the path):
             // the server running there is the one a killed run of ours started.
-            let otherExports = exports.filter { !($0["id"] as? String ?? "").hasPrefix(NodeChoice.ownPrefix) }
+            // Unless someone has added an NBD export of their own to it since.
+            let otherExports = exports.filter { $0["type"] as? String == "nbd" && !($0["id"] as? String ?? "").hasPrefix(NodeChoice.ownPrefix) }
             if otherExports.isEmpty {
                 do {
                     try qmp.execute("nbd-server-stop")

@@ -48,7 +48,7 @@ public final class QMPClient {
         do {
             greeting = try Self.readObject(socket: socket, buffer: &buffer, path: socketPath)
         } catch where error.code == "Qemu.Gone" {
-            throw QemuError.notQMP("\(socketPath) did not greet as a QMP server (\(error.message))")
+            throw QemuError.notQMP("\(socketPath) did not greet as a QMP server (\(error.message)): it is not a QMP socket, or another client holds its one connection (give disksnap a monitor of its own: a second -qmp or --monitor)")
         }
         guard let qmp = greeting["QMP"] as? QMPObject, let qemu = (qmp["version"] as? QMPObject)?["qemu"] as? QMPObject,
               let major = qemu["major"] as? Int, let minor = qemu["minor"] as? Int, let micro = qemu["micro"] as? Int else {
