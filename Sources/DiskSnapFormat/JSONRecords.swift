@@ -185,7 +185,7 @@ public struct ChangeTrackingRecord: Codable, Sendable, Equatable {
     /// Set for an incremental: the snapshot whose bitmap said what changed; every chunk
     /// outside the changed extents is that snapshot's.
     public var baseSnapshotId: String?
-    /// Bytes the bitmap marked changed (rounded out to whole chunks when read).
+    /// Bytes the bitmap marked changed (in units of its granularity, the chunk size).
     public var changedBytes: UInt64?
     /// Set for a full read: why the bitmap could not be used.
     public var fullReadReason: String?

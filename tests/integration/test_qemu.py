@@ -527,3 +527,34 @@ def test_sockets_that_are_not_a_usable_qmp(ds, tmp_path, vm_image):
     # Nothing was stored; every failed attempt is on record as failed.
     listed = ds.run("list", "--json").json()
     assert listed and all(s["Status"] == "failed" for s in listed)
+
+
+def test_an_incremental_while_gc_has_condemned_packs_rereads_what_they_hold(ds, daemon, tmp_path):
+    """Chunks carried from the previous snapshot may live only in packs a gc has condemned:
+    they are read again, not relied on (docs/DESIGN.md, "Garbage collection")."""
+    first = json.loads(create_live(ds, daemon, "first").out)["SnapshotId"]
+    # The guest rewrites most of its data: `first`'s packs end up mostly dead.
+    rewrite = [(offset, 65536) for offset in range(1 * MIB, 28 * MIB, 65536)]
+    write_blocks(daemon.guest, rewrite, seed=11)
+    second = json.loads(create_live(ds, daemon, "second").out)["SnapshotId"]
+    ds.run("delete", first)
+    other = tmp_path / "other.img"
+    with open(other, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    holder, release = start_paused(ds, tmp_path, "create-after-index", "create", other, "--name", "holder")
+    g = ds.run("gc", "--json").json()
+    assert g["PacksCondemned"] >= 1 and g["PacksRemoved"] == 0
+    changed = [(40 * MIB, 4096)]
+    write_blocks(daemon.guest, changed, seed=12)
+    third = json.loads(create_live(ds, daemon, "third").out)["SnapshotId"]
+    r3 = ds.show(third)
+    assert r3["ChangeTracking"]["BaseSnapshotId"] == second
+    assert r3["ChangeTracking"]["ChangedBytes"] == CHUNK  # the bitmap's granularity is the chunk
+    # More than the one changed chunk was read: the carried chunks of condemned packs.
+    assert r3["BytesRead"] > CHUNK
+    release.touch()
+    assert holder.wait(timeout=120) == 0
+    final = ds.run("gc", "--json").json()
+    assert final["PacksRemoved"] >= g["PacksCondemned"]
+    assert ds.run("check", "--read-data", "--json").json()["Problems"] == []
+    assert restore_bytes(ds, third, tmp_path) == read_all(daemon.guest)
