@@ -113,3 +113,5 @@ int ds_socket_peer_pid(int fd) {
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0 || credentials.pid <= 0) return -1;
     return credentials.pid;
 }
+
+int ds_ficlone(int dst, int src) { return ioctl(dst, FICLONE, src); }

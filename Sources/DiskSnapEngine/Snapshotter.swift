@@ -28,6 +28,9 @@ public struct CreateRequest: Sendable {
     public var workers = Workers.defaultCount
     /// Set for a disk a running QEMU has open: read its point-in-time view.
     public var qemu: QemuTarget?
+    /// An image file on a filesystem that can reflink is cloned (`FICLONE`) and the clone
+    /// read: one instant, whoever writes the image. False reads the image itself.
+    public var clone = true
 
     public init(source: String, name: String) {
         self.source = source
@@ -70,7 +73,7 @@ public struct CreateResult: Sendable {
     /// What went wrong after the data was read, without making the snapshot wrong
     /// (tearing down a QEMU view, removing a bitmap no longer needed).
     public var warnings: [String] = []
-    /// Objects a killed run had left in QEMU, removed before the view was made.
+    /// What killed runs had left (objects in QEMU, clones beside the image), removed first.
     public var removedStale: [String] = []
 }
 
@@ -176,6 +179,9 @@ public struct Snapshotter {
         let previous = live.filter { $0.sourceDiskId == disk.diskId && $0.status == .accomplished && $0.chunkSize == record.chunkSize }
             .max { $0.creationTime < $1.creationTime }
         var view: PointInTimeView?
+        var clone: ReflinkClone?
+        defer { clone?.remove() }
+        var abandoned: [String] = []
         var source: Source?
         var warnings: [String] = []
         /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
@@ -208,7 +214,21 @@ public struct Snapshotter {
                 }
                 record.changeTracking = tracking
             } else {
-                let opened = try Source.open(disk.path, format: request.format, allowBacking: request.allowBacking)
+                var readPath = disk.path
+                if request.clone, sourceStatus.isRegularFile {
+                    abandoned = ReflinkClone.removeAbandoned(besides: disk.path).map { "clone \($0)" }
+                    // A qcow2 image a VM holds is not cloned (its metadata may be mid-update):
+                    // it is refused below, or read through --qmp.
+                    let heldQcow2 = request.format != .raw && Qcow2Image.isQcow2(disk.path)
+                        && ((try? Qcow2Image(path: disk.path, allowBacking: request.allowBacking))?.liveUse() != nil)
+                    if !heldQcow2, let made = try ReflinkClone.make(of: disk.path, tag: id.rawValue) {
+                        clone = made
+                        readPath = made.path
+                        record.consistencyMethod = "reflink-clone"
+                        TestHooks.pause(at: "create-after-clone")
+                    }
+                }
+                let opened = try Source.open(readPath, format: request.format, allowBacking: request.allowBacking)
                 source = opened
                 if let image = opened.qcow2 {
                     record.sourceFormat = SourceFormat.qcow2.rawValue
@@ -239,7 +259,7 @@ public struct Snapshotter {
             }
             var result = CreateResult(record: record, reused: false)
             result.warnings = warnings
-            result.removedStale = view?.removedStale ?? []
+            result.removedStale = (view?.removedStale.map { "\($0) in QEMU" } ?? []) + abandoned
             compactIndex(into: &result)
             return result
         } catch {

@@ -32,6 +32,8 @@ struct Create: ParsableCommand {
     var node: String?
     @Option(help: ArgumentHelp("With --qmp: the Unix socket of an NBD server the QEMU already runs (default: disksnap starts one, on a private socket).", valueName: "path"))
     var nbdSocket: String?
+    @Flag(help: "Read the image itself, not a reflink clone of it (made by default where the filesystem supports FICLONE: XFS with reflink, btrfs).")
+    var noClone = false
     @Flag(help: "Print {\"SnapshotId\", \"RequestId\"} as JSON.")
     var json = false
 
@@ -50,6 +52,7 @@ struct Create: ParsableCommand {
                 request.format = parsed
             }
             request.allowBacking = !noBacking
+            request.clone = !noClone
             if let qmp {
                 guard !allowLive, format == nil else {
                     throw CatalogError.invalid("InvalidParameter.Qmp", "--qmp reads QEMU's point-in-time view of the disk as QEMU's node sees it: --allow-live and --format do not apply")
@@ -62,7 +65,7 @@ struct Create: ParsableCommand {
             let repository = try Repository.openOrInitialize(at: global.repositoryPath)
             let result = try Snapshotter(repository: repository).create(request)
             if let problem = result.compactionError { Output.warning("index compaction after the snapshot failed (the snapshot is complete): \(problem)") }
-            for stale in result.removedStale { Output.warning("removed \(stale), left in QEMU by a disksnap run that was killed") }
+            for stale in result.removedStale { Output.warning("removed \(stale), left by a disksnap run that was killed") }
             for warning in result.warnings { Output.warning("\(warning) (the snapshot is complete)") }
             if json {
                 Output.json(CreateResponse(snapshotId: result.record.snapshotId.rawValue, requestId: RandomUUID.generate()))

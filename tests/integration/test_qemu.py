@@ -380,7 +380,7 @@ def test_a_killed_disksnap_leaves_nothing_the_next_run_does_not_remove(ds, daemo
     assert len(daemon.bitmaps()) == 3  # the base, the killed run's new one and its frozen copy
     write_blocks(daemon.guest, [(5 * MIB, 65536)], seed=3)
     result = create_live(ds, daemon, "next")
-    assert "left in QEMU by a disksnap run that was killed" in result.err
+    assert "in QEMU, left by a disksnap run that was killed" in result.err
     snap = result.json()["SnapshotId"]
     r = ds.show(snap)
     # The base bitmap still says what changed since `first`: the run is incremental.

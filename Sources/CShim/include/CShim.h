@@ -67,4 +67,7 @@ int ds_is_all_zero(const void *buf, size_t length);
 /// The process id at the other end of a Unix socket (SO_PEERCRED); -1 when unknown.
 int ds_socket_peer_pid(int fd);
 
+/// Makes `dst` share all of `src`'s extents (FICLONE: a reflink copy, XFS/btrfs); 0 or -1 with errno.
+int ds_ficlone(int dst, int src);
+
 #endif

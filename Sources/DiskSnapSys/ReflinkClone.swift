@@ -1,0 +1,82 @@
+import CShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A reflink clone of an image file (`FICLONE`): a second file sharing the image's extents,
+/// made in milliseconds whatever the size, that no later write to the image changes. Read
+/// instead of the image it is that file at one instant: crash-consistent, whoever writes.
+///
+/// The clone sits beside the image (a clone cannot cross filesystems), named
+/// `.disksnap-clone-<tag>-<image name>`, and its maker holds an exclusive flock on it for
+/// its whole life: a clone whose lock is free was left by a run that was killed.
+public final class ReflinkClone {
+    public static let prefix = ".disksnap-clone-"
+    public let path: String
+    public let imagePath: String
+    /// Open, with the flock that says its maker is alive.
+    private let descriptor: Int32
+    private var removed = false
+
+    /// nil when the filesystem cannot clone (EOPNOTSUPP, EXDEV, EINVAL, ENOTTY: ext4, tmpfs,
+    /// NFS...); throws on any other failure (ENOSPC, EACCES) with nothing left behind.
+    public static func make(of imagePath: String, tag: String) throws(SystemError) -> ReflinkClone? {
+        let directory = FileSystem.directoryName(of: imagePath)
+        let name = imagePath.split(separator: "/").last.map(String.init) ?? "image"
+        let path = "\(directory)/\(prefix)\(tag)-\(name)"
+        let source = open(imagePath, O_RDONLY | O_CLOEXEC)
+        guard source >= 0 else { throw SystemError.current("open", imagePath) }
+        defer { close(source) }
+        let target = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
+        guard target >= 0 else { throw SystemError.current("create the clone", path) }
+        // Locked (on this very file) before it has content: no other run takes it for a
+        // dead one's.
+        guard flock(target, LOCK_EX | LOCK_NB) == 0 else {
+            let error = SystemError.current("flock the new clone", path)
+            close(target)
+            try? FileSystem.remove(path)
+            throw error
+        }
+        TestHooks.durableStep()
+        if ds_ficlone(target, source) != 0 {
+            let error = errno
+            close(target)
+            try? FileSystem.remove(path)
+            if [EOPNOTSUPP, EXDEV, EINVAL, ENOTTY, ENOSYS].contains(error) { return nil }
+            throw SystemError(errno: error, operation: "FICLONE", path: path)
+        }
+        return ReflinkClone(path: path, imagePath: imagePath, descriptor: target)
+    }
+
+    private init(path: String, imagePath: String, descriptor: Int32) {
+        self.path = path
+        self.imagePath = imagePath
+        self.descriptor = descriptor
+    }
+
+    deinit { remove() }
+
+    /// Removes the clone (its extents stay the image's): unlinked while still locked.
+    public func remove() {
+        guard !removed else { return }
+        removed = true
+        try? FileSystem.removeIfExists(path)
+        close(descriptor)
+    }
+
+    /// Removes clones beside `imagePath` whose maker is gone (their lock is free); a clone
+    /// whose lock cannot be tested is left. Returns the paths removed.
+    public static func removeAbandoned(besides imagePath: String) -> [String] {
+        let directory = FileSystem.directoryName(of: imagePath)
+        guard let names = try? FileSystem.listDirectory(directory) else { return [] }
+        var removed: [String] = []
+        for name in names where name.hasPrefix(prefix) {
+            let path = "\(directory)/\(name)"
+            guard let status = try? FileSystem.statusIfExists(path), status.isRegularFile,
+                  let lock = try? FileLock.tryAcquire(path: path, kind: .exclusive) else { continue }
+            if (try? FileSystem.remove(path)) != nil { removed.append(path) }
+            withExtendedLifetime(lock) {}
+        }
+        return removed
+    }
+}

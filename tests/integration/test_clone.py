@@ -1,0 +1,113 @@
+"""Image files on a reflink filesystem (XFS with reflink, on a loop device): the image is
+cloned (FICLONE) and the clone read, so a writer cannot tear the snapshot or fail it."""
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import DiskSnap
+from test_gc import start_paused
+from test_qemu import Guest, read_all, restore_bytes
+
+
+@pytest.fixture
+def xfs(tmp_path):
+    backing = tmp_path / "xfs.img"
+    with open(backing, "wb") as f:
+        f.truncate(1 << 30)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(backing)], check=True, capture_output=True)
+    mount = tmp_path / "xfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(backing), str(mount)], check=True, capture_output=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def clones(directory):
+    return [n for n in os.listdir(directory) if n.startswith(".disksnap-clone-")]
+
+
+def test_a_raw_image_being_written_is_snapshotted_at_the_instant_of_its_clone(ds, xfs, test_disk, tmp_path):
+    image = xfs / "vm.img"
+    subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+    size = os.path.getsize(image)
+    guest = Guest(tmp_path, str(image), 0, size)
+    try:
+        # Without the clone, the writer makes the read fail (never a torn snapshot).
+        r = ds.run("create", image, "--name", "torn", "--no-clone", check=False)
+        assert r.code == 4 and "Source.ChangedDuringRead" in r.err
+        proc, release = start_paused(ds, tmp_path, "create-after-index", "create", image, "--name", "cloned", "--json")
+        # The clone is made before the index is opened: the instant is behind us; the
+        # guest writes on while the pause lasts and while the clone is read.
+        expected = read_all(xfs / clones(xfs)[0])
+        time.sleep(0.3)
+        open(release, "w").close()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    finally:
+        guest.stop()
+    snap = json.loads(out)["SnapshotId"]
+    record = ds.show(snap)
+    assert record["ConsistencyMethod"] == "reflink-clone"
+    assert record["SourcePath"] == str(image)
+    assert read_all(image) != expected, "the guest wrote nothing after the clone: the test proves nothing"
+    assert restore_bytes(ds, snap, tmp_path) == expected
+    assert clones(xfs) == []
+
+
+def test_the_clone_is_the_disk_and_goes_away(ds, xfs, test_disk, tmp_path):
+    image = xfs / "idle.img"
+    subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+    snap = ds.create(image, "idle")
+    assert ds.show(snap)["ConsistencyMethod"] == "reflink-clone"
+    assert restore_bytes(ds, snap, tmp_path) == read_all(test_disk["v1"])
+    assert clones(xfs) == []
+    # --no-clone reads the image itself.
+    plain = ds.create(image, "plain", "--no-clone")
+    assert "ConsistencyMethod" not in ds.show(plain)
+
+
+def test_a_killed_runs_clone_is_removed_by_the_next(ds, xfs, test_disk, tmp_path):
+    image = xfs / "vm.img"
+    subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+    proc, release = start_paused(ds, tmp_path, "create-after-index", "create", image, "--name", "killed")
+    assert len(clones(xfs)) == 1
+    killed = clones(xfs)
+    proc.kill()
+    proc.wait()
+    assert clones(xfs) == killed
+    # The next run removes it first, and says so.
+    holder, held = start_paused(ds, tmp_path, "create-after-clone", "create", image, "--name", "holder")
+    try:
+        mine = [c for c in clones(xfs) if c not in killed]
+        assert len(mine) == 1 and clones(xfs) == mine
+        # While a live run holds its clone, another run's cleanup leaves it alone (a second
+        # repository: one repository makes one snapshot of a disk at a time).
+        r = DiskSnap(str(tmp_path / "repo2")).run("create", image, "--name", "next", "--json")
+        assert clones(xfs) == mine
+        open(held, "w").close()
+        out, err = holder.communicate(timeout=120)
+        assert holder.returncode == 0, err
+        assert f"removed clone {xfs}/{killed[0]}, left by a disksnap run that was killed" in err
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert clones(xfs) == []
+    assert restore_bytes(DiskSnap(str(tmp_path / "repo2")), r.json()["SnapshotId"], tmp_path) == read_all(image)
+
+
+def test_no_clone_where_the_filesystem_cannot(ds, test_disk, tmp_path):
+    tmpfs = tmp_path / "tmpfs"
+    tmpfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(tmpfs)], check=True)
+    try:
+        image = tmpfs / "vm.img"
+        subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+        snap = ds.create(image, "plain")
+        assert "ConsistencyMethod" not in ds.show(snap)
+        assert clones(tmpfs) == []
+    finally:
+        subprocess.run(["umount", str(tmpfs)], check=True)
