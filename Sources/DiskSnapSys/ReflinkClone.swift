@@ -18,8 +18,11 @@ public final class ReflinkClone {
     private let descriptor: Int32
     private var removed = false
 
-    /// nil when the filesystem cannot clone (EOPNOTSUPP, EXDEV, EINVAL, ENOTTY: ext4, tmpfs,
-    /// NFS...); throws on any other failure (ENOSPC, EACCES) with nothing left behind.
+    /// nil, with nothing left behind, when no clone can be made: the filesystem cannot
+    /// clone (EOPNOTSUPP, EXDEV, EINVAL, ENOTTY: ext4, tmpfs, NFS), or the directory is
+    /// read-only, not writable or full. The image is then read itself, as without a clone
+    /// (a change while it is read is detected and fails the snapshot). Throws only when the
+    /// image cannot be opened.
     public static func make(of imagePath: String, tag: String) throws(SystemError) -> ReflinkClone? {
         let directory = FileSystem.directoryName(of: imagePath)
         let name = imagePath.split(separator: "/").last.map(String.init) ?? "image"
@@ -28,22 +31,19 @@ public final class ReflinkClone {
         guard source >= 0 else { throw SystemError.current("open", imagePath) }
         defer { close(source) }
         let target = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
-        guard target >= 0 else { throw SystemError.current("create the clone", path) }
+        guard target >= 0 else { return nil }
         // Locked (on this very file) before it has content: no other run takes it for a
         // dead one's.
         guard flock(target, LOCK_EX | LOCK_NB) == 0 else {
-            let error = SystemError.current("flock the new clone", path)
             close(target)
             try? FileSystem.remove(path)
-            throw error
+            return nil
         }
         TestHooks.durableStep()
         if ds_ficlone(target, source) != 0 {
-            let error = errno
             close(target)
             try? FileSystem.remove(path)
-            if [EOPNOTSUPP, EXDEV, EINVAL, ENOTTY, ENOSYS].contains(error) { return nil }
-            throw SystemError(errno: error, operation: "FICLONE", path: path)
+            return nil
         }
         return ReflinkClone(path: path, imagePath: imagePath, descriptor: target)
     }

@@ -77,8 +77,15 @@ def test_backing_chains(ds, test_disk, tmp_path):
 
 def test_unsupported_images_are_refused_by_feature(ds, tmp_path):
     encrypted = tmp_path / "enc.qcow2"
-    qemu_img("create", "--object", "secret,id=sec0,data=password", "-f", "qcow2",
-             "-o", "encrypt.format=luks,encrypt.key-secret=sec0", encrypted, "16M")
+    # qemu-img times PBKDF2 to pick the LUKS iteration count and, on a loaded 2-core VM,
+    # sometimes fails with "Unable to get accurate CPU usage": tried again, up to 5 times.
+    for attempt in range(5):
+        made = subprocess.run(["qemu-img", "create", "--object", "secret,id=sec0,data=password", "-f", "qcow2",
+                               "-o", "encrypt.format=luks,encrypt.key-secret=sec0", str(encrypted), "16M"],
+                              capture_output=True, text=True)
+        if made.returncode == 0 or "accurate CPU usage" not in made.stderr:
+            break
+    assert made.returncode == 0, made.stderr
     r = ds.run("create", encrypted, "--name", "encrypted", check=False)
     assert r.code == 2 and "encryption" in r.err
     extended = tmp_path / "ext.qcow2"
