@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import BIN, CHUNK, sha256
+from conftest import BIN, CHUNK, DiskSnap, sha256
 from test_gc import start_paused
 
 MIB = 1 << 20
@@ -558,3 +558,20 @@ def test_an_incremental_while_gc_has_condemned_packs_rereads_what_they_hold(ds, 
     assert final["PacksRemoved"] >= g["PacksCondemned"]
     assert ds.run("check", "--read-data", "--json").json()["Problems"] == []
     assert restore_bytes(ds, third, tmp_path) == read_all(daemon.guest)
+
+
+def test_one_view_per_qemu_at_a_time(ds, daemon, tmp_path):
+    """A second disksnap on the same QEMU (through its other monitor) while a view exists is
+    refused, and nothing of the first run is disturbed."""
+    proc, release = start_paused(ds, tmp_path, "create-after-index", "create", daemon.image, "--name", "first",
+                                 "--qmp", daemon.qmp_path, "--json")
+    try:
+        other = DiskSnap(str(tmp_path / "repo2"))
+        r = other.run("create", daemon.image, "--name", "second", "--qmp", daemon.look_path, check=False)
+        assert r.code == 5 and "Qemu.Busy" in r.err, r.err
+    finally:
+        open(release, "w").close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert restore_bytes(ds, json.loads(out)["SnapshotId"], tmp_path) == read_all(daemon.guest)
+    assert daemon.ours() == []
