@@ -34,6 +34,12 @@ struct Show: ParsableCommand {
                 ["ZeroBytes", "\(r.zeroBytes) (\(ByteFormat.human(r.zeroBytes)))"],
                 ["CrashConsistent", r.crashConsistent ? "yes" : "no (source changed while read)"],
             ]
+            if let method = r.consistencyMethod { rows.append(["ConsistencyMethod", method]) }
+            if let tracking = r.changeTracking {
+                rows.append(["ChangeTracking", tracking.baseSnapshotId.map { "incremental from \($0): \(ByteFormat.human(tracking.changedBytes ?? 0)) changed" }
+                             ?? "full read: \(tracking.fullReadReason ?? "-")"])
+                rows.append(["Bitmap", tracking.bitmap.map { "\($0) on node \(tracking.node)" } ?? "none (node \(tracking.node))"])
+            }
             if let change = r.identityChange { rows.append(["IdentityChange", change]) }
             Output.line(Table.format(rows))
             if let identity = r.identity { Output.line("\n" + IdentityText.render(identity)) }

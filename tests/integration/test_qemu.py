@@ -283,6 +283,7 @@ def test_an_incremental_reads_only_what_the_guest_wrote(ds, daemon, tmp_path, te
     # Exactly the chunks the guest touched are read (the bitmap's granularity is the chunk).
     assert r2["BytesRead"] == len(touched) * CHUNK
     assert r2["ChunksUnchanged"] > 0
+    assert f"incremental from {first}" in ds.run("show", second).out
     assert restore_bytes(ds, second, tmp_path) == read_all(daemon.guest)
     assert restore_bytes(ds, first, tmp_path) == read_all(test_disk["v1"])
     # The first snapshot's bitmap went when the second was committed; nothing else is left.
