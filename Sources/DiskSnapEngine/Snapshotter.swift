@@ -130,22 +130,33 @@ public struct Snapshotter {
         try QuotaPolicy.check(rules: rules, disk: disk, disks: try DiskRegistry(repository: repository).disks(),
                               live: live, repositoryCap: repository.config.maxSnapshots)
 
-        // Is it still the same disk? (A few sectors of metadata, read before any data.)
-        let identity = try GuestProbe.identify(path: disk.path, qcow2: request.format.map { $0 == .qcow2 }, allowBacking: request.allowBacking)
-        var identityChange: String?
-        if let recorded = disk.identity {
-            switch IdentityPolicy.compare(recorded: recorded, now: identity) {
-            case .same: break
-            case .changed(let what): identityChange = what
-            case .different(let why) where !request.force:
-                throw CatalogError(code: "DiskId.ValueNotSupported", message: "another disk now sits at \(disk.path), registered as \(disk.diskId) (\(disk.diskName)): \(why); pass --force to snapshot it anyway", exitStatus: .conflict, httpStatus: 403)
-            case .different(let why): identityChange = "replaced (--force): " + why
+        // Is it still the same disk? (A few sectors of metadata, read before any data.) A disk
+        // QEMU writes is probed through its point-in-time view instead, once it exists: its
+        // file may be mid-update.
+        func checkIdentity(_ identity: DiskIdentity) throws -> String? {
+            var identityChange: String?
+            if let recorded = disk.identity {
+                switch IdentityPolicy.compare(recorded: recorded, now: identity) {
+                case .same: break
+                case .changed(let what): identityChange = what
+                case .different(let why) where !request.force:
+                    throw CatalogError(code: "DiskId.ValueNotSupported", message: "another disk now sits at \(disk.path), registered as \(disk.diskId) (\(disk.diskName)): \(why); pass --force to snapshot it anyway", exitStatus: .conflict, httpStatus: 403)
+                case .different(let why): identityChange = "replaced (--force): " + why
+                }
             }
+            if disk.identity == nil || identityChange != nil {
+                var updated = disk
+                updated.identity = identity
+                try repository.publish(RecordJSON.encode(updated), to: repository.diskPath(disk.diskId))
+            }
+            return identityChange
         }
-        if disk.identity == nil || identityChange != nil {
-            var updated = disk
-            updated.identity = identity
-            try repository.publish(RecordJSON.encode(updated), to: repository.diskPath(disk.diskId))
+        var identity: DiskIdentity?
+        var identityChange: String?
+        if request.qemu == nil {
+            let probed = try GuestProbe.identify(path: disk.path, qcow2: request.format.map { $0 == .qcow2 }, allowBacking: request.allowBacking)
+            identityChange = try checkIdentity(probed)
+            identity = probed
         }
 
         let id = SnapshotID.generate()
@@ -204,7 +215,11 @@ public struct Snapshotter {
                 }
                 let made = try PointInTimeView.make(viewRequest)
                 view = made
-                source = try Source.open(view: made, path: disk.path)
+                let opened = try Source.open(view: made, path: disk.path)
+                source = opened
+                let probed = try GuestProbe.identify(size: opened.size) { buffer, offset in try opened.readExactly(into: buffer, at: offset) }
+                record.identityChange = try checkIdentity(probed)
+                record.identity = probed
                 record.consistencyMethod = made.method
                 record.sourceFormat = made.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
                 var tracking = ChangeTrackingRecord(node: made.node.name, bitmap: made.newBitmap, granularity: made.newBitmap == nil ? nil : made.granularity)

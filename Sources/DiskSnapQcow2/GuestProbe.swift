@@ -12,27 +12,34 @@ public enum GuestProbe {
     public static func identify(path: String, qcow2: Bool? = nil, allowBacking: Bool = true) throws -> DiskIdentity {
         guard qcow2 ?? Qcow2Image.isQcow2(path) else { return try DiskProbe.identify(path: path) }
         let image = try Qcow2Image(path: path, allowBacking: allowBacking)
+        return try identify(size: image.virtualSize) { buffer, offset in try image.read(into: buffer, at: offset) }
+    }
+
+    /// The identity of a guest disk of `size` bytes that `read` reads (a qcow2 image, a
+    /// running QEMU's point-in-time view): its first and last windows and each partition's
+    /// first window copied into a sparse temporary file, which libblkid probes.
+    public static func identify(size: UInt64, read: (UnsafeMutableRawBufferPointer, UInt64) throws -> Void) throws -> DiskIdentity {
         let temporary = "/tmp/" + FileSystem.uniqueTemporaryName(for: "disksnap-guest-probe")
         let copy = try OpenFile(path: temporary, mode: [.readWrite, .create, .exclusive])
         defer { try? FileSystem.removeIfExists(temporary) }
-        try copy.truncate(to: image.virtualSize)
+        try copy.truncate(to: size)
         var buffer = [UInt8](repeating: 0, count: Int(window))
         func copyRange(_ start: UInt64, _ end: UInt64) throws {
-            let lower = min(start, image.virtualSize), upper = min(end, image.virtualSize)
+            let lower = min(start, size), upper = min(end, size)
             guard lower < upper else { return }
             let count = Int(upper - lower)
             try buffer.withUnsafeMutableBytes { raw in
                 let slot = UnsafeMutableRawBufferPointer(rebasing: raw[..<count])
-                try image.read(into: slot, at: lower)
+                try read(slot, lower)
                 if !isAllZero(UnsafeRawBufferPointer(slot)) { try copy.write(UnsafeRawBufferPointer(slot), at: lower) }
             }
         }
         try copyRange(0, window)
-        try copyRange(image.virtualSize > window ? image.virtualSize - window : 0, image.virtualSize)
+        try copyRange(size > window ? size - window : 0, size)
         let tables = try DiskProbe.identify(path: temporary)
         for part in tables.partitions { try copyRange(part.start, part.start + min(part.size, window)) }
         var identity = try DiskProbe.identify(path: temporary)
-        identity.size = image.virtualSize
+        identity.size = size
         return identity
     }
 }

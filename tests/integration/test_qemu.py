@@ -309,6 +309,10 @@ def test_an_incremental_reads_only_what_the_guest_wrote(ds, daemon, tmp_path, te
 def test_a_restored_running_disk_passes_e2fsck(ds, daemon, test_disk, tmp_path):
     from conftest import e2fsck_partition
     snap = json.loads(create_live(ds, daemon, "fs").out)["SnapshotId"]
+    # The identity is probed through the view (libblkid on the guest's GPT and ext4).
+    identity = ds.show(snap)["Identity"]
+    assert identity["Size"] == os.path.getsize(daemon.guest) and len(identity["Partitions"]) == 1, identity
+    assert "ext4" in json.dumps(identity)
     out = tmp_path / "fs.raw"
     ds.run("restore", snap, out)
     e2fsck_partition(str(out), test_disk["partition_offset"], test_disk["partition_size"])
