@@ -323,7 +323,7 @@ public struct Snapshotter {
             if let previousIndex, previousIndex.header.diskSize == source.size, previousIndex.header.chunkSize == UInt32(chunkSize) {
                 let extra = try Self.carryUnchanged(from: previousIndex, changed: changed, into: fixed, writer: writer,
                                                      verify: !condemned.isEmpty, diskSize: source.size, counters: counters)
-                toRead = (changed + extra).sorted { $0.start < $1.start }.mergedAdjacent()
+                toRead = (changed + extra).sorted { $0.start < $1.start }
                 record.changeTracking?.changedBytes = changed.reduce(0) { $0 + $1.count }
             } else {
                 record.changeTracking?.baseSnapshotId = nil
@@ -383,7 +383,8 @@ extension Snapshotter {
     static func carryUnchanged(from previous: FixedIndexReader, changed: [ByteRange], into fixed: FixedIndexBuilder,
                                writer: ChunkWriter, verify: Bool, diskSize: UInt64, counters: Counters) throws -> [ByteRange] {
         let chunkSize = UInt64(previous.header.chunkSize)
-        let dirty = ChangeTracking.dirtyChunks(changed.map { ($0.start, $0.count) }, chunkSize: chunkSize)
+        // The chunks the changed ranges touch, merged (runs as long as the disk: never cut).
+        let dirty = WorkPlan.runs(dataRanges: changed, chunkSize: chunkSize, maxChunks: max(1, previous.header.chunkCount))
         var next = 0
         var extra: [ByteRange] = []
         var first: UInt64 = 0

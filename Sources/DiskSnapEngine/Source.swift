@@ -25,7 +25,7 @@ struct Source {
     /// `file` (the image QEMU writes) only names it.
     var view: NBDReaders? = nil
     /// For an incremental through change tracking: the ranges changed since the previous
-    /// snapshot (`dataRanges` still lists everything that may hold data).
+    /// snapshot, in order (`dataRanges` still lists everything that may hold data).
     var changedRanges: [ByteRange]? = nil
 
     /// Reads disk bytes (guest bytes for a qcow2 image).
@@ -85,9 +85,9 @@ struct Source {
         }
         let file = try OpenFile(path: path)
         var source = Source(path: path, file: file, kind: .file, size: first.size, statusBefore: try file.status(),
-                            dataRanges: data.mergedAdjacent())
+                            dataRanges: data)
         source.view = NBDReaders(seed: first)
-        source.changedRanges = changed?.mergedAdjacent()
+        source.changedRanges = changed
         return source
     }
 
@@ -145,21 +145,6 @@ enum WorkPlan {
             }
         }
         return runs
-    }
-}
-
-extension Array where Element == ByteRange {
-    /// Adjacent or overlapping ranges joined (the input in order).
-    func mergedAdjacent() -> [ByteRange] {
-        var merged: [ByteRange] = []
-        for range in self where range.count > 0 {
-            if let last = merged.last, range.start <= last.end {
-                merged[merged.count - 1] = ByteRange(start: last.start, end: Swift.max(last.end, range.end))
-            } else {
-                merged.append(range)
-            }
-        }
-        return merged
     }
 }
 

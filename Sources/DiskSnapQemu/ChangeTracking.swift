@@ -62,18 +62,4 @@ public enum ChangeTracking {
             name != keep && (name.hasPrefix("disksnap-tmp-") || name.hasPrefix("disksnap-\(repositoryID)-"))
         }
     }
-
-    /// The chunks `[first, end)` that dirty extents touch, merged.
-    public static func dirtyChunks(_ extents: [(offset: UInt64, length: UInt64)], chunkSize: UInt64) -> [(first: UInt64, end: UInt64)] {
-        var runs: [(first: UInt64, end: UInt64)] = []
-        for extent in extents where extent.length > 0 {
-            let first = extent.offset / chunkSize, end = (extent.offset + extent.length + chunkSize - 1) / chunkSize
-            if let last = runs.last, first <= last.end {
-                runs[runs.count - 1].end = max(last.end, end)
-            } else {
-                runs.append((first, end))
-            }
-        }
-        return runs
-    }
 }

@@ -74,7 +74,7 @@ public final class PointInTimeView {
     private let temporaryBitmap: String?
     private let scratchPath: String
     private var startedServer = false
-    private var markerPath: String
+    private let markerPath: String
     private var closed = false
 
     private var fileNode: String { "disksnap-f-\(tag)" }
@@ -227,7 +227,7 @@ public final class PointInTimeView {
         guard !closed else { return }
         closed = true
         var errors: [any Error] = []
-        do { try Self.deleteExport(qmp: qmp, id: exportID, ifPresent: true) } catch { errors.append(error) }
+        do { try Self.deleteExport(qmp: qmp, id: exportID) } catch { errors.append(error) }
         if startedServer {
             do { try qmp.execute("nbd-server-stop") } catch { errors.append(error) }
             try? FileSystem.removeIfExists(markerPath)
@@ -284,7 +284,7 @@ public final class PointInTimeView {
         let exports = try qmp.execute("query-block-exports") as? [QMPObject] ?? []
         for export in exports {
             guard let id = export["id"] as? String, id.hasPrefix(NodeChoice.ownPrefix) else { continue }
-            try deleteExport(qmp: qmp, id: id, ifPresent: true)
+            try deleteExport(qmp: qmp, id: id)
             removed.append("export \(id)")
         }
         if FileSystem.exists(markerPath) {
@@ -319,7 +319,7 @@ public final class PointInTimeView {
         }
     }
 
-    private static func deleteExport(qmp: QMPClient, id: String, ifPresent: Bool) throws {
+    private static func deleteExport(qmp: QMPClient, id: String) throws {
         let exports = try qmp.execute("query-block-exports") as? [QMPObject] ?? []
         guard exports.contains(where: { $0["id"] as? String == id }) else { return }
         try qmp.execute("block-export-del", ["id": id, "mode": "hard"])

@@ -37,7 +37,6 @@ public struct NBDExtent: Sendable, Equatable {
 public final class NBDClient: @unchecked Sendable {
     /// `base:allocation`: the holes and zeros of an export.
     public static let allocationContext = "base:allocation"
-    public static let stateHole: UInt32 = 1
     public static let stateZero: UInt32 = 2
     /// In a `qemu:dirty-bitmap:` context: the range is dirty.
     public static let stateDirty: UInt32 = 1

@@ -1,5 +1,7 @@
 import Testing
+import DiskSnapSys
 @testable import DiskSnapQemu
+@testable import DiskSnapEngine
 
 @Suite struct ChangeTrackingPolicyTests {
     let repo = "4f97e9d3-6470-4eed-92ac-9fb9f6929124"
@@ -50,7 +52,9 @@ import Testing
     }
 
     @Test func dirtyExtentsBecomeWholeChunks() {
-        let runs = ChangeTracking.dirtyChunks([(0, 1), (32767, 2), (100_000, 0), (131072, 32768), (163840, 10)], chunkSize: 32768)
+        // What the incremental reads of the dirty extents: WorkPlan's merged chunk runs.
+        let extents: [(UInt64, UInt64)] = [(0, 1), (32767, 2), (100_000, 0), (131072, 32768), (163840, 10)]
+        let runs = WorkPlan.runs(dataRanges: extents.map { ByteRange(start: $0.0, end: $0.0 + $0.1) }, chunkSize: 32768, maxChunks: 1 << 20)
         #expect(runs.map { [$0.first, $0.end] } == [[0, 2], [4, 6]])
     }
 }
