@@ -115,3 +115,51 @@ int ds_socket_peer_pid(int fd) {
 }
 
 int ds_ficlone(int dst, int src) { return ioctl(dst, FICLONE, src); }
+
+#include <spawn.h>
+extern char **environ;
+
+int ds_spawn_detached(const char *path, char *const argv[], int stdin_fd, int stdout_fd, int *pid) {
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
+    int rc = posix_spawn_file_actions_init(&actions);
+    if (rc != 0) return rc;
+    rc = posix_spawnattr_init(&attributes);
+    if (rc != 0) { posix_spawn_file_actions_destroy(&actions); return rc; }
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0);
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&actions, stdout_fd, 1);
+    if (rc == 0) rc = posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSID);
+    pid_t child = 0;
+    if (rc == 0) rc = posix_spawn(&child, path, &actions, &attributes, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attributes);
+    if (rc == 0) *pid = child;
+    return rc;
+}
+
+int ds_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+#include <linux/fiemap.h>
+#include <stdlib.h>
+
+int ds_fiemap(int fd, uint64_t start, uint64_t length, ds_extent *out, uint32_t capacity, uint32_t *count, int *last) {
+    size_t size = sizeof(struct fiemap) + (size_t)capacity * sizeof(struct fiemap_extent);
+    struct fiemap *map = calloc(1, size);
+    if (map == NULL) { errno = ENOMEM; return -1; }
+    map->fm_start = start;
+    map->fm_length = length;
+    map->fm_flags = FIEMAP_FLAG_SYNC;
+    map->fm_extent_count = capacity;
+    if (ioctl(fd, FS_IOC_FIEMAP, map) != 0) { int saved = errno; free(map); errno = saved; return -1; }
+    *count = map->fm_mapped_extents;
+    *last = 0;
+    for (uint32_t i = 0; i < map->fm_mapped_extents; i++) {
+        out[i].logical = map->fm_extents[i].fe_logical;
+        out[i].physical = map->fm_extents[i].fe_physical;
+        out[i].length = map->fm_extents[i].fe_length;
+        out[i].flags = map->fm_extents[i].fe_flags;
+        if (out[i].flags & FIEMAP_EXTENT_LAST) *last = 1;
+    }
+    free(map);
+    return 0;
+}

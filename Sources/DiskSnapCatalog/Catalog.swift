@@ -82,5 +82,7 @@ public struct Catalog: Sendable {
         try FileSystem.syncDirectory(repository.snapshotsDirectory)
         try FileSystem.removeIfExists(repository.fixedIndexPath(record.snapshotId))
         try FileSystem.syncDirectory(repository.fixedIndexDirectory)
+        // Its kept reflink clone (if it is still the file kept): of no use without it.
+        if let kept = record.keptClone { _ = ReflinkClone.removeKept(path: kept.path, inode: kept.inode) }
     }
 }

@@ -31,6 +31,9 @@ public struct CreateRequest: Sendable {
     /// An image file on a filesystem that can reflink is cloned (`FICLONE`) and the clone
     /// read: one instant, whoever writes the image. False reads the image itself.
     public var clone = true
+    /// Keep the clone until the next snapshot of the disk, which compares its extents with
+    /// its own clone's and reads only what differs (raw images).
+    public var keepClone = false
 
     public init(source: String, name: String) {
         self.source = source
@@ -53,6 +56,9 @@ public struct QemuTarget: Sendable {
     public var node: String?
     /// The Unix socket of an NBD server this QEMU already runs; nil: disksnap starts one.
     public var nbdSocket: String?
+    /// `--freeze`: the guest agent's socket, and the longest the guest may stay frozen.
+    public var guestAgent: String?
+    public var freezeLimit: Double = 30
 
     public init(qmpSocket: String, node: String? = nil, nbdSocket: String? = nil) {
         self.qmpSocket = qmpSocket
@@ -75,6 +81,8 @@ public struct CreateResult: Sendable {
     public var warnings: [String] = []
     /// What killed runs had left (objects in QEMU, clones beside the image), removed first.
     public var removedStale: [String] = []
+    /// What the run did besides the snapshot (kept clones removed, with the space they held).
+    public var notes: [String] = []
 }
 
 /// Takes a snapshot: the pipeline of docs/DESIGN.md ("Snapshot pipeline").
@@ -195,6 +203,7 @@ public struct Snapshotter {
         var abandoned: [String] = []
         var source: Source?
         var warnings: [String] = []
+        var notes: [String] = []
         /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
         /// read, a failure here is a warning, not a failed snapshot.
         func closeView() {
@@ -209,6 +218,7 @@ public struct Snapshotter {
                                               chunkSize: UInt64(record.chunkSize), scratchDirectory: area.directory)
                 viewRequest.node = qemu.node
                 viewRequest.nbdSocket = qemu.nbdSocket
+                viewRequest.freezer = qemu.guestAgent.map { GuestFreezer(socketPath: $0, limit: qemu.freezeLimit) }
                 viewRequest.base = previous.map {
                     TrackingBase(snapshotID: $0.snapshotId.rawValue, bitmap: $0.changeTracking?.bitmap,
                                  granularity: $0.changeTracking?.granularity, diskSize: $0.sourceSize)
@@ -221,6 +231,14 @@ public struct Snapshotter {
                 record.identityChange = try checkIdentity(probed)
                 record.identity = probed
                 record.consistencyMethod = made.method
+                if let frozen = made.frozen {
+                    record.guestFrozen = true
+                    record.frozenFilesystems = frozen.filesystems
+                    record.freezeMilliseconds = frozen.milliseconds
+                    if frozen.thawedByWatchdog { warnings.append("the guest agent did not confirm the thaw; the watchdog thawed the guest") }
+                } else if qemu.guestAgent != nil {
+                    warnings.append("--freeze: QEMU has the image open read-only, so nothing in the guest writes it; the guest was not frozen")
+                }
                 record.sourceFormat = made.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
                 var tracking = ChangeTrackingRecord(node: made.node.name, bitmap: made.newBitmap, granularity: made.newBitmap == nil ? nil : made.granularity)
                 switch made.plan {
@@ -236,6 +254,12 @@ public struct Snapshotter {
                     // it is refused below, or read through --qmp.
                     let heldQcow2 = request.format != .raw && Qcow2Image.isQcow2(disk.path)
                         && ((try? Qcow2Image(path: disk.path, allowBacking: request.allowBacking))?.liveUse() != nil)
+                    do {
+                        // Only the disk's latest snapshot's clone is of use (other disks' are theirs).
+                        let wanted = Set(live.filter { $0.sourceDiskId != disk.diskId }.compactMap { $0.keptClone?.path } + [previous?.keptClone?.path].compactMap { $0 })
+                        notes += ReflinkClone.removeUnwantedKept(besides: disk.path, repositoryID: repository.config.repositoryId, wanted: wanted)
+                            .map { "removed the kept clone \($0): no snapshot of this repository uses it" }
+                    }
                     if !heldQcow2, let made = try ReflinkClone.make(of: disk.path, tag: id.rawValue) {
                         clone = made
                         readPath = made.path
@@ -243,7 +267,19 @@ public struct Snapshotter {
                         TestHooks.pause(at: "create-after-clone")
                     }
                 }
-                let opened = try Source.open(readPath, format: request.format, allowBacking: request.allowBacking)
+                var opened = try Source.open(readPath, format: request.format, allowBacking: request.allowBacking)
+                if request.keepClone, let clone {
+                    var tracking = ChangeTrackingRecord(node: nil, bitmap: nil, granularity: nil)
+                    tracking.method = "reflink-extents"
+                    switch try Self.cloneChanges(previous: previous, clone: clone, raw: opened.qcow2 == nil, size: opened.size) {
+                    case .changed(let ranges):
+                        opened.changedRanges = ranges
+                        tracking.baseSnapshotId = previous?.snapshotId.rawValue
+                    case .full(let reason):
+                        tracking.fullReadReason = reason
+                    }
+                    record.changeTracking = tracking
+                }
                 source = opened
                 if let image = opened.qcow2 {
                     record.sourceFormat = SourceFormat.qcow2.rawValue
@@ -263,29 +299,71 @@ public struct Snapshotter {
             }
             try run(source: opened, request: request, record: &record, area: area, previous: previous)
             closeView()
+            if request.keepClone, let clone, record.sourceFormat == nil {
+                let keptPath = ReflinkClone.keptPath(besides: disk.path, repositoryID: repository.config.repositoryId, snapshotID: id.rawValue)
+                let status = try clone.keep(as: keptPath)
+                record.keptClone = KeptCloneRecord(path: keptPath, inode: status.inode,
+                                                   changeTime: "\(status.changeTime.seconds).\(status.changeTime.nanoseconds)", size: status.size)
+            } else if request.keepClone {
+                warnings.append(clone == nil ? "--keep-clone: no reflink clone could be made of \(disk.path) (its filesystem cannot clone, or its directory is not writable)"
+                                             : "--keep-clone: the clone of a qcow2 image is not kept (its extents are not guest offsets)")
+            }
             record.status = .accomplished
             record.progress = "100%"
             record.completionTime = ISOTime.now()
             try catalog.save(record)
             TestHooks.pause(at: "create-after-commit")
+            if let old = previous?.keptClone {
+                // Committed: the previous snapshot's clone is no longer the newest.
+                if let freed = ReflinkClone.removeKept(path: old.path, inode: old.inode) { notes.append("removed the previous snapshot's kept clone, which held \(freed) bytes of its own") }
+            }
             if let view {
                 // Committed: the previous snapshot's bitmap is of no more use.
                 do { try view.commit() } catch { warnings.append("removing the previous snapshot's bitmap (the next create removes it): \(Self.describe(error))") }
             }
             var result = CreateResult(record: record, reused: false)
             result.warnings = warnings
+            result.notes = notes
             result.removedStale = (view?.removedStale.map { "\($0) in QEMU" } ?? []) + abandoned
             compactIndex(into: &result)
             return result
         } catch {
             closeView()
             view?.abandon()
+            if let kept = record.keptClone { try? FileSystem.removeIfExists(kept.path) }
             record.status = .failed
             record.failureReason = Self.describe(error)
             record.completionTime = ISOTime.now()
             try? catalog.save(record)
             throw error
         }
+    }
+
+    enum CloneChanges { case changed([ByteRange]), full(String) }
+
+    /// What changed since the previous snapshot, by the extents of its kept clone and of
+    /// this run's clone; or why everything must be read.
+    static func cloneChanges(previous: SnapshotRecord?, clone: ReflinkClone, raw: Bool, size: UInt64) throws -> CloneChanges {
+        guard raw else { return .full("the image is qcow2: its file's extents are not guest offsets") }
+        guard let previous else { return .full("no previous snapshot of this disk") }
+        guard let kept = previous.keptClone else { return .full("the previous snapshot kept no clone") }
+        guard kept.size == size else { return .full("the image's size changed") }
+        let fd = open(kept.path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .full("the previous snapshot's kept clone \(kept.path) cannot be opened (\(SystemError.current("open", kept.path).message))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return .full("the kept clone cannot be read") }
+        guard UInt64(st.st_ino) == kept.inode, "\(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)" == kept.changeTime, UInt64(st.st_size) == kept.size else {
+            return .full("the previous snapshot's kept clone \(kept.path) was changed or replaced since")
+        }
+        let old: [FileExtentMap.Extent], new: [FileExtentMap.Extent]
+        do {
+            old = try FileExtentMap.extents(of: fd, path: kept.path)
+            new = try clone.extents()
+        } catch {
+            return .full("the clones' extents cannot be mapped (\(error.message))")
+        }
+        return .changed(FileExtentMap.changedRanges(old: old, new: new, size: size))
     }
 
     static func describe(_ error: any Error) -> String { (error as? any CodedError)?.description ?? "\(error)" }

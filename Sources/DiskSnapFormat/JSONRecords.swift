@@ -156,8 +156,15 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     public var consistencyMethod: String?
     /// True when the guest's filesystems were frozen by its agent around the instant.
     public var guestFrozen: Bool?
+    /// With `guestFrozen`: how many filesystems the agent froze, and for how long the
+    /// guest's writes waited (the flush before the freeze included).
+    public var frozenFilesystems: Int?
+    public var freezeMilliseconds: Int?
     /// Change tracking through QEMU's dirty bitmaps (docs/FORMAT.md, "Snapshot record").
     public var changeTracking: ChangeTrackingRecord?
+    /// `create --keep-clone`: the reflink clone this snapshot was read from, kept beside the
+    /// image as the next snapshot's change tracker.
+    public var keptClone: KeptCloneRecord?
 
     public init(snapshotId: SnapshotID, snapshotName: String, description: String, sourcePath: String,
                 sourceKind: SourceKind, sourceSize: UInt64, chunkSize: Int) {
@@ -175,9 +182,25 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
 }
 
 /// What a snapshot taken through QEMU read, and what it left for the next one.
+/// A kept reflink clone: where, and what its status was when kept (any change to it since
+/// changes its ctime, and it is then not trusted).
+public struct KeptCloneRecord: Codable, Sendable, Equatable {
+    public var path: String
+    public var inode: UInt64
+    /// `seconds.nanoseconds`.
+    public var changeTime: String
+    public var size: UInt64
+    public init(path: String, inode: UInt64, changeTime: String, size: UInt64) {
+        (self.path, self.inode, self.changeTime, self.size) = (path, inode, changeTime, size)
+    }
+}
+
 public struct ChangeTrackingRecord: Codable, Sendable, Equatable {
-    /// The block node the view was made of.
-    public var node: String
+    /// QEMU's dirty bitmaps (`qemu`, also when absent in older records) or the extents of
+    /// kept reflink clones (`reflink-extents`).
+    public var method: String?
+    /// The block node the view was made of (through QEMU).
+    public var node: String?
     /// The persistent dirty bitmap this snapshot left in the image, counting writes from
     /// its instant on; nil when none could be (an image open read-only).
     public var bitmap: String?
@@ -190,7 +213,7 @@ public struct ChangeTrackingRecord: Codable, Sendable, Equatable {
     /// Set for a full read: why the bitmap could not be used.
     public var fullReadReason: String?
 
-    public init(node: String, bitmap: String?, granularity: UInt64?) {
+    public init(node: String?, bitmap: String?, granularity: UInt64?) {
         self.node = node
         self.bitmap = bitmap
         self.granularity = granularity

@@ -19,6 +19,8 @@ public struct ViewRequest: Sendable {
     public var runDirectory: String
     /// The Unix socket of an NBD server this QEMU already runs (a QEMU runs one at most).
     public var nbdSocket: String?
+    /// Freezes the guest's filesystems around the instant the view is made (`--freeze`).
+    public var freezer: GuestFreezer?
 
     public init(qmpSocket: String, imagePath: String, snapshotID: String, repositoryID: String, chunkSize: UInt64, scratchDirectory: String) {
         self.qmpSocket = qmpSocket
@@ -65,6 +67,8 @@ public final class PointInTimeView {
     /// The persistent bitmap this view began, for the next snapshot (nil when read-only).
     public let newBitmap: String?
     public let granularity: UInt64
+    /// What the freeze around the view's instant did (nil: the guest was not frozen).
+    public private(set) var frozen: FreezeOutcome?
     /// Objects of killed runs this view removed first ("node disksnap-o-...", "bitmap ...").
     public private(set) var removedStale: [String] = []
 
@@ -169,7 +173,11 @@ public final class PointInTimeView {
             // Only qcow2 stores bitmaps; on another format the bitmap lives as long as QEMU.
             actions.append(["type": "block-dirty-bitmap-add", "data": ["node": node.name, "name": newBitmap!, "granularity": granularity, "persistent": node.driver == "qcow2"] as QMPObject])
             actions.append(["type": "blockdev-backup", "data": ["job-id": backupJob, "device": node.name, "target": overlayNode, "sync": "none"] as QMPObject])
-            try qmp.execute("transaction", ["actions": actions])
+            if let freezer = request.freezer {
+                frozen = try freezer.whileFrozen { try qmp.execute("transaction", ["actions": actions]) }
+            } else {
+                try qmp.execute("transaction", ["actions": actions])
+            }
             TestHooks.pause(at: "qemu-after-view")
             try startExport(of: overlayNode, bitmap: temporaryBitmap)
         } catch {

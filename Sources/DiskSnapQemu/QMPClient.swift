@@ -30,17 +30,8 @@ public final class QMPClient {
     /// bounds every wait for an answer: a silent socket is not QMP, a hung QEMU is reported.
     public init(socketPath: String, timeout: Double = 60) throws(QemuError) {
         self.socketPath = socketPath
-        guard let status = try? FileSystem.statusIfExists(socketPath) else {
-            throw QemuError.unreachable("QMP socket \(socketPath) does not exist")
-        }
-        guard status.mode & UInt32(S_IFMT) == UInt32(S_IFSOCK) else {
-            throw QemuError.unreachable("\(socketPath) is not a socket (start QEMU with -qmp unix:\(socketPath),server=on,wait=off)")
-        }
-        do {
-            socket = try Socket.connect(unixPath: socketPath)
-        } catch {
-            throw QemuError.unreachable("cannot connect to the QMP socket \(socketPath): \(error.message) (is QEMU running?)")
-        }
+        socket = try Self.connect(socketPath, what: "the QMP socket", startHint: "start QEMU with -qmp unix:\(socketPath),server=on,wait=off",
+                                  failure: QemuError.unreachable)
         // A QMP server greets at once; a socket that stays silent is something else.
         socket.setReceiveTimeout(seconds: min(timeout, 5))
         peerProcessID = socket.peerProcessID
@@ -114,6 +105,18 @@ public final class QMPClient {
     public func commands() throws(QemuError) -> Set<String> {
         guard let list = try execute("query-commands") as? [QMPObject] else { throw QemuError.notQMP("query-commands answered with no list") }
         return Set(list.compactMap { $0["name"] as? String })
+    }
+
+    /// Connects to the Unix socket a QEMU serves at `path`; every failure is `failure`'s
+    /// error, saying what was expected there.
+    static func connect(_ path: String, what: String, startHint: String, failure: (String) -> QemuError) throws(QemuError) -> Socket {
+        guard let status = try? FileSystem.statusIfExists(path) else { throw failure("\(what) \(path) does not exist") }
+        guard status.mode & UInt32(S_IFMT) == UInt32(S_IFSOCK) else { throw failure("\(path) is not a socket (\(startHint))") }
+        do {
+            return try Socket.connect(unixPath: path)
+        } catch {
+            throw failure("cannot connect to \(what) \(path): \(error.message) (is QEMU running?)")
+        }
     }
 
     private static func readObject(socket: Socket, buffer: inout [UInt8], path: String) throws(QemuError) -> QMPObject {

@@ -30,4 +30,17 @@ public struct QemuError: CodedError {
     static func nodeAmbiguous(_ message: String) -> QemuError { QemuError("Qemu.NodeAmbiguous", message, exitStatus: .invalidParameter) }
     /// Another disksnap is making a view on this QEMU, or its NBD server is someone else's.
     static func busy(_ code: String, _ message: String) -> QemuError { QemuError(code, message, exitStatus: .busy) }
+
+    /// No guest agent answers at the socket `--guest-agent` names.
+    static func agentUnreachable(_ message: String) -> QemuError { QemuError("Guest.AgentUnreachable", message, exitStatus: .notFound) }
+    /// The guest agent's channel closed or stopped answering mid-command.
+    static func agentGone(_ message: String) -> QemuError { QemuError("Guest.AgentGone", message, exitStatus: .ioError) }
+    /// The guest's filesystems are already frozen by someone else: disksnap thaws only what it froze.
+    static func alreadyFrozen(_ message: String) -> QemuError { QemuError("Guest.AlreadyFrozen", message, exitStatus: .busy) }
+    /// The agent could not freeze the guest's filesystems (or not within the limit); thawed.
+    static func freezeFailed(_ message: String) -> QemuError { QemuError("Guest.FreezeFailed", message, exitStatus: .ioError) }
+    /// Neither disksnap nor its watchdog could confirm the guest thawed.
+    static func thawFailed(_ message: String) -> QemuError { QemuError("Guest.ThawFailed", message, exitStatus: .ioError) }
+    /// The watchdog that thaws the guest if disksnap dies did not start: nothing was frozen.
+    static func watchdogFailed(_ message: String) -> QemuError { QemuError("Guest.WatchdogFailed", message, exitStatus: .internalError) }
 }

@@ -12,6 +12,8 @@ import Glibc
 /// its whole life: a clone whose lock is free was left by a run that was killed.
 public final class ReflinkClone {
     public static let prefix = ".disksnap-clone-"
+    /// Kept clones (`create --keep-clone`): `.disksnap-kept-<repository id>-<snapshot id>-<image name>`.
+    public static func keptPrefix(repositoryID: String) -> String { ".disksnap-kept-\(repositoryID)-" }
     public let path: String
     public let imagePath: String
     /// Open, with the flock that says its maker is alive.
@@ -40,7 +42,7 @@ public final class ReflinkClone {
             return nil
         }
         TestHooks.durableStep()
-        if ds_ficlone(target, source) != 0 {
+        if ds_ficlone(target, source) != 0 || fsync(target) != 0 {
             close(target)
             try? FileSystem.remove(path)
             return nil
@@ -55,6 +57,66 @@ public final class ReflinkClone {
     }
 
     deinit { remove() }
+
+    /// Where the clone's bytes sit (FIEMAP).
+    public func extents() throws(SystemError) -> [FileExtentMap.Extent] {
+        try FileExtentMap.extents(of: descriptor, path: path)
+    }
+
+    /// Keeps the clone past this run, renamed to `keptPath` (beside the image); returns its
+    /// status after the rename, which a later run compares to know it untouched.
+    public func keep(as keptPath: String) throws(SystemError) -> FileStatus {
+        try FileSystem.rename(path, to: keptPath)
+        removed = true
+        var st = stat()
+        guard fstat(descriptor, &st) == 0 else { throw SystemError.current("fstat", keptPath) }
+        return FileStatus(st)
+    }
+
+    /// The path of the clone `snapshotID` keeps beside `imagePath`.
+    public static func keptPath(besides imagePath: String, repositoryID: String, snapshotID: String) -> String {
+        let name = imagePath.split(separator: "/").last.map(String.init) ?? "image"
+        return "\(FileSystem.directoryName(of: imagePath))/\(keptPrefix(repositoryID: repositoryID))\(snapshotID)-\(name)"
+    }
+
+    /// What a kept clone holds on its own now (the bytes the image no longer shares with it).
+    public static func describeKept(_ path: String) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "gone: \(SystemError.current("open", path).message)" }
+        defer { close(fd) }
+        guard let extents = try? FileExtentMap.extents(of: fd, path: path) else { return "its extents cannot be read" }
+        let bytes = FileExtentMap.unsharedBytes(extents)
+        return "holds \(bytes) bytes the image no longer shares"
+    }
+
+    /// Removes a kept clone if it is still the file that was kept (same inode); returns the
+    /// bytes it held on its own, or nil when it was not there.
+    public static func removeKept(path: String, inode: UInt64) -> UInt64? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, UInt64(st.st_ino) == inode else { return nil }
+        let held = (try? FileExtentMap.extents(of: fd, path: path)).map(FileExtentMap.unsharedBytes) ?? 0
+        guard (try? FileSystem.remove(path)) != nil else { return nil }
+        return held
+    }
+
+    /// Kept clones of this repository beside `imagePath` that are not in `wanted`: removed;
+    /// returns the paths removed.
+    public static func removeUnwantedKept(besides imagePath: String, repositoryID: String, wanted: Set<String>) -> [String] {
+        let directory = FileSystem.directoryName(of: imagePath)
+        guard let names = try? FileSystem.listDirectory(directory) else { return [] }
+        var removed: [String] = []
+        for name in names where name.hasPrefix(keptPrefix(repositoryID: repositoryID)) {
+            let path = "\(directory)/\(name)"
+            guard !wanted.contains(path), let status = try? FileSystem.statusIfExists(path), status.isRegularFile,
+                  let lock = try? FileLock.tryAcquire(path: path, kind: .exclusive) else { continue }
+            if (try? FileSystem.remove(path)) != nil { removed.append(path) }
+            withExtendedLifetime(lock) {}
+        }
+        return removed
+    }
 
     /// Removes the clone (its extents stay the image's): unlinked while still locked.
     public func remove() {

@@ -32,8 +32,16 @@ struct Create: ParsableCommand {
     var node: String?
     @Option(help: ArgumentHelp("With --qmp: the Unix socket of an NBD server the QEMU already runs (default: disksnap starts one, on a private socket).", valueName: "path"))
     var nbdSocket: String?
+    @Flag(help: "With --qmp: freeze the guest's filesystems through its agent (--guest-agent) around the instant the view is made, so the snapshot is application-consistent; always thawed, by a watchdog if disksnap dies.")
+    var freeze = false
+    @Option(help: ArgumentHelp("With --freeze: the host end of the guest agent's channel (-chardev socket,path=SOCKET,server=on,wait=off plus a virtserialport named org.qemu.guest_agent.0).", valueName: "socket"))
+    var guestAgent: String?
+    @Option(help: ArgumentHelp("With --freeze: the longest, in seconds, the guest may stay frozen (the flush included) before disksnap thaws it and fails; a watchdog thaws it 10 s later whatever disksnap does.", valueName: "seconds"))
+    var freezeLimit: Double = 30
     @Flag(help: "Read the image itself, not a reflink clone of it (made by default where the filesystem supports FICLONE: XFS with reflink, btrfs).")
     var noClone = false
+    @Flag(help: "Keep the reflink clone until the disk's next snapshot, which then reads only the ranges whose extents differ between the two clones (raw images; the clone holds the space of what the image overwrites meanwhile: show reports it).")
+    var keepClone = false
     @Flag(help: "Print {\"SnapshotId\", \"RequestId\"} as JSON.")
     var json = false
 
@@ -53,19 +61,42 @@ struct Create: ParsableCommand {
             }
             request.allowBacking = !noBacking
             request.clone = !noClone
+            guard !(keepClone && noClone) else {
+                throw CatalogError.invalid("InvalidParameter.Clone", "--keep-clone keeps the reflink clone that --no-clone turns off")
+            }
+            request.keepClone = keepClone
             if let qmp {
                 guard !allowLive, format == nil else {
                     throw CatalogError.invalid("InvalidParameter.Qmp", "--qmp reads QEMU's point-in-time view of the disk as QEMU's node sees it: --allow-live and --format do not apply")
                 }
-                request.qemu = QemuTarget(qmpSocket: qmp, node: node, nbdSocket: nbdSocket)
+                var target = QemuTarget(qmpSocket: qmp, node: node, nbdSocket: nbdSocket)
+                if freeze {
+                    guard let guestAgent else {
+                        throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze needs --guest-agent SOCKET: the host end of the guest agent's virtio-serial channel")
+                    }
+                    guard freezeLimit >= 1, freezeLimit <= 600 else {
+                        throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze-limit \(freezeLimit) is not between 1 and 600 seconds")
+                    }
+                    target.guestAgent = guestAgent
+                    target.freezeLimit = freezeLimit
+                } else if guestAgent != nil {
+                    throw CatalogError.invalid("InvalidParameter.Freeze", "--guest-agent is used only with --freeze")
+                }
+                request.qemu = target
             } else if node != nil || nbdSocket != nil {
                 throw CatalogError.invalid("InvalidParameter.Qmp", "--node and --nbd-socket need --qmp")
+            } else if freeze || guestAgent != nil {
+                throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze freezes a running VM's guest around QEMU's point-in-time view: it needs --qmp")
             }
             request.showProgress = Output.stderrIsTerminal
             let repository = try Repository.openOrInitialize(at: global.repositoryPath)
             let result = try Snapshotter(repository: repository).create(request)
             if let problem = result.compactionError { Output.warning("index compaction after the snapshot failed (the snapshot is complete): \(problem)") }
             for stale in result.removedStale { Output.warning("removed \(stale), left by a disksnap run that was killed") }
+            if result.record.guestFrozen == true {
+                Output.log("froze \(result.record.frozenFilesystems ?? 0) guest filesystem(s) for \(result.record.freezeMilliseconds ?? 0) ms")
+            }
+            for note in result.notes { Output.log(note) }
             for warning in result.warnings { Output.warning("\(warning) (the snapshot is complete)") }
             if json {
                 Output.json(CreateResponse(snapshotId: result.record.snapshotId.rawValue, requestId: RandomUUID.generate()))

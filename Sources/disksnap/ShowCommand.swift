@@ -1,4 +1,5 @@
 import ArgumentParser
+import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapCatalog
 import DiskSnapEngine
@@ -38,7 +39,15 @@ struct Show: ParsableCommand {
             if let tracking = r.changeTracking {
                 rows.append(["ChangeTracking", tracking.baseSnapshotId.map { "incremental from \($0): \(ByteFormat.human(tracking.changedBytes ?? 0)) changed" }
                              ?? "full read: \(tracking.fullReadReason ?? "-")"])
-                rows.append(["Bitmap", tracking.bitmap.map { "\($0) on node \(tracking.node)" } ?? "none (node \(tracking.node))"])
+                if let node = tracking.node {
+                    rows.append(["Bitmap", tracking.bitmap.map { "\($0) on node \(node)" } ?? "none (node \(node))"])
+                }
+            }
+            if r.guestFrozen == true {
+                rows.append(["GuestFrozen", "yes: \(r.frozenFilesystems ?? 0) filesystem(s), writes held \(r.freezeMilliseconds ?? 0) ms"])
+            }
+            if let kept = r.keptClone {
+                rows.append(["KeptClone", "\(kept.path) (\(ReflinkClone.describeKept(kept.path)))"])
             }
             if let change = r.identityChange { rows.append(["IdentityChange", change]) }
             Output.line(Table.format(rows))

@@ -111,3 +111,74 @@ def test_no_clone_where_the_filesystem_cannot(ds, test_disk, tmp_path):
         assert clones(tmpfs) == []
     finally:
         subprocess.run(["umount", str(tmpfs)], check=True)
+
+
+def kept(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith(".disksnap-kept-"))
+
+
+def test_a_kept_clone_tells_the_next_snapshot_exactly_what_was_written(ds, xfs, tmp_path):
+    image = xfs / "raw.img"
+    size = 48 << 20
+    with open(image, "wb") as f:
+        f.write(os.urandom(size))
+    first = ds.create(image, "first", "--keep-clone")
+    r1 = ds.show(first)
+    chunk = r1["ChunkSize"]
+    assert r1["ChangeTracking"]["Method"] == "reflink-extents"
+    assert "no previous snapshot" in r1["ChangeTracking"]["FullReadReason"]
+    assert r1["BytesRead"] == size
+    assert kept(xfs) and r1["KeptClone"]["Path"] == str(xfs / kept(xfs)[0])
+    # A writer changes 4 KiB in three chunks (two writes share one chunk) and 64 KiB across
+    # a chunk boundary.
+    writes = [(3 * chunk + 512, 4096), (3 * chunk + 8192, 100), (500 * chunk, 4096), (700 * chunk - 4096, 65536)]
+    fd = os.open(image, os.O_WRONLY)
+    for offset, length in writes:
+        os.pwrite(fd, os.urandom(length), offset)
+    os.fsync(fd)
+    os.close(fd)
+    touched = set()
+    for offset, length in writes:
+        touched.update(range(offset // chunk, (offset + length - 1) // chunk + 1))
+    second = ds.create(image, "second", "--keep-clone")
+    r2 = ds.show(second)
+    assert r2["ChangeTracking"]["BaseSnapshotId"] == first
+    assert r2["BytesRead"] == len(touched) * chunk, (r2["BytesRead"], sorted(touched))
+    assert restore_bytes(ds, second, tmp_path) == read_all(image)
+    # The previous snapshot's clone is gone, this one's is kept, and show says what it holds.
+    assert kept(xfs) == [os.path.basename(r2["KeptClone"]["Path"])]
+    out = ds.run("show", second).out
+    assert "KeptClone" in out and "holds 0 bytes" in out
+    with open(image, "r+b") as f:
+        f.write(os.urandom(1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    assert "holds 1048576 bytes" in ds.run("show", second).out
+
+    # A kept clone someone wrote to is not trusted: a full read, and the snapshot is right.
+    with open(r2["KeptClone"]["Path"], "r+b") as f:
+        f.seek(100 * chunk)
+        f.write(b"x")
+    third = ds.create(image, "third", "--keep-clone")
+    r3 = ds.show(third)
+    assert "changed or replaced" in r3["ChangeTracking"]["FullReadReason"]
+    assert r3["BytesRead"] == size
+    assert restore_bytes(ds, third, tmp_path) == read_all(image)
+    # Deleting the snapshot removes its clone; a clone no snapshot uses is removed by the next create.
+    ds.run("delete", third)
+    assert kept(xfs) == []
+    orphan = xfs / (os.path.basename(r3["KeptClone"]["Path"]))
+    subprocess.run(["cp", "--reflink=always", image, orphan], check=True)
+    fourth = ds.create(image, "fourth")
+    assert str(orphan) not in str(kept(xfs)) and kept(xfs) == []
+    assert "ChangeTracking" not in ds.show(fourth)
+
+
+def test_keep_clone_where_no_clone_can_be_made_warns_and_reads_everything(ds, test_disk, tmp_path):
+    image = tmp_path / "plain.img"
+    subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+    r = ds.run("create", image, "--name", "tmpfs", "--keep-clone", "--json")
+    assert r.code == 0 and "--keep-clone: no reflink clone could be made" in r.err
+    assert "KeptClone" not in ds.show(json.loads(r.out)["SnapshotId"])
+    r = ds.run("create", image, "--name", "both", "--keep-clone", "--no-clone", check=False)
+    assert r.code == 2 and "InvalidParameter.Clone" in r.err

@@ -71,3 +71,32 @@ int ds_socket_peer_pid(int fd);
 int ds_ficlone(int dst, int src);
 
 #endif
+
+/// Starts `path` with `argv` (NULL-terminated) in a session of its own (setsid: a terminal's
+/// ^C or hangup does not reach it), its stdin and stdout the given descriptors, its stderr
+/// ours. Returns 0 and the child's pid, or an errno value.
+int ds_spawn_detached(const char *path, char *const argv[], int stdin_fd, int stdout_fd, int *pid);
+/// pipe2(fds, O_CLOEXEC).
+int ds_pipe_cloexec(int fds[2]);
+
+/// One extent as FIEMAP reports it (linux/fiemap.h).
+typedef struct {
+    uint64_t logical;
+    uint64_t physical;
+    uint64_t length;
+    uint32_t flags;
+} ds_extent;
+/// The extents of fd's bytes [start, start + length), synced first (FIEMAP_FLAG_SYNC), up to
+/// `capacity`; sets *count and *last (1 when the file's last extent was among them).
+/// Returns 0, or -1 with errno (EOPNOTSUPP: the filesystem has no FIEMAP).
+int ds_fiemap(int fd, uint64_t start, uint64_t length, ds_extent *out, uint32_t capacity, uint32_t *count, int *last);
+/// FIEMAP extent flags disksnap reads.
+#define DS_FIEMAP_LAST 0x1
+#define DS_FIEMAP_UNKNOWN 0x2
+#define DS_FIEMAP_DELALLOC 0x4
+#define DS_FIEMAP_ENCODED 0x8
+#define DS_FIEMAP_NOT_ALIGNED 0x100
+#define DS_FIEMAP_DATA_INLINE 0x200
+#define DS_FIEMAP_DATA_TAIL 0x400
+#define DS_FIEMAP_UNWRITTEN 0x800
+#define DS_FIEMAP_SHARED 0x2000
