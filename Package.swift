@@ -30,7 +30,8 @@ let package = Package(
         .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD"]),
         // qcow2 images as the guest sees them: header, L1/L2 tables, backing chains, writer.
         .target(name: "DiskSnapQcow2", dependencies: ["DiskSnapSys"]),
-        // A running QEMU: QMP, its block graph, point-in-time views and dirty bitmaps.
+        // A running VM: QMP, its block graph, point-in-time views and dirty bitmaps; libvirt's
+        // backup API and checkpoints; the guest agent.
         .target(name: "DiskSnapQemu", dependencies: ["DiskSnapSys"]),
         // On-disk formats: byte layouts, digests, versioned records.
         .target(name: "DiskSnapFormat", dependencies: [
@@ -39,7 +40,7 @@ let package = Package(
         // The content-addressed chunk store: packs, the chunk index, locks, atomic publication.
         .target(name: "DiskSnapStore", dependencies: ["DiskSnapSys", "DiskSnapFormat"]),
         // Snapshot records: ids, names, lookup, status.
-        .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapQcow2"]),
+        .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapQcow2", "DiskSnapQemu"]),
         // Snapshot, restore, check: the pipelines over every core.
         .target(name: "DiskSnapEngine", dependencies: [
             "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2", "DiskSnapQemu",

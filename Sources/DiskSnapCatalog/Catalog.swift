@@ -1,4 +1,5 @@
 import DiskSnapSys
+import DiskSnapQemu
 import DiskSnapFormat
 import DiskSnapStore
 
@@ -84,5 +85,11 @@ public struct Catalog: Sendable {
         try FileSystem.syncDirectory(repository.fixedIndexDirectory)
         // Its kept reflink clone (if it is still the file kept): of no use without it.
         if let kept = record.keptClone { _ = ReflinkClone.removeKept(path: kept.path, inode: kept.inode) }
+        // Its libvirt checkpoint (best effort: libvirt may be down; the next create of that
+        // domain removes it then): no later snapshot can be incremental from a deleted one.
+        if let tracking = record.changeTracking, tracking.method == "libvirt-checkpoint",
+           let uri = tracking.libvirtUri, let domain = tracking.domain, let checkpoint = tracking.bitmap {
+            LibvirtView.removeCheckpoint(uri: uri, domain: domain, name: checkpoint)
+        }
     }
 }

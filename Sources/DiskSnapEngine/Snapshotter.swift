@@ -28,6 +28,10 @@ public struct CreateRequest: Sendable {
     public var workers = Workers.defaultCount
     /// Set for a disk a running QEMU has open: read its point-in-time view.
     public var qemu: QemuTarget?
+    /// Set for a disk of a libvirt domain (`--domain`): read through libvirt's backup API
+    /// while the domain runs, the image itself when it is shut off. `source` may then be
+    /// empty: the disk's source in the domain.
+    public var libvirt: LibvirtTarget?
     /// An image file on a filesystem that can reflink is cloned (`FICLONE`) and the clone
     /// read: one instant, whoever writes the image. False reads the image itself.
     public var clone = true
@@ -120,7 +124,28 @@ public struct Snapshotter {
 
         let catalog = Catalog(repository: repository)
         var catalogLock: FileLock? = try repository.lockCatalog()
-        let disk = try DiskRegistry(repository: repository).resolveOrRegister(request.source)
+        // A libvirt domain's disk: found in the domain (and checked against the source given).
+        var libvirtDisk: LibvirtDiskHandle?
+        let disk: DiskRecord
+        if let target = request.libvirt {
+            if request.source.isEmpty {
+                let handle = try LibvirtDiskHandle.locate(target, imagePath: nil)
+                disk = try DiskRegistry(repository: repository).resolveOrRegister(handle.disk.sourcePath!)
+                libvirtDisk = handle
+            } else {
+                disk = try DiskRegistry(repository: repository).resolveOrRegister(request.source)
+                libvirtDisk = try LibvirtDiskHandle.locate(target, imagePath: disk.path)
+            }
+        } else {
+            disk = try DiskRegistry(repository: repository).resolveOrRegister(request.source)
+        }
+        var notes: [String] = []
+        if let handle = libvirtDisk, !handle.running {
+            // Nothing runs the disk: its image is read directly (cloned where it can be).
+            notes.append("domain \(handle.target.domain) is not running: read its disk \(handle.disk.target) (\(disk.path)) directly")
+            libvirtDisk = nil
+        }
+        let throughView = request.qemu != nil || libvirtDisk != nil
         let records = try catalog.records(markingDeadFailed: true).records
         if let token = request.clientToken?.rawValue,
            let prior = records.first(where: { $0.clientToken == token && $0.status != .failed }) {
@@ -161,7 +186,7 @@ public struct Snapshotter {
         }
         var identity: DiskIdentity?
         var identityChange: String?
-        if request.qemu == nil {
+        if !throughView {
             let probed = try GuestProbe.identify(path: disk.path, qcow2: request.format.map { $0 == .qcow2 }, allowBacking: request.allowBacking)
             identityChange = try checkIdentity(probed)
             identity = probed
@@ -197,13 +222,12 @@ public struct Snapshotter {
         // of change tracking.
         let previous = live.filter { $0.sourceDiskId == disk.diskId && $0.status == .accomplished && $0.chunkSize == record.chunkSize }
             .max { $0.creationTime < $1.creationTime }
-        var view: PointInTimeView?
+        var view: (any LiveDiskView)?
         var clone: ReflinkClone?
         defer { clone?.remove() }
         var abandoned: [String] = []
         var source: Source?
         var warnings: [String] = []
-        var notes: [String] = []
         /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
         /// read, a failure here is a warning, not a failed snapshot.
         func closeView() {
@@ -212,20 +236,42 @@ public struct Snapshotter {
             do { try view?.close() } catch { warnings.append("tearing down the QEMU view: \(Self.describe(error))") }
         }
         do {
-            if let qemu = request.qemu {
-                var viewRequest = ViewRequest(qmpSocket: qemu.qmpSocket, imagePath: disk.path, snapshotID: id.rawValue,
-                                              repositoryID: repository.config.repositoryId,
-                                              chunkSize: UInt64(record.chunkSize), scratchDirectory: area.directory)
-                viewRequest.node = qemu.node
-                viewRequest.nbdSocket = qemu.nbdSocket
-                viewRequest.freezer = qemu.guestAgent.map { GuestFreezer(socketPath: $0, limit: qemu.freezeLimit) }
-                viewRequest.base = previous.map {
+            if throughView {
+                let base = previous.map {
                     TrackingBase(snapshotID: $0.snapshotId.rawValue, bitmap: $0.changeTracking?.bitmap,
                                  granularity: $0.changeTracking?.granularity, diskSize: $0.sourceSize)
                 }
-                let made = try PointInTimeView.make(viewRequest)
+                let made: any LiveDiskView
+                var freezing = false
+                if let qemu = request.qemu {
+                    var viewRequest = ViewRequest(qmpSocket: qemu.qmpSocket, imagePath: disk.path, snapshotID: id.rawValue,
+                                                  repositoryID: repository.config.repositoryId,
+                                                  chunkSize: UInt64(record.chunkSize), scratchDirectory: area.directory)
+                    viewRequest.node = qemu.node
+                    viewRequest.nbdSocket = qemu.nbdSocket
+                    viewRequest.freezer = qemu.guestAgent.map { GuestFreezer(socketPath: $0, limit: qemu.freezeLimit) }
+                    freezing = qemu.guestAgent != nil
+                    // A libvirt checkpoint is not a base here (libvirt's QEMU is libvirt's to drive).
+                    let viaLibvirt = previous?.changeTracking?.method == "libvirt-checkpoint"
+                    viewRequest.base = base.map { viaLibvirt ? TrackingBase(snapshotID: $0.snapshotID, bitmap: nil, granularity: nil, diskSize: $0.diskSize) : $0 }
+                    made = try PointInTimeView.make(viewRequest)
+                } else {
+                    let handle = libvirtDisk!
+                    var viewRequest = LibvirtViewRequest(snapshotID: id.rawValue, repositoryID: repository.config.repositoryId,
+                                                         scratchDirectory: area.directory)
+                    // The base only if it was taken through libvirt, of this very domain disk.
+                    let tracked = previous?.changeTracking
+                    let sameDisk = tracked?.method == "libvirt-checkpoint" && tracked?.domain == handle.target.domain && tracked?.target == handle.disk.target
+                    viewRequest.base = base.map { sameDisk ? $0 : TrackingBase(snapshotID: $0.snapshotID, bitmap: nil, granularity: nil, diskSize: $0.diskSize) }
+                    viewRequest.wantedCheckpoints = Set(live.compactMap { $0.changeTracking?.method == "libvirt-checkpoint" ? $0.changeTracking?.bitmap : nil })
+                    if handle.target.freeze {
+                        viewRequest.freezer = GuestFreezer(target: .libvirt(uri: handle.target.uri, domain: handle.target.domain), limit: handle.target.freezeLimit)
+                        freezing = true
+                    }
+                    made = try LibvirtView.make(handle, viewRequest)
+                }
                 view = made
-                let opened = try Source.open(view: made, path: disk.path)
+                var opened = try Source.open(view: made, path: disk.path)
                 source = opened
                 let probed = try GuestProbe.identify(size: opened.size) { buffer, offset in try opened.readExactly(into: buffer, at: offset) }
                 record.identityChange = try checkIdentity(probed)
@@ -236,13 +282,32 @@ public struct Snapshotter {
                     record.frozenFilesystems = frozen.filesystems
                     record.freezeMilliseconds = frozen.milliseconds
                     if frozen.thawedByWatchdog { warnings.append("the guest agent did not confirm the thaw; the watchdog thawed the guest") }
-                } else if qemu.guestAgent != nil {
+                } else if freezing {
                     warnings.append("--freeze: QEMU has the image open read-only, so nothing in the guest writes it; the guest was not frozen")
                 }
-                record.sourceFormat = made.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
-                var tracking = ChangeTrackingRecord(node: made.node.name, bitmap: made.newBitmap, granularity: made.newBitmap == nil ? nil : made.granularity)
+                var tracking: ChangeTrackingRecord
+                if let qemuView = made as? PointInTimeView {
+                    record.sourceFormat = qemuView.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
+                    tracking = ChangeTrackingRecord(node: qemuView.node.name, bitmap: qemuView.newBitmap, granularity: qemuView.newBitmap == nil ? nil : qemuView.granularity)
+                } else {
+                    let libvirtView = made as! LibvirtView
+                    record.sourceFormat = libvirtView.handle.disk.format == "qcow2" ? SourceFormat.qcow2.rawValue : nil
+                    tracking = ChangeTrackingRecord(node: nil, bitmap: libvirtView.checkpoint, granularity: nil)
+                    tracking.method = "libvirt-checkpoint"
+                    tracking.libvirtUri = libvirtView.handle.target.uri
+                    tracking.domain = libvirtView.handle.target.domain
+                    tracking.target = libvirtView.handle.disk.target
+                }
                 switch made.plan {
-                case .incremental: tracking.baseSnapshotId = previous?.snapshotId.rawValue
+                case .incremental:
+                    if let previous, previous.sourceSize != opened.size {
+                        // The bitmap says nothing of a resized disk's new bytes: all of it is read.
+                        opened.changedRanges = nil
+                        source = opened
+                        tracking.fullReadReason = "the disk's size changed from \(previous.sourceSize) to \(opened.size) bytes since \(previous.snapshotId)"
+                    } else {
+                        tracking.baseSnapshotId = previous?.snapshotId.rawValue
+                    }
                 case .full(let reason): tracking.fullReadReason = reason
                 }
                 record.changeTracking = tracking
@@ -324,7 +389,8 @@ public struct Snapshotter {
             var result = CreateResult(record: record, reused: false)
             result.warnings = warnings
             result.notes = notes
-            result.removedStale = (view?.removedStale.map { "\($0) in QEMU" } ?? []) + abandoned
+            let place = view is LibvirtView ? "in libvirt" : "in QEMU"
+            result.removedStale = (view?.removedStale.map { "\($0) \(place)" } ?? []) + abandoned
             compactIndex(into: &result)
             return result
         } catch {

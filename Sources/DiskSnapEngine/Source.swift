@@ -70,7 +70,7 @@ struct Source {
 
     /// A running QEMU's disk through its point-in-time view: data ranges from the view's
     /// `base:allocation`, and with change tracking the extents its dirty bitmap marks.
-    static func open(view: PointInTimeView, path: String) throws -> Source {
+    static func open(view: any LiveDiskView, path: String) throws -> Source {
         let first = try NBDClient(socketPath: view.socketPath, exportName: view.exportName,
                                   metaContexts: [NBDClient.allocationContext] + (view.dirtyContext.map { [$0] } ?? []))
         let allocation = try first.extents(context: NBDClient.allocationContext, offset: 0, length: first.size)

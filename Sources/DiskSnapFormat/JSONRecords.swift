@@ -151,8 +151,9 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     /// Percent of the source read, as the documents write it ("37%"); "100%" when done.
     public var progress: String = "0%"
     /// How a point in time was had from a disk in use: `qemu-fleecing` (a running QEMU's
-    /// point-in-time view), `qemu-read-only` (QEMU has the image open read-only); absent:
-    /// the disk was read directly.
+    /// point-in-time view), `qemu-read-only` (QEMU has the image open read-only),
+    /// `libvirt-pull-backup` (libvirt's backup API), `reflink-clone`; absent: the disk was
+    /// read directly.
     public var consistencyMethod: String?
     /// True when the guest's filesystems were frozen by its agent around the instant.
     public var guestFrozen: Bool?
@@ -181,7 +182,6 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     }
 }
 
-/// What a snapshot taken through QEMU read, and what it left for the next one.
 /// A kept reflink clone: where, and what its status was when kept (any change to it since
 /// changes its ctime, and it is then not trusted).
 public struct KeptCloneRecord: Codable, Sendable, Equatable {
@@ -195,10 +195,17 @@ public struct KeptCloneRecord: Codable, Sendable, Equatable {
     }
 }
 
+/// What a snapshot of a disk in use read, and what it left for the next one.
 public struct ChangeTrackingRecord: Codable, Sendable, Equatable {
-    /// QEMU's dirty bitmaps (`qemu`, also when absent in older records) or the extents of
-    /// kept reflink clones (`reflink-extents`).
+    /// QEMU's dirty bitmaps (`qemu`, also when absent in older records), libvirt's
+    /// checkpoints (`libvirt-checkpoint`) or the extents of kept reflink clones
+    /// (`reflink-extents`).
     public var method: String?
+    /// libvirt: the connection, the domain and the disk's target; `bitmap` is then the
+    /// checkpoint this snapshot left (its bitmap in the qcow2 image has the same name).
+    public var libvirtUri: String?
+    public var domain: String?
+    public var target: String?
     /// The block node the view was made of (through QEMU).
     public var node: String?
     /// The persistent dirty bitmap this snapshot left in the image, counting writes from

@@ -3,13 +3,14 @@ import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapCatalog
 import DiskSnapEngine
+import DiskSnapQemu
 
 struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Snapshot a disk: a registered disk's id or name, or a path (registered on first use).")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "Disk id, disk name, raw image file or block device.")
-    var source: String
+    @Argument(help: "Disk id, disk name, raw image file or block device (with --domain: optional, the domain's disk).")
+    var source: String?
     @Option(help: "Snapshot name, under the repository profile's rules (docs/RULES.md).")
     var name: String
     @Option(help: "Description, under the profile's rules.")
@@ -32,9 +33,13 @@ struct Create: ParsableCommand {
     var node: String?
     @Option(help: ArgumentHelp("With --qmp: the Unix socket of an NBD server the QEMU already runs (default: disksnap starts one, on a private socket).", valueName: "path"))
     var nbdSocket: String?
-    @Flag(help: "With --qmp: freeze the guest's filesystems through its agent (--guest-agent) around the instant the view is made, so the snapshot is application-consistent; always thawed, by a watchdog if disksnap dies.")
+    @Option(help: ArgumentHelp("A libvirt domain's disk (TARGET such as vda; default: the disk whose source is the image given, else the domain's only disk): read through libvirt's backup API while the domain runs, with a checkpoint so that the next snapshot reads only what changed; the image itself when the domain is shut off.", valueName: "name[:target]"))
+    var domain: String?
+    @Option(name: .customLong("connect"), help: ArgumentHelp("With --domain: the libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).", valueName: "uri"))
+    var libvirtURI: String?
+    @Flag(help: "With --qmp or --domain: freeze the guest's filesystems through its agent (--guest-agent) around the instant the view is made, so the snapshot is application-consistent; always thawed, by a watchdog if disksnap dies.")
     var freeze = false
-    @Option(help: ArgumentHelp("With --freeze: the host end of the guest agent's channel (-chardev socket,path=SOCKET,server=on,wait=off plus a virtserialport named org.qemu.guest_agent.0).", valueName: "socket"))
+    @Option(help: ArgumentHelp("With --qmp --freeze: the host end of the guest agent's channel (-chardev socket,path=SOCKET,server=on,wait=off plus a virtserialport named org.qemu.guest_agent.0).", valueName: "socket"))
     var guestAgent: String?
     @Option(help: ArgumentHelp("With --freeze: the longest, in seconds, the guest may stay frozen (the flush included) before disksnap thaws it and fails; a watchdog thaws it 10 s later whatever disksnap does.", valueName: "seconds"))
     var freezeLimit: Double = 30
@@ -47,7 +52,10 @@ struct Create: ParsableCommand {
 
     func run() throws {
         try runReporting(json: json) {
-            var request = CreateRequest(source: source, name: name)
+            guard source != nil || domain != nil else {
+                throw CatalogError.invalid("InvalidParameter.Source", "name the disk to snapshot: a disk id or name, an image file or block device, or --domain NAME[:TARGET]")
+            }
+            var request = CreateRequest(source: source ?? "", name: name)
             request.description = description
             request.tags = try tags.map { try Tag(parsing: $0) }
             request.clientToken = try clientToken.map { try ClientToken($0) }
@@ -65,7 +73,25 @@ struct Create: ParsableCommand {
                 throw CatalogError.invalid("InvalidParameter.Clone", "--keep-clone keeps the reflink clone that --no-clone turns off")
             }
             request.keepClone = keepClone
-            if let qmp {
+            if let domain {
+                guard qmp == nil, node == nil, nbdSocket == nil, guestAgent == nil else {
+                    throw CatalogError.invalid("InvalidParameter.Domain", "--domain goes through libvirt, which owns the domain's QEMU and talks to its guest agent: --qmp, --node, --nbd-socket and --guest-agent do not apply")
+                }
+                guard !allowLive, format == nil else {
+                    throw CatalogError.invalid("InvalidParameter.Domain", "--domain reads the disk as the guest sees it, at one instant: --allow-live and --format do not apply")
+                }
+                var target = try LibvirtTarget(uri: libvirtURI ?? LibvirtTarget.defaultURI, parsing: domain)
+                if freeze {
+                    guard freezeLimit >= 1, freezeLimit <= 600 else {
+                        throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze-limit \(freezeLimit) is not between 1 and 600 seconds")
+                    }
+                    target.freeze = true
+                    target.freezeLimit = freezeLimit
+                }
+                request.libvirt = target
+            } else if libvirtURI != nil {
+                throw CatalogError.invalid("InvalidParameter.Domain", "--connect names libvirt's URI for --domain")
+            } else if let qmp {
                 guard !allowLive, format == nil else {
                     throw CatalogError.invalid("InvalidParameter.Qmp", "--qmp reads QEMU's point-in-time view of the disk as QEMU's node sees it: --allow-live and --format do not apply")
                 }
@@ -86,7 +112,7 @@ struct Create: ParsableCommand {
             } else if node != nil || nbdSocket != nil {
                 throw CatalogError.invalid("InvalidParameter.Qmp", "--node and --nbd-socket need --qmp")
             } else if freeze || guestAgent != nil {
-                throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze freezes a running VM's guest around QEMU's point-in-time view: it needs --qmp")
+                throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze freezes a running VM's guest around QEMU's point-in-time view: it needs --qmp or --domain")
             }
             request.showProgress = Output.stderrIsTerminal
             let repository = try Repository.openOrInitialize(at: global.repositoryPath)

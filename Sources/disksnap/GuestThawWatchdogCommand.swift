@@ -10,12 +10,22 @@ struct GuestThawWatchdog: ParsableCommand {
         shouldDisplay: false
     )
 
-    @Option var guestAgent: String
+    @Option var guestAgent: String?
+    @Option var libvirt: String?
+    @Option var domain: String?
     @Option var limit: Double
     @Option var parent: Int32
 
     func run() throws {
-        let status = GuestFreezer.runWatchdog(socketPath: guestAgent, limit: limit, parent: parent)
+        let target: FreezeTarget
+        if let guestAgent {
+            target = .agent(socketPath: guestAgent)
+        } else if let libvirt, let domain {
+            target = .libvirt(uri: libvirt, domain: domain)
+        } else {
+            throw ValidationError("--guest-agent, or --libvirt with --domain")
+        }
+        let status = GuestFreezer.runWatchdog(target: target, limit: limit, parent: parent)
         if status != 0 { throw ExitCode(status) }
     }
 }

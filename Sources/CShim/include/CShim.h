@@ -70,7 +70,46 @@ int ds_socket_peer_pid(int fd);
 /// Makes `dst` share all of `src`'s extents (FICLONE: a reflink copy, XFS/btrfs); 0 or -1 with errno.
 int ds_ficlone(int dst, int src);
 
-#endif
+
+// libvirt, loaded at run time (dlopen of libvirt.so.0) only by `create --domain`: disksnap
+// runs on hosts without libvirt, and links nothing of it. Handles are opaque pointers; every
+// call that fails leaves libvirt's error for ds_virt_last_error (libvirt's own printing to
+// stderr is turned off).
+/// Loads libvirt.so.0 and every function below. Returns 0, or -1 with a reason in `reason`.
+int ds_virt_load(char *reason, size_t reason_size);
+/// libvirt's last error on this thread: its code (virErrorNumber; 0 when none) and message.
+int ds_virt_last_error(char *message, size_t message_size);
+void *ds_virt_connect(const char *uri);
+void ds_virt_disconnect(void *connection);
+void *ds_virt_domain(void *connection, const char *name);
+void ds_virt_domain_free(void *domain);
+/// 1 running, 0 not, -1 error.
+int ds_virt_domain_active(void *domain);
+/// The domain's live XML (free() it); NULL on error.
+char *ds_virt_domain_xml(void *domain);
+/// The domain's UUID as text into `uuid` (at least 37 bytes). Returns 0 or -1.
+int ds_virt_domain_uuid(void *domain, char *uuid);
+/// virDomainBackupBegin (pull mode XML; checkpoint XML may be NULL). Returns 0 or -1.
+int ds_virt_backup_begin(void *domain, const char *backup_xml, const char *checkpoint_xml);
+/// The running backup job's XML (free() it); NULL when none runs (code VIR_ERR_NO_DOMAIN_BACKUP) or on error.
+char *ds_virt_backup_xml(void *domain);
+int ds_virt_abort_job(void *domain);
+/// The names of the domain's checkpoints (each and the array free()d by the caller); the
+/// count, or -1.
+int ds_virt_checkpoint_names(void *domain, char ***names);
+/// A checkpoint's XML (free() it); NULL on error (VIR_ERR_NO_DOMAIN_CHECKPOINT: none so named).
+char *ds_virt_checkpoint_xml(void *domain, const char *name);
+/// Deletes a checkpoint (its bitmaps too, unless metadata_only). Returns 0 or -1.
+int ds_virt_checkpoint_delete(void *domain, const char *name, int metadata_only);
+/// Freezes / thaws every guest filesystem through libvirt's guest agent: the count, or -1.
+int ds_virt_fs_freeze(void *domain);
+int ds_virt_fs_thaw(void *domain);
+#define DS_VIR_ERR_NO_DOMAIN 42
+#define DS_VIR_ERR_OPERATION_INVALID 55
+#define DS_VIR_ERR_AGENT_UNRESPONSIVE 86
+#define DS_VIR_ERR_NO_DOMAIN_CHECKPOINT 103
+#define DS_VIR_ERR_NO_DOMAIN_BACKUP 104
+#define DS_VIR_ERR_CHECKPOINT_INCONSISTENT 109
 
 /// Starts `path` with `argv` (NULL-terminated) in a session of its own (setsid: a terminal's
 /// ^C or hangup does not reach it), its stdin and stdout the given descriptors, its stderr
@@ -100,3 +139,5 @@ int ds_fiemap(int fd, uint64_t start, uint64_t length, ds_extent *out, uint32_t 
 #define DS_FIEMAP_DATA_TAIL 0x400
 #define DS_FIEMAP_UNWRITTEN 0x800
 #define DS_FIEMAP_SHARED 0x2000
+
+#endif
