@@ -45,6 +45,10 @@ let package = Package(
         .target(name: "DiskSnapEngine", dependencies: [
             "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2", "DiskSnapQemu",
         ]),
+        // Off-host stores: AWS Signature V4, S3 as a blob store.
+        .target(name: "DiskSnapS3", dependencies: [
+            "DiskSnapSys", "DiskSnapStore", .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // Serving a snapshot to other programs: NBD export, FUSE mount.
         .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),
         // The command line: one file per subcommand.
@@ -56,8 +60,8 @@ let package = Package(
         // corpus in Tests/Fuzz (a plain build).
         .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore"], path: "Sources/disksnap-fuzz"),
         .testTarget(name: "DiskSnapTests", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu",
-        ]),
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3",
+        ], exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]
 )
