@@ -26,8 +26,11 @@ let package = Package(
         .target(name: "CFuseGlue", dependencies: ["CFuse"], path: "Sources/CFuseGlue"),
         .systemLibrary(name: "CNBD", path: "Sources/CNBD", pkgConfig: "libnbd",
                        providers: [.apt(["libnbd-dev"])]),
+        .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
+                       providers: [.apt(["libcurl4-openssl-dev"])]),
+        .target(name: "CCurlGlue", dependencies: ["CCurl"], path: "Sources/CCurlGlue"),
         // Swift face of the operating system and the C libraries.
-        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD"]),
+        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD", "CCurlGlue"]),
         // qcow2 images as the guest sees them: header, L1/L2 tables, backing chains, writer.
         .target(name: "DiskSnapQcow2", dependencies: ["DiskSnapSys"]),
         // A running VM: QMP, its block graph, point-in-time views and dirty bitmaps; libvirt's

@@ -38,7 +38,7 @@ public final class MemoryBlobStore: BlobStore {
         return version
     }
 
-    public func writer(for key: BlobKey) throws -> any BlobWriter { MemoryBlobWriter(store: self, key: key) }
+    public func writer(for key: BlobKey) throws -> any BlobWriter { BufferedBlobWriter(store: self, key: key) }
 
     public func read(_ key: BlobKey) throws -> (bytes: [UInt8], version: BlobVersion) {
         guard let blob = blobs.withLock({ $0[key] }) else { throw BlobStoreError(.notFound, "\(key) does not exist") }
@@ -71,26 +71,28 @@ public final class MemoryBlobStore: BlobStore {
     }
 }
 
-final class MemoryBlobWriter: BlobWriter {
-    private let store: MemoryBlobStore
+/// Buffers a blob in memory and creates it at `commit` (create-only): for stores whose
+/// create is one request anyway (memory; S3 up to its single-PUT size).
+public final class BufferedBlobWriter: BlobWriter {
+    private let store: any BlobStore
     private let key: BlobKey
     private var bytes: [UInt8]? = []
 
-    init(store: MemoryBlobStore, key: BlobKey) {
+    public init(store: any BlobStore, key: BlobKey) {
         self.store = store
         self.key = key
     }
 
-    func append(_ buffer: UnsafeRawBufferPointer) throws {
+    public func append(_ buffer: UnsafeRawBufferPointer) throws {
         guard bytes != nil else { throw BlobStoreError(.failed, "the writer of \(key) is closed") }
         bytes! += buffer
     }
 
-    func commit() throws -> BlobVersion {
+    public func commit() throws -> BlobVersion {
         guard let bytes else { throw BlobStoreError(.failed, "the writer of \(key) is closed") }
         self.bytes = nil
         return try store.create(key, bytes)
     }
 
-    func abort() { bytes = nil }
+    public func abort() { bytes = nil }
 }

@@ -19,8 +19,13 @@ public struct LibvirtError: Error, Sendable {
     static func last(_ call: String) -> LibvirtError {
         var buffer = [CChar](repeating: 0, count: 1024)
         let number = ds_virt_last_error(&buffer, buffer.count)
-        return LibvirtError(call: call, number: number, message: String(cString: buffer))
+        return LibvirtError(call: call, number: number, message: cText(buffer))
     }
+}
+
+/// The text of a NUL-terminated C buffer.
+func cText(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
 /// A connection to libvirt (`virConnectOpen`), loaded at run time: hosts without libvirt
@@ -33,7 +38,7 @@ public final class LibvirtConnection {
     public init(uri: String) throws(LibvirtError) {
         var reason = [CChar](repeating: 0, count: 512)
         guard ds_virt_load(&reason, reason.count) == 0 else {
-            throw LibvirtError(call: "load", number: 0, message: String(cString: reason))
+            throw LibvirtError(call: "load", number: 0, message: cText(reason))
         }
         guard let handle = ds_virt_connect(uri) else { throw LibvirtError.last("virConnectOpen \(uri)") }
         self.uri = uri
@@ -71,7 +76,7 @@ public final class LibvirtDomain {
     public func uuid() throws(LibvirtError) -> String {
         var buffer = [CChar](repeating: 0, count: 64)
         guard ds_virt_domain_uuid(handle, &buffer) == 0 else { throw LibvirtError.last("virDomainGetUUIDString") }
-        return String(cString: buffer)
+        return cText(buffer)
     }
 
     /// The live domain XML.

@@ -1,5 +1,6 @@
 import Testing
 import DiskSnapQemu
+import DiskSnapSys
 
 /// libvirt's XML as libvirt 9.0 formats it (from `virsh dumpxml` of the test domain), the
 /// documents we send, and the checkpoint plan.

@@ -1,0 +1,148 @@
+#include "CCurlGlue.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    unsigned char *bytes;
+    size_t length;
+    size_t capacity;
+} buffer;
+
+typedef struct {
+    buffer body;
+    ds_http_sink sink;
+    void *sink_context;
+    int sink_stopped;
+} receiver;
+
+typedef struct {
+    const unsigned char *bytes;
+    size_t length;
+    size_t offset;
+} sender;
+
+static int append(buffer *b, const void *bytes, size_t length) {
+    if (b->length + length + 1 > b->capacity) {
+        size_t capacity = b->capacity ? b->capacity : 4096;
+        while (capacity < b->length + length + 1) capacity *= 2;
+        unsigned char *grown = realloc(b->bytes, capacity);
+        if (!grown) return -1;
+        b->bytes = grown;
+        b->capacity = capacity;
+    }
+    memcpy(b->bytes + b->length, bytes, length);
+    b->length += length;
+    b->bytes[b->length] = 0;
+    return 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t count, void *context) {
+    receiver *r = context;
+    size_t length = size * count;
+    if (r->sink) {
+        if (r->sink(r->sink_context, (const unsigned char *)data, length) != 0) {
+            r->sink_stopped = 1;
+            return 0;
+        }
+        return length;
+    }
+    return append(&r->body, data, length) == 0 ? length : 0;
+}
+
+static size_t on_header(char *data, size_t size, size_t count, void *context) {
+    size_t length = size * count;
+    return append(context, data, length) == 0 ? length : 0;
+}
+
+static size_t on_send(char *out, size_t size, size_t count, void *context) {
+    sender *s = context;
+    size_t room = size * count;
+    size_t left = s->length - s->offset;
+    size_t n = left < room ? left : room;
+    if (n) memcpy(out, s->bytes + s->offset, n);
+    s->offset += n;
+    return n;
+}
+
+static int on_seek(void *context, curl_off_t offset, int origin) {
+    sender *s = context;
+    if (origin != SEEK_SET || offset < 0 || (size_t)offset > s->length) return CURL_SEEKFUNC_FAIL;
+    s->offset = (size_t)offset;
+    return CURL_SEEKFUNC_OK;
+}
+
+void *ds_http_handle_new(void) {
+    static int initialized;
+    if (!initialized) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        initialized = 1;
+    }
+    return curl_easy_init();
+}
+
+void ds_http_handle_free(void *handle) { curl_easy_cleanup(handle); }
+
+int ds_http_perform(void *handle, const char *method, const char *url, const char *const *headers, size_t header_count,
+                    const unsigned char *body, size_t body_length, long connect_timeout_ms, long timeout_ms,
+                    ds_http_sink sink, void *sink_context, ds_http_response *response) {
+    CURL *curl = handle;
+    memset(response, 0, sizeof(*response));
+    curl_easy_reset(curl);
+    struct curl_slist *list = NULL;
+    for (size_t i = 0; i < header_count; i++) list = curl_slist_append(list, headers[i]);
+    // No "Expect: 100-continue" round trip, and no header libcurl adds on its own.
+    list = curl_slist_append(list, "Expect:");
+    list = curl_slist_append(list, "Accept:");
+    receiver r = {{0}, sink, sink_context, 0};
+    buffer head = {0};
+    sender s = {body, body_length, 0};
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &head);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, response->error);
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "PUT") == 0 || strcmp(method, "POST") == 0) {
+        curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(curl, CURLOPT_READFUNCTION, on_send);
+        curl_easy_setopt(curl, CURLOPT_READDATA, &s);
+        curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, on_seek);
+        curl_easy_setopt(curl, CURLOPT_SEEKDATA, &s);
+        curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)body_length);
+        if (strcmp(method, "POST") == 0) curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "POST");
+    } else {
+        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+    }
+    CURLcode code = curl_easy_perform(curl);
+    curl_slist_free_all(list);
+    long status = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    response->status = status;
+    response->headers = (char *)head.bytes;
+    response->headers_length = head.length;
+    response->body = r.body.bytes;
+    response->body_length = r.body.length;
+    response->curl_code = (int)code;
+    if (code != CURLE_OK && response->error[0] == 0) {
+        strncpy(response->error, curl_easy_strerror(code), sizeof(response->error) - 1);
+    }
+    return (int)code;
+}
+
+void ds_http_response_free(ds_http_response *response) {
+    free(response->headers);
+    free(response->body);
+    response->headers = NULL;
+    response->body = NULL;
+}
