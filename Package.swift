@@ -26,9 +26,8 @@ let package = Package(
         .target(name: "CFuseGlue", dependencies: ["CFuse"], path: "Sources/CFuseGlue"),
         .systemLibrary(name: "CNBD", path: "Sources/CNBD", pkgConfig: "libnbd",
                        providers: [.apt(["libnbd-dev"])]),
-        .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
-                       providers: [.apt(["libcurl4-openssl-dev"])]),
-        .target(name: "CCurlGlue", dependencies: ["CCurl"], path: "Sources/CCurlGlue"),
+        // libcurl for S3, loaded at run time (only its headers at build time: libcurl4-openssl-dev).
+        .target(name: "CCurlGlue", path: "Sources/CCurlGlue"),
         // Swift face of the operating system and the C libraries.
         .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD", "CCurlGlue"]),
         // qcow2 images as the guest sees them: header, L1/L2 tables, backing chains, writer.

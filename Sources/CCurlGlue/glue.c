@@ -1,8 +1,62 @@
 #include "CCurlGlue.h"
 
 #include <curl/curl.h>
+#include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+// libcurl is loaded at run time, by the first S3 request: linked, it and its two dozen
+// libraries made every command's start slower (the dynamic linker's symbol lookups grow
+// with the number of loaded libraries), S3 or not. The prototypes are libcurl's own.
+static struct {
+    int loaded;
+    __typeof__(&curl_global_init) global_init;
+    __typeof__(&curl_easy_init) easy_init;
+    __typeof__(&curl_easy_cleanup) easy_cleanup;
+    __typeof__(&curl_easy_reset) easy_reset;
+    __typeof__(&curl_easy_setopt) easy_setopt;
+    __typeof__(&curl_easy_perform) easy_perform;
+    __typeof__(&curl_easy_getinfo) easy_getinfo;
+    __typeof__(&curl_easy_strerror) easy_strerror;
+    __typeof__(&curl_slist_append) slist_append;
+    __typeof__(&curl_slist_free_all) slist_free_all;
+} lc;
+
+int ds_http_load(char *reason, size_t reason_size) {
+    if (lc.loaded) return 0;
+    void *library = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
+    if (!library) library = dlopen("libcurl-gnutls.so.4", RTLD_NOW | RTLD_LOCAL);
+    if (!library) {
+        snprintf(reason, reason_size, "libcurl is not installed (%s): install libcurl4", dlerror());
+        return -1;
+    }
+#define DS_LOAD(field, symbol)                                                                 \
+    do {                                                                                       \
+        *(void **)&lc.field = dlsym(library, #symbol);                                         \
+        if (!lc.field) {                                                                       \
+            snprintf(reason, reason_size, "libcurl.so.4 lacks %s: libcurl 7.73 or later is needed", #symbol); \
+            return -1;                                                                         \
+        }                                                                                      \
+    } while (0)
+    DS_LOAD(global_init, curl_global_init);
+    DS_LOAD(easy_init, curl_easy_init);
+    DS_LOAD(easy_cleanup, curl_easy_cleanup);
+    DS_LOAD(easy_reset, curl_easy_reset);
+    DS_LOAD(easy_setopt, curl_easy_setopt);
+    DS_LOAD(easy_perform, curl_easy_perform);
+    DS_LOAD(easy_getinfo, curl_easy_getinfo);
+    DS_LOAD(easy_strerror, curl_easy_strerror);
+    DS_LOAD(slist_append, curl_slist_append);
+    DS_LOAD(slist_free_all, curl_slist_free_all);
+#undef DS_LOAD
+    if (lc.global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        snprintf(reason, reason_size, "libcurl did not initialize");
+        return -1;
+    }
+    lc.loaded = 1;
+    return 0;
+}
 
 typedef struct {
     unsigned char *bytes;
@@ -73,61 +127,56 @@ static int on_seek(void *context, curl_off_t offset, int origin) {
     return CURL_SEEKFUNC_OK;
 }
 
-void *ds_http_handle_new(void) {
-    static int initialized;
-    if (!initialized) {
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        initialized = 1;
-    }
-    return curl_easy_init();
-}
+void *ds_http_handle_new(void) { return lc.loaded ? lc.easy_init() : NULL; }
 
-void ds_http_handle_free(void *handle) { curl_easy_cleanup(handle); }
+void ds_http_handle_free(void *handle) {
+    if (handle) lc.easy_cleanup(handle);
+}
 
 int ds_http_perform(void *handle, const char *method, const char *url, const char *const *headers, size_t header_count,
                     const unsigned char *body, size_t body_length, long connect_timeout_ms, long timeout_ms,
                     ds_http_sink sink, void *sink_context, ds_http_response *response) {
     CURL *curl = handle;
     memset(response, 0, sizeof(*response));
-    curl_easy_reset(curl);
+    lc.easy_reset(curl);
     struct curl_slist *list = NULL;
-    for (size_t i = 0; i < header_count; i++) list = curl_slist_append(list, headers[i]);
+    for (size_t i = 0; i < header_count; i++) list = lc.slist_append(list, headers[i]);
     // No "Expect: 100-continue" round trip, and no header libcurl adds on its own.
-    list = curl_slist_append(list, "Expect:");
-    list = curl_slist_append(list, "Accept:");
+    list = lc.slist_append(list, "Expect:");
+    list = lc.slist_append(list, "Accept:");
     receiver r = {{0}, sink, sink_context, 0};
     buffer head = {0};
     sender s = {body, body_length, 0};
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &r);
-    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &head);
-    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, response->error);
-    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    lc.easy_setopt(curl, CURLOPT_URL, url);
+    lc.easy_setopt(curl, CURLOPT_HTTPHEADER, list);
+    lc.easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+    lc.easy_setopt(curl, CURLOPT_WRITEDATA, &r);
+    lc.easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
+    lc.easy_setopt(curl, CURLOPT_HEADERDATA, &head);
+    lc.easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    lc.easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms);
+    lc.easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+    lc.easy_setopt(curl, CURLOPT_ERRORBUFFER, response->error);
+    lc.easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
     if (strcmp(method, "GET") == 0) {
-        curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+        lc.easy_setopt(curl, CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
-        curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
+        lc.easy_setopt(curl, CURLOPT_NOBODY, 1L);
     } else if (strcmp(method, "PUT") == 0 || strcmp(method, "POST") == 0) {
-        curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
-        curl_easy_setopt(curl, CURLOPT_READFUNCTION, on_send);
-        curl_easy_setopt(curl, CURLOPT_READDATA, &s);
-        curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, on_seek);
-        curl_easy_setopt(curl, CURLOPT_SEEKDATA, &s);
-        curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)body_length);
-        if (strcmp(method, "POST") == 0) curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "POST");
+        lc.easy_setopt(curl, CURLOPT_UPLOAD, 1L);
+        lc.easy_setopt(curl, CURLOPT_READFUNCTION, on_send);
+        lc.easy_setopt(curl, CURLOPT_READDATA, &s);
+        lc.easy_setopt(curl, CURLOPT_SEEKFUNCTION, on_seek);
+        lc.easy_setopt(curl, CURLOPT_SEEKDATA, &s);
+        lc.easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)body_length);
+        if (strcmp(method, "POST") == 0) lc.easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "POST");
     } else {
-        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+        lc.easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
     }
-    CURLcode code = curl_easy_perform(curl);
-    curl_slist_free_all(list);
+    CURLcode code = lc.easy_perform(curl);
+    lc.slist_free_all(list);
     long status = 0;
-    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    lc.easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     response->status = status;
     response->headers = (char *)head.bytes;
     response->headers_length = head.length;
@@ -135,7 +184,7 @@ int ds_http_perform(void *handle, const char *method, const char *url, const cha
     response->body_length = r.body.length;
     response->curl_code = (int)code;
     if (code != CURLE_OK && response->error[0] == 0) {
-        strncpy(response->error, curl_easy_strerror(code), sizeof(response->error) - 1);
+        strncpy(response->error, lc.easy_strerror(code), sizeof(response->error) - 1);
     }
     return (int)code;
 }

@@ -115,6 +115,7 @@ public struct Snapshotter {
 
     public func create(_ request: CreateRequest) throws -> CreateResult {
         let repositoryLock = try repository.lock(.shared, for: "create")
+        PhaseTimer.mark("create: repository opened")
         defer { withExtendedLifetime(repositoryLock) {} }
         let rules = self.rules
         // Every rule is checked before any data is read.
@@ -216,6 +217,7 @@ public struct Snapshotter {
         catalogLock = nil  // the record now counts for every later rule check
         _ = catalogLock
 
+        PhaseTimer.mark("create: admitted (rules, locks, record)")
         let area = try TemporaryArea(repository: repository)
         defer { area.remove() }
         // The disk's latest accomplished snapshot: the fast path's reference, and the base
@@ -271,12 +273,16 @@ public struct Snapshotter {
                     made = try LibvirtView.make(handle, viewRequest)
                 }
                 view = made
+
+                PhaseTimer.mark("create: point-in-time view made")
                 var opened = try Source.open(view: made, path: disk.path)
                 source = opened
+                PhaseTimer.mark("create: view opened (block status)")
                 let probed = try GuestProbe.identify(size: opened.size) { buffer, offset in try opened.readExactly(into: buffer, at: offset) }
                 record.identityChange = try checkIdentity(probed)
                 record.identity = probed
                 record.consistencyMethod = made.method
+                PhaseTimer.mark("create: identity probed")
                 if let frozen = made.frozen {
                     record.guestFrozen = true
                     record.frozenFilesystems = frozen.filesystems
@@ -363,8 +369,11 @@ public struct Snapshotter {
                 throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
             }
             try run(source: opened, request: request, record: &record, area: area, previous: previous)
+            PhaseTimer.mark("create: data read and stored")
             closeView()
+            PhaseTimer.mark("create: view closed")
             if request.keepClone, let clone, record.sourceFormat == nil {
+
                 let keptPath = ReflinkClone.keptPath(besides: disk.path, repositoryID: repository.config.repositoryId, snapshotID: id.rawValue)
                 let status = try clone.keep(as: keptPath)
                 record.keptClone = KeptCloneRecord(path: keptPath, inode: status.inode,
@@ -378,6 +387,7 @@ public struct Snapshotter {
             record.completionTime = ISOTime.now()
             try catalog.save(record)
             TestHooks.pause(at: "create-after-commit")
+            PhaseTimer.mark("create: committed")
             if let old = previous?.keptClone {
                 // Committed: the previous snapshot's clone is no longer the newest.
                 if let freed = ReflinkClone.removeKept(path: old.path, inode: old.inode) { notes.append("removed the previous snapshot's kept clone, which held \(freed) bytes of its own") }
@@ -392,6 +402,7 @@ public struct Snapshotter {
             let place = view is LibvirtView ? "in libvirt" : "in QEMU"
             result.removedStale = (view?.removedStale.map { "\($0) \(place)" } ?? []) + abandoned
             compactIndex(into: &result)
+            PhaseTimer.mark("create: index compacted")
             return result
         } catch {
             closeView()
@@ -456,6 +467,7 @@ public struct Snapshotter {
         // then does not wait for this run, so the run must not rely on their chunks.
         let condemned = Set((try repository.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
         let index = try ChunkLocator.open(repository, excluding: condemned)
+        PhaseTimer.mark("create: chunk index opened")
         TestHooks.pause(at: "create-after-index")
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
         let previousIndex = previous.flatMap { try? FixedIndexReader(path: repository.fixedIndexPath($0.snapshotId)) }
@@ -474,6 +486,7 @@ public struct Snapshotter {
                 record.changeTracking?.fullReadReason = "the previous snapshot's fixed index does not verify (check reports it)"
             }
         }
+        PhaseTimer.mark("create: previous snapshot's entries carried")
         let runs = WorkPlan.runs(dataRanges: toRead, chunkSize: chunkSize,
                                  maxChunks: UInt64(max(1, Self.runBytes / Int(chunkSize))))
         let totalToRead = runs.reduce(UInt64(0)) { $0 + min($1.end * chunkSize, source.size) - $1.first * chunkSize }
@@ -507,7 +520,9 @@ public struct Snapshotter {
         if request.allowLive && source.kind == .blockDevice && !source.writableMounts().isEmpty {
             record.crashConsistent = false
         }
+        PhaseTimer.mark("create: pipeline done")
         let summary = try writer.finish()
+        PhaseTimer.mark("create: packs and index segment published")
         let digest = try fixed.publish(at: repository.fixedIndexPath(record.snapshotId), snapshotID: record.snapshotId,
                                        createdUnixSeconds: Int64(Date().timeIntervalSince1970))
         record.fixedIndexDigest = digest.hex

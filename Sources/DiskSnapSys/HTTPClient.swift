@@ -53,7 +53,15 @@ public final class HTTPClient: Sendable {
     }
 
     public func send(method: String, url: String, headers: [(String, String)], body: [UInt8] = []) throws(HTTPTransportError) -> HTTPResponse {
-        let box = idle.withLock { $0.popLast() } ?? UnsafeMutableRawPointerBox(pointer: ds_http_handle_new())
+        var reason = [CChar](repeating: 0, count: 512)
+        guard ds_http_load(&reason, reason.count) == 0 else { throw HTTPTransportError(curlCode: -1, message: cText(reason)) }
+        let box: UnsafeMutableRawPointerBox
+        if let idleBox = idle.withLock({ $0.popLast() }) {
+            box = idleBox
+        } else {
+            guard let handle = ds_http_handle_new() else { throw HTTPTransportError(curlCode: -1, message: "libcurl could not make a handle") }
+            box = UnsafeMutableRawPointerBox(pointer: handle)
+        }
         var response = ds_http_response()
         let lines = headers.map { "\($0.0): \($0.1)" }
         var cLines: [UnsafePointer<CChar>?] = lines.map { UnsafePointer(strdup($0)) }

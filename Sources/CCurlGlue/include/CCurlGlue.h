@@ -22,6 +22,9 @@ typedef struct {
 /// Called with each piece of the response body when given (streaming reads); returns 0 to go on.
 typedef int (*ds_http_sink)(void *context, const unsigned char *bytes, size_t length);
 
+/// Loads libcurl (dlopen) once; 0, or -1 with the reason. Call before anything below.
+int ds_http_load(char *reason, size_t reason_size);
+/// A new handle (NULL if libcurl is not loaded or out of memory).
 void *ds_http_handle_new(void);
 void ds_http_handle_free(void *handle);
 /// Sends `method url` with the headers ("Name: value"), the body (may be NULL), waits at most
