@@ -601,57 +601,88 @@ private struct Pipeline: Sendable {
 
     func work(_ queue: WorkQueue) throws {
         let maxChunks = WorkPlan.maxChunks(runs)
-        let buffer = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
-        defer { buffer.deallocate() }
+        let reader = try SourceReader(source)
+        // Reading ahead needs a second buffer: the next run lands there while this one is worked on.
+        let buffers = (0..<(reader.readsAhead ? 2 : 1)).map { _ in WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize) }
+        defer {
+            reader.close()  // before the buffers go: no reply may land in freed memory
+            for buffer in buffers { buffer.deallocate() }
+        }
         var entries = [UInt8](repeating: 0, count: maxChunks * ChunkDigest.byteCount)
         // The new chunks of a run are compressed together in blocks of up to 1 MiB.
         let packs = writer.makePackBuilder(compression: compression, blockCapacity: max(Snapshotter.blockBytes, Int(chunkSize)))
 
-        while let i = queue.take() {
-            let run = runs[i]
-            let start = run.first * chunkSize, end = min(run.end * chunkSize, source.size)
-            let span = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(end - start)])
-            var before: [ChunkDigest] = []
-            if let previous, run.first < previous.header.chunkCount {
-                before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
-            }
+        func bounds(_ i: Int) -> (start: UInt64, end: UInt64) {
+            (runs[i].first * chunkSize, min(runs[i].end * chunkSize, source.size))
+        }
+        func span(_ i: Int, _ slot: Int) -> UnsafeMutableRawBufferPointer {
+            let (start, end) = bounds(i)
+            return UnsafeMutableRawBufferPointer(rebasing: buffers[slot][..<Int(end - start)])
+        }
+        func begin(_ i: Int, _ slot: Int) throws {
             if let cache {
                 // This run and those the readahead of this read may reach (see PageCacheCourtesy).
                 for j in i..<min(i + 1 + Snapshotter.readaheadRuns, runs.count) {
-                    let unit = runs[j]
-                    cache.note(j, offset: unit.first * chunkSize, length: Int(min(unit.end * chunkSize, source.size) - unit.first * chunkSize))
+                    let (start, end) = bounds(j)
+                    cache.note(j, offset: start, length: Int(end - start))
                 }
             }
-            do {
-                try source.readExactly(into: span, at: start)
-            } catch let error as any CodedError {
-                throw ContextError(underlying: error, context: "reading \(source.path) at offset \(start)")
+            try reader.start(into: span(i, slot), at: bounds(i).start)
+        }
+
+        var slot = 0
+        var current = queue.take()
+        if let i = current { try begin(i, slot) }
+        while let i = current {
+            try reader.wait()
+            var next: Int? = nil
+            if reader.readsAhead {
+                next = queue.take()
+                if let next { try begin(next, 1 - slot) }
             }
-            counters.bytesRead.wrappingAdd(end - start, ordering: .relaxed)
-            var nonZero: UInt64 = 0
-            for c in 0..<Int(run.end - run.first) {
-                let chunkStart = c * Int(chunkSize)
-                let chunk = UnsafeRawBufferPointer(rebasing: span[chunkStart..<min(chunkStart + Int(chunkSize), span.count)])
-                var digest = ChunkDigest.zero
-                if !isAllZero(chunk) {
-                    nonZero += UInt64(chunk.count)
-                    digest = ChunkDigest(hashing: chunk)
-                    if c < before.count && before[c] == digest, try !verifyPrevious || writer.store.contains(digest) {
-                        counters.sameAsPrevious.wrappingAdd(1, ordering: .relaxed)
-                    } else if try writer.claim(digest) {
-                        try packs.add(digest, chunk)
-                    }
-                }
-                entries.withUnsafeMutableBytes { dst in
-                    digest.withBytes { UnsafeMutableRawBufferPointer(rebasing: dst[c * 32..<(c + 1) * 32]).copyMemory(from: $0) }
-                }
+            try process(i, span(i, slot), &entries, packs)
+            if reader.readsAhead {
+                slot = 1 - slot
+            } else {
+                next = queue.take()
+                if let next { try begin(next, slot) }
             }
-            try packs.endBlock()
-            counters.nonZeroBytes.wrappingAdd(nonZero, ordering: .relaxed)
-            try entries.withUnsafeBytes { try fixed.write(entries: UnsafeRawBufferPointer(rebasing: $0[..<(Int(run.end - run.first) * 32)]), firstChunk: run.first) }
-            cache?.release(i, offset: start, length: span.count)
-            progress.add(end - start)
+            current = next
         }
         try packs.finish()
+    }
+
+    /// Zero check, hash, claim and compress each chunk of run `i`, already read into `span`.
+    private func process(_ i: Int, _ span: UnsafeMutableRawBufferPointer, _ entries: inout [UInt8], _ packs: PackBuilder) throws {
+        let run = runs[i]
+        let start = run.first * chunkSize, end = start + UInt64(span.count)
+        var before: [ChunkDigest] = []
+        if let previous, run.first < previous.header.chunkCount {
+            before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
+        }
+        counters.bytesRead.wrappingAdd(end - start, ordering: .relaxed)
+        var nonZero: UInt64 = 0
+        for c in 0..<Int(run.end - run.first) {
+            let chunkStart = c * Int(chunkSize)
+            let chunk = UnsafeRawBufferPointer(rebasing: span[chunkStart..<min(chunkStart + Int(chunkSize), span.count)])
+            var digest = ChunkDigest.zero
+            if !isAllZero(chunk) {
+                nonZero += UInt64(chunk.count)
+                digest = ChunkDigest(hashing: chunk)
+                if c < before.count && before[c] == digest, try !verifyPrevious || writer.store.contains(digest) {
+                    counters.sameAsPrevious.wrappingAdd(1, ordering: .relaxed)
+                } else if try writer.claim(digest) {
+                    try packs.add(digest, chunk)
+                }
+            }
+            entries.withUnsafeMutableBytes { dst in
+                digest.withBytes { UnsafeMutableRawBufferPointer(rebasing: dst[c * 32..<(c + 1) * 32]).copyMemory(from: $0) }
+            }
+        }
+        try packs.endBlock()
+        counters.nonZeroBytes.wrappingAdd(nonZero, ordering: .relaxed)
+        try entries.withUnsafeBytes { try fixed.write(entries: UnsafeRawBufferPointer(rebasing: $0[..<(Int(run.end - run.first) * 32)]), firstChunk: run.first) }
+        cache?.release(i, offset: start, length: span.count)
+        progress.add(end - start)
     }
 }

@@ -148,6 +148,63 @@ enum WorkPlan {
     }
 }
 
+/// One worker's reads of a source, one read ahead: `start` sends the read of the next
+/// run, `wait` returns once it is in its buffer. Over NBD the read is in flight while the
+/// worker hashes and compresses the run before it, hiding the server's latency; a file is
+/// read in `start` (the kernel's readahead already runs ahead of it).
+final class SourceReader {
+    private let source: Source
+    private let client: NBDClient?
+    private var pending: (read: NBDClient.PendingRead, offset: UInt64)?
+    private var closed = false
+
+    init(_ source: Source) throws {
+        self.source = source
+        client = try source.view?.checkOut()
+    }
+
+    /// Whether `start` returns before the read is done (a second buffer is worth having).
+    var readsAhead: Bool { client != nil }
+
+    /// Waits out a read still in flight and hands the connection back.
+    func close() {
+        guard let client, !closed else { return }
+        closed = true
+        if let pending { client.drain(pending.read) }
+        pending = nil
+        source.view?.checkIn(client)
+    }
+
+    /// Starts filling `buffer` from `offset`; only one read is outstanding at a time.
+    func start(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        precondition(pending == nil, "one read at a time")
+        if let client {
+            pending = (try client.startRead(into: buffer, at: offset), offset)
+        } else {
+            try read(into: buffer, at: offset)
+        }
+    }
+
+    /// Waits for the read `start` sent (nothing to wait for with a file).
+    func wait() throws {
+        guard let client, let (read, offset) = pending else { return }
+        pending = nil
+        do {
+            try client.finish(read)
+        } catch {
+            throw ContextError(underlying: error, context: "reading \(source.path) at offset \(offset)")
+        }
+    }
+
+    private func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        do {
+            try source.readExactly(into: buffer, at: offset)
+        } catch let error as any CodedError {
+            throw ContextError(underlying: error, context: "reading \(source.path) at offset \(offset)")
+        }
+    }
+}
+
 /// NBD connections to one export, one per reader at a time (libnbd serializes calls on a
 /// connection): a reader takes an idle one or opens another.
 final class NBDReaders: Sendable {
@@ -163,10 +220,17 @@ final class NBDReaders: Sendable {
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        let client = try idle.withLock { $0.popLast() } ?? NBDClient(socketPath: socketPath, exportName: exportName)
-        defer { idle.withLock { $0.append(client) } }
+        let client = try checkOut()
+        defer { checkIn(client) }
         try client.read(into: buffer, at: offset)
     }
+
+    /// A connection for one reader alone until `checkIn`.
+    func checkOut() throws -> NBDClient {
+        try idle.withLock { $0.popLast() } ?? NBDClient(socketPath: socketPath, exportName: exportName)
+    }
+
+    func checkIn(_ client: NBDClient) { idle.withLock { $0.append(client) } }
 
     /// Closes every idle connection (all of them once the readers are done): the view can
     /// be torn down then.

@@ -205,8 +205,12 @@ public final class PointInTimeView {
                 if let error = job["error"] as? String { throw QemuError.commandFailed("blockdev-create \(scratchPath)", "JobError", error) }
                 break
             }
-            guard Date() < deadline else { throw QemuError.gone("blockdev-create of \(scratchPath) did not conclude within 60 s") }
-            usleep(5_000)
+            // The job announces each status change: wait for it to conclude, then ask again.
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else { throw QemuError.gone("blockdev-create of \(scratchPath) did not conclude within 60 s") }
+            _ = try qmp.waitForEvent("JOB_STATUS_CHANGE", timeout: left) {
+                $0["id"] as? String == createJob && $0["status"] as? String == "concluded"
+            }
         }
         try qmp.execute("blockdev-add", ["driver": "qcow2", "node-name": overlayNode, "file": fileNode, "backing": node.name])
     }

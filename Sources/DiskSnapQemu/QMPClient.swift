@@ -94,10 +94,11 @@ public final class QMPClient {
             if let i = events.firstIndex(where: { $0["event"] as? String == name && matches($0["data"] as? QMPObject ?? [:]) }) {
                 return events.remove(at: i)
             }
-            guard Date() < deadline else { throw QemuError.gone("QEMU at \(socketPath) sent no \(name) event within \(Int(timeout)) s") }
-            // Polling with a cheap command also drains events that arrived meanwhile.
-            _ = try execute("query-status")
-            usleep(10_000)
+            // QEMU sends events as they happen: wait on the socket, not on a timer.
+            guard let object = try Self.readObject(socket: socket, buffer: &buffer, path: socketPath, deadline: deadline) else {
+                throw QemuError.gone("QEMU at \(socketPath) sent no \(name) event within \(Int(timeout)) s")
+            }
+            if object["event"] != nil { events.append(object) }  // a late reply to nothing we wait for is dropped
         }
     }
 
@@ -120,6 +121,12 @@ public final class QMPClient {
     }
 
     private static func readObject(socket: Socket, buffer: inout [UInt8], path: String) throws(QemuError) -> QMPObject {
+        // Without a deadline there is always an object or an error.
+        try readObject(socket: socket, buffer: &buffer, path: path, deadline: nil)!
+    }
+
+    /// The next object QEMU sends; nil if none is complete by `deadline`.
+    private static func readObject(socket: Socket, buffer: inout [UInt8], path: String, deadline: Date?) throws(QemuError) -> QMPObject? {
         while true {
             if let newline = buffer.firstIndex(of: 0x0A) {
                 let line = buffer[..<newline]
@@ -131,6 +138,14 @@ public final class QMPClient {
                 return object
             }
             guard buffer.count < 64 << 20 else { throw QemuError.notQMP("\(path) sent more than 64 MiB without a line break") }
+            if let deadline {
+                var poller = pollfd(fd: socket.descriptor, events: Int16(POLLIN), revents: 0)
+                let wait = Int32(max(0, min(deadline.timeIntervalSinceNow * 1000, 60_000)).rounded(.up))
+                let ready = poll(&poller, 1, wait)
+                if ready == 0 { return nil }
+                if ready < 0 && errno != EINTR { throw QemuError.gone("QEMU at \(path): poll failed (errno \(errno))") }
+                if ready < 0 { continue }
+            }
             var chunk = [UInt8](repeating: 0, count: 65536)
             let count: Int
             do {

@@ -94,6 +94,62 @@ public final class NBDClient: @unchecked Sendable {
         }
     }
 
+    /// A read sent with `startRead` and not yet waited for: the commands it was cut into.
+    public struct PendingRead: Sendable {
+        fileprivate var cookies: [Int64]
+        fileprivate let offset: UInt64
+        fileprivate let count: Int
+        public var isEmpty: Bool { cookies.isEmpty }
+    }
+
+    /// Sends the read of `buffer` from `offset` and returns at once: `finish` waits for it.
+    /// `buffer` must stay allocated until then. A pipeline sends its next read before it
+    /// works on the current one, so the server's latency overlaps with that work.
+    public func startRead(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(NBDError) -> PendingRead {
+        let step = 32 << 20
+        var pending = PendingRead(cookies: [], offset: offset, count: buffer.count)
+        var done = 0
+        while done < buffer.count {
+            let count = min(step, buffer.count - done)
+            let cookie = nbd_aio_pread(handle, buffer.baseAddress! + done, count, offset + UInt64(done),
+                                       nbd_completion_callback(callback: nil, user_data: nil, free: nil), 0)
+            guard cookie >= 0 else {
+                let error = NBDError.last("pread \(count) bytes at \(offset + UInt64(done)) from \(socketPath)")
+                drain(pending)
+                throw error
+            }
+            pending.cookies.append(cookie)
+            done += count
+        }
+        return pending
+    }
+
+    /// Waits until every command of `pending` is answered; the first failure throws, once
+    /// all of them are retired (so no reply can land in a buffer freed after the throw).
+    public func finish(_ pending: PendingRead) throws(NBDError) {
+        var failure: NBDError?
+        for cookie in pending.cookies {
+            while true {
+                let state = nbd_aio_command_completed(handle, UInt64(cookie))
+                if state == 1 { break }
+                if state == -1 {
+                    failure = failure ?? NBDError.last("pread \(pending.count) bytes at \(pending.offset) from \(socketPath)")
+                    break
+                }
+                guard nbd_poll(handle, -1) != -1 else {
+                    // The connection is dead: no reply will come, and none can land.
+                    throw failure ?? NBDError.last("pread \(pending.count) bytes at \(pending.offset) from \(socketPath)")
+                }
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Waits for `pending` and forgets its outcome: for a read that is being abandoned.
+    public func drain(_ pending: PendingRead) {
+        _ = try? finish(pending)
+    }
+
     /// The extents of `context` over `[offset, offset + length)`, in order, covering it
     /// exactly (the last one clipped). The server may answer for less than asked: the
     /// request repeats from where its answer ended.
