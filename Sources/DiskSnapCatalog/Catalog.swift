@@ -14,7 +14,7 @@ public struct Catalog: Sendable {
     public static func creationLockName(_ id: SnapshotID) -> String { "create-\(id.rawValue)" }
 
     public func save(_ record: SnapshotRecord) throws {
-        try repository.publish(RecordJSON.encode(record), to: repository.recordPath(record.snapshotId))
+        try repository.writeRecord(RecordJSON.encode(record), record.snapshotId)
     }
 
     public func record(_ id: SnapshotID) throws -> SnapshotRecord {
@@ -79,10 +79,8 @@ public struct Catalog: Sendable {
         if try repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) {
             throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot \(record.snapshotId) is still being created")
         }
-        try FileSystem.removeIfExists(repository.recordPath(record.snapshotId))
-        try FileSystem.syncDirectory(repository.snapshotsDirectory)
-        try FileSystem.removeIfExists(repository.fixedIndexPath(record.snapshotId))
-        try FileSystem.syncDirectory(repository.fixedIndexDirectory)
+        try repository.removeRecord(record.snapshotId)
+        try repository.removeFixedIndex(record.snapshotId.rawValue)
         // Its kept reflink clone (if it is still the file kept): of no use without it.
         if let kept = record.keptClone { _ = ReflinkClone.removeKept(path: kept.path, inode: kept.inode) }
         // Its libvirt checkpoint (best effort: libvirt may be down; the next create of that

@@ -61,7 +61,7 @@ public struct DiskRegistry: Sendable {
         // The guest's view of a qcow2 image; a damaged one is registered as its file (a create
         // with --format raw may still snapshot it).
         record.identity = try (try? GuestProbe.identify(path: absolute)) ?? DiskProbe.identify(path: absolute)
-        try repository.publish(RecordJSON.encode(record), to: repository.diskPath(record.diskId))
+        try repository.writeDisk(RecordJSON.encode(record), record.diskId)
         return record
     }
 
@@ -89,8 +89,7 @@ public struct DiskRegistry: Sendable {
     }
 
     public func remove(_ disk: DiskRecord) throws {
-        try FileSystem.removeIfExists(repository.diskPath(disk.diskId))
-        try FileSystem.syncDirectory(repository.disksDirectory)
+        try repository.removeDisk(disk.diskId)
     }
 
     /// Disk names: 1-128 characters, letters, digits, `_ . : -`, a letter or digit first.

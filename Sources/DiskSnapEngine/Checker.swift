@@ -49,7 +49,7 @@ public struct Checker {
         var segments: [any IndexSegment] = []
         var named: [PackID: PlaceSum] = [:]
         for name in try repository.indexSegmentNames().sorted() {
-            let path = "\(repository.indexDirectory)/\(name)"
+            let path = repository.segmentPath(name)
             do {
                 let segment = try IndexSegments.open(path)
                 var sums = [PlaceSum](repeating: PlaceSum(), count: segment.packs.count)
@@ -79,7 +79,7 @@ public struct Checker {
         for id in packIDs {
             let toc: [PackEntry]
             do {
-                toc = try PackReader.tableOfContents(repository.packPath(id))
+                toc = try PackReader.tableOfContents(repository.openPack(id))
             } catch let error as any CodedError {
                 report.problems.append(CheckProblem(code: error.code, message: error.message))
                 if named[id] != nil { suspects[id] = .some(nil) }
@@ -111,8 +111,8 @@ public struct Checker {
             let decoder = BlockDecoder()
             var output: [UInt8] = []
             for id in readable where only?.contains(id) ?? true {
-                let toc = try PackReader.tableOfContents(repository.packPath(id))
-                let file = try OpenFile(path: repository.packPath(id))
+                let file = try repository.openPack(id)
+                let toc = try PackReader.tableOfContents(file)
                 // In pack order: each block is read and decompressed once.
                 for entry in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
                     let digest = entry.digest
@@ -207,7 +207,7 @@ public struct Checker {
         try index.forEachEntry { id, e in
             guard suspects[id] != nil else { return }
             guard let toc = tocs[id] else {
-                bad[e.digest] = FileSystem.exists(repository.packPath(id)) ? "chunk \(e.digest) is in unreadable pack \(id)" : "pack \(id) holding chunk \(e.digest) is missing"
+                bad[e.digest] = try repository.packSize(id) != nil ? "chunk \(e.digest) is in unreadable pack \(id)" : "pack \(id) holding chunk \(e.digest) is missing"
                 return
             }
             if let candidates = toc[e.digest] {
@@ -241,9 +241,9 @@ public struct Checker {
 
 /// Reads a pack's table of contents, checking header, trailer and checksum.
 public enum PackReader {
-    public static func tableOfContents(_ path: String) throws -> [PackEntry] {
-        let file = try OpenFile(path: path)
-        let size = try file.status().size
+    public static func tableOfContents(_ file: any PackData) throws -> [PackEntry] {
+        let path = file.name
+        let size = try file.size()
         guard size >= UInt64(PackFormat.headerSize + PackFormat.trailerSize), size <= PackFormat.maximumSize else {
             throw FormatError(file: path, "is \(size) bytes: too short or too long for a pack (truncated?)")
         }
@@ -282,7 +282,7 @@ public struct RepositoryStats: Sendable, Codable {
         let index = try ChunkLocator.open(repository)
         let records = try Catalog(repository: repository).records().records
         let packs = try repository.packIDs()
-        let packBytes = try packs.reduce(UInt64(0)) { $0 + (try FileSystem.status(repository.packPath($1)).size) }
+        let packBytes = try packs.reduce(UInt64(0)) { $0 + (try repository.packSize($1) ?? 0) }
         return RepositoryStats(repository: repository.root, chunkSize: repository.config.chunkSize.bytes,
                                compression: repository.config.compression.description,
                                profile: repository.config.profile ?? "ecs", maxSnapshots: repository.config.maxSnapshots,

@@ -22,8 +22,8 @@ final class FixedIndexBuilder: Sendable {
         try file.write(entries, at: UInt64(FixedIndexHeader.size) + firstChunk * UInt64(FixedIndexHeader.entrySize))
     }
 
-    /// Checksums the entries, writes the header, fsyncs and publishes at `path`.
-    func publish(at path: String, snapshotID: SnapshotID, createdUnixSeconds: Int64) throws -> ChunkDigest {
+    /// Checksums the entries, writes the header, fsyncs and publishes it as the fixed index of `snapshotID`.
+    func publish(in repository: Repository, snapshotID: SnapshotID, createdUnixSeconds: Int64) throws -> ChunkDigest {
         let count = FixedIndexHeader.chunkCount(diskSize: diskSize, chunkSize: chunkSize)
         let digest = try FixedIndexReader.digestEntries(file: file, count: count)
         let header = FixedIndexHeader(diskSize: diskSize, chunkSize: chunkSize, createdUnixSeconds: createdUnixSeconds,
@@ -32,8 +32,7 @@ final class FixedIndexBuilder: Sendable {
         _ = try FixedIndexHeader.decode(bytes, file: "new fixed index")  // decode what we publish
         try file.write(bytes, at: 0)
         try file.sync()
-        try FileSystem.rename(file.path, to: path)
-        try FileSystem.syncDirectory(FileSystem.directoryName(of: path))
+        try repository.publishFixedIndex(file.path, snapshotID)
         return digest
     }
 }

@@ -110,7 +110,7 @@ public struct GarbageCollector {
             }.map(\.snapshotId.rawValue)
             state = GCState(generation: (try repository.gcState()?.generation ?? 0) + 1, condemnedPacks: plan.packs.map(\.hex),
                             waitingFor: waiting, unindexedPacks: plan.unindexed.map(\.hex))
-            try repository.publish(RecordJSON.encode(state), to: repository.gcStatePath)
+            try repository.writeGCState(RecordJSON.encode(state))
         }
         result.generation = state.generation
         TestHooks.pause(at: "gc-after-condemn")
@@ -208,7 +208,7 @@ public struct GarbageCollector {
         // 1. Each condemned pack's marked chunks, read from its own table of contents and
         //    verified against their digests, to new packs (published with their segment).
         var written: UInt64 = 0
-        let present = condemned.filter { FileSystem.exists(repository.packPath($0)) }
+        let present = try condemned.filter { try repository.packSize($0) != nil }
         if !present.isEmpty {
             let area = try TemporaryArea(repository: repository)
             defer { area.remove() }
@@ -222,14 +222,14 @@ public struct GarbageCollector {
             defer { staging.deallocate() }
             var used = 0
             for pack in present.sorted(by: { $0.hex < $1.hex }) {
-                let path = repository.packPath(pack)
+                let file: any PackData
                 let toc: [PackEntry]
                 do {
-                    toc = try PackReader.tableOfContents(path)
+                    file = try repository.openPack(pack)
+                    toc = try PackReader.tableOfContents(file)
                 } catch let error as any CodedError {
                     throw ContextError(underlying: error, context: "gc stops before removing anything: condemned pack \(pack) cannot be read (run check)")
                 }
-                let file = try OpenFile(path: path)
                 for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) })
                 where try filter.mayContain(e.digest) && writer.claim(e.digest) {
                     let count = Int(e.rawLength)
@@ -263,8 +263,9 @@ public struct GarbageCollector {
         var replacedBytes: UInt64 = 0, newSegmentBytes: UInt64 = 0
         let rewriteArea = try TemporaryArea(repository: repository)
         defer { rewriteArea.remove() }
+        var replaced: [String] = []
         for name in try repository.indexSegmentNames() {
-            let path = "\(repository.indexDirectory)/\(name)"
+            let path = repository.segmentPath(name)
             let segment = try IndexSegments.open(path)
             guard segment.packs.contains(where: { condemned.contains($0) }) else {
                 named.formUnion(segment.packs)
@@ -280,32 +281,22 @@ public struct GarbageCollector {
                 try repository.publishSegment(temporary)
             }
             replacedBytes += try FileSystem.status(path).size
-            try FileSystem.remove(path)
-            result.segmentsReplaced += 1
+            replaced.append(name)
         }
-        try FileSystem.syncDirectory(repository.indexDirectory)
+        try repository.removeSegments(replaced)
+        result.segmentsReplaced = replaced.count
         // 4. The condemned packs, and unindexed packs that no segment has named since.
-        var removedBytes: UInt64 = 0
         let unindexed = Set(state.unindexedPacks.compactMap(PackID.init(hex:))).subtracting(named)
-        for pack in condemned.union(unindexed) {
-            let path = repository.packPath(pack)
-            if let status = try FileSystem.statusIfExists(path) {
-                removedBytes += status.size
-                try FileSystem.remove(path)
-                result.packsRemoved += 1
-            }
-        }
-        try FileSystem.syncDirectory(repository.packsDirectory)
+        let removed = try repository.removePacks(condemned.union(unindexed))
+        var removedBytes = removed.bytes
+        result.packsRemoved += removed.count
         // 5. Fixed indexes no record owns (a delete killed between its two steps).
-        let records = Set(try FileSystem.listDirectory(repository.snapshotsDirectory).filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) })
-        for name in try FileSystem.listDirectory(repository.fixedIndexDirectory) where name.hasSuffix(".fidx") && !records.contains(String(name.dropLast(5))) {
-            let path = "\(repository.fixedIndexDirectory)/\(name)"
-            removedBytes += (try FileSystem.statusIfExists(path))?.size ?? 0
-            try FileSystem.remove(path)
+        let records = Set(try repository.recordIDs())
+        for id in try repository.fixedIndexIDs() where !records.contains(id) {
+            removedBytes += try repository.removeFixedIndex(id)
             result.orphanFixedIndexesRemoved += 1
         }
-        try FileSystem.removeIfExists(repository.gcStatePath)
-        try FileSystem.syncDirectory(repository.root)
+        try repository.removeGCState()
         result.bytesFreed += Int64(removedBytes + replacedBytes) - Int64(written + newSegmentBytes)
     }
 }

@@ -45,13 +45,13 @@ public struct Repairer {
         for id in try repository.packIDs().sorted(by: { $0.hex < $1.hex }) {
             let toc: [PackEntry]
             do {
-                toc = try PackReader.tableOfContents(repository.packPath(id))
+                toc = try PackReader.tableOfContents(repository.openPack(id))
             } catch {
                 result.packsUnreadable.append(id.hex)
                 continue
             }
             result.packsRead += 1
-            let file = try OpenFile(path: repository.packPath(id))
+            let file = try repository.openPack(id)
             var kept: [PackEntry] = []
             for e in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
                 if readData {
@@ -75,12 +75,11 @@ public struct Repairer {
         // 2. The rebuilt index replaces every segment.
         let old = try repository.indexSegmentNames()
         if merged.entries > 0 { try repository.publishSegment(rebuilt) }
-        for name in old { try FileSystem.removeIfExists("\(repository.indexDirectory)/\(name)") }
-        try FileSystem.syncDirectory(repository.indexDirectory)
+        try repository.removeSegments(old)
         result.segmentsReplaced = old.count
         // A gc state that does not parse would stop every writer: the next gc starts over.
         if (try? repository.gcState()) == nil && FileSystem.exists(repository.gcStatePath) {
-            try FileSystem.removeIfExists(repository.gcStatePath)
+            try repository.removeGCState()
             result.gcStateRemoved = true
         }
 

@@ -181,7 +181,7 @@ public struct Snapshotter {
             if disk.identity == nil || identityChange != nil {
                 var updated = disk
                 updated.identity = identity
-                try repository.publish(RecordJSON.encode(updated), to: repository.diskPath(disk.diskId))
+                try repository.writeDisk(RecordJSON.encode(updated), disk.diskId)
             }
             return identityChange
         }
@@ -523,7 +523,7 @@ public struct Snapshotter {
         PhaseTimer.mark("create: pipeline done")
         let summary = try writer.finish()
         PhaseTimer.mark("create: packs and index segment published")
-        let digest = try fixed.publish(at: repository.fixedIndexPath(record.snapshotId), snapshotID: record.snapshotId,
+        let digest = try fixed.publish(in: repository, snapshotID: record.snapshotId,
                                        createdUnixSeconds: Int64(Date().timeIntervalSince1970))
         record.fixedIndexDigest = digest.hex
         record.bytesRead = counters.bytesRead.load(ordering: .relaxed)

@@ -6,7 +6,7 @@ import DiskSnapFormat
 public final class PackFiles: Sendable {
     private let repository: Repository
     private let packs: [PackID]
-    private let open = Mutex<[UInt32: OpenFile]>([:])
+    private let open = Mutex<[UInt32: any PackData]>([:])
     private let limit: Int
 
     public init(repository: Repository, index: ChunkLocator, limit: Int = 256) {
@@ -18,9 +18,9 @@ public final class PackFiles: Sendable {
     public func packID(_ ordinal: UInt32) -> PackID { packs[Int(ordinal)] }
 
     /// The open pack; evicting another is safe, as users hold their own reference.
-    public func file(_ ordinal: UInt32) throws -> OpenFile {
+    public func file(_ ordinal: UInt32) throws -> any PackData {
         if let file = open.withLock({ $0[ordinal] }) { return file }
-        let file = try OpenFile(path: repository.packPath(packs[Int(ordinal)]))
+        let file = try repository.openPack(packs[Int(ordinal)])
         open.withLock { table in
             if table.count >= limit, let victim = table.keys.first { table[victim] = nil }
             table[ordinal] = file
@@ -55,10 +55,10 @@ public final class ChunkReader {
         guard Int(location.rawLength) == output.count else {
             throw StoreError(.chunkCorrupt, "chunk \(digest) in pack \(pack) is \(location.rawLength) bytes, expected \(output.count)")
         }
-        let file: OpenFile
+        let file: any PackData
         do {
             file = try packs.file(location.pack)
-        } catch let error as SystemError where error.code == "IO.NotFound" {
+        } catch let error as any CodedError where error.code == "IO.NotFound" || error.code == "BlobStore.NotFound" {
             throw StoreError(.chunkMissing, "pack \(pack) holding chunk \(digest) is missing")
         }
         try decoder.read(digest: digest, location: location, pack: pack, file: file, into: output)
@@ -78,7 +78,7 @@ public final class BlockDecoder {
     public init() {}
 
     /// Reads, decodes and verifies one chunk from an open pack.
-    public func read(digest: ChunkDigest, location: ChunkLocation, pack: PackID, file: OpenFile,
+    public func read(digest: ChunkDigest, location: ChunkLocation, pack: PackID, file: any PackData,
                      into output: UnsafeMutableRawBufferPointer) throws {
         let what = "chunk \(digest) in pack \(pack) at offset \(location.offset)"
         let start = Int(location.blockOffset), count = Int(location.rawLength)
@@ -108,14 +108,14 @@ public final class BlockDecoder {
 
     /// Reads, decodes and verifies the chunk of a pack's table-of-contents entry (`check`,
     /// `check --repair` and gc walk packs by their own tables, not the chunk index).
-    public func read(_ entry: PackEntry, pack: PackID, file: OpenFile, into output: UnsafeMutableRawBufferPointer) throws {
+    public func read(_ entry: PackEntry, pack: PackID, file: any PackData, into output: UnsafeMutableRawBufferPointer) throws {
         let location = ChunkLocation(pack: 0, storedLength: entry.storedLength, offset: entry.offset, rawLength: entry.rawLength,
                                      encoding: entry.encoding, blockOffset: entry.blockOffset)
         try read(digest: entry.digest, location: location, pack: pack, file: file, into: output)
     }
 
     /// Reads and decompresses the block at `location` into `block`; returns its length.
-    private func decompressBlock(location: ChunkLocation, file: OpenFile, what: String) throws -> Int {
+    private func decompressBlock(location: ChunkLocation, file: any PackData, what: String) throws -> Int {
         let count = Int(location.storedLength)
         if stored.count < count { stored = [UInt8](repeating: 0, count: count) }
         let n = try stored.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }

@@ -95,10 +95,7 @@ public final class ChunkWriter: Sendable {
             summary.bytesStored += pack.storedBytes
         }
         guard !packs.isEmpty else { return summary }
-        for pack in packs {
-            try FileSystem.rename(area.path(pack.id.hex + ".pack"), to: repository.packPath(pack.id))
-        }
-        try FileSystem.syncDirectory(repository.packsDirectory)
+        try repository.publishPacks(packs.map(\.id), from: area)
         let merged = area.path("segment.idx")
         _ = try runs.merge(to: merged)
         try repository.publishSegment(merged, name: packs[0].id.hex)

@@ -61,8 +61,7 @@ public enum IndexCompactor {
         let temporary = area.path("compacted.idx")
         let merged = try SegmentMerge.merge(inputs, to: temporary)
         if merged.entries > 0 { try repository.publishSegment(temporary) }
-        for input in inputs { try FileSystem.removeIfExists(input.path) }
-        try FileSystem.syncDirectory(repository.indexDirectory)
+        try repository.removeSegments(inputs.map { FileSystem.baseName(of: $0.path) })
         return CompactionResult(segmentsMerged: inputs.count, entries: merged.entries)
     }
 }

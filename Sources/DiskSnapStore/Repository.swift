@@ -145,12 +145,98 @@ public final class Repository: Sendable {
         }
     }
 
-    // MARK: Listing
+    // MARK: Objects
+    //
+    // Every write, removal and listing of a repository object goes through the methods
+    // below, and packs are read through `openPack` (docs/DESIGN.md, "Repository objects"):
+    // the one place a second backend (a bucket, with this directory as its cache) changes.
+    // Everything else reads the metadata files under `root` directly.
+
+    /// Publishes a snapshot record (atomically: a reader sees the old or the new one).
+    public func writeRecord(_ bytes: [UInt8], _ id: SnapshotID) throws { try publish(bytes, to: recordPath(id)) }
+
+    /// Removes a snapshot record, durably (`fsync(snapshots/)`).
+    public func removeRecord(_ id: SnapshotID) throws {
+        try FileSystem.removeIfExists(recordPath(id))
+        try FileSystem.syncDirectory(snapshotsDirectory)
+    }
+
+    /// The ids of every record file, whatever its content.
+    public func recordIDs() throws -> [String] {
+        try FileSystem.listDirectory(snapshotsDirectory).filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }
+    }
+
+    public func writeDisk(_ bytes: [UInt8], _ id: DiskID) throws { try publish(bytes, to: diskPath(id)) }
+
+    public func removeDisk(_ id: DiskID) throws {
+        try FileSystem.removeIfExists(diskPath(id))
+        try FileSystem.syncDirectory(disksDirectory)
+    }
+
+    public func diskFileNames() throws -> [String] {
+        try FileSystem.listDirectory(disksDirectory).filter { $0.hasSuffix(".json") }
+    }
+
+    public func writeGCState(_ bytes: [UInt8]) throws { try publish(bytes, to: gcStatePath) }
+
+    public func removeGCState() throws {
+        try FileSystem.removeIfExists(gcStatePath)
+        try FileSystem.syncDirectory(root)
+    }
+
+    /// Publishes a finished fixed index (a synced work-area file on this filesystem).
+    public func publishFixedIndex(_ path: String, _ id: SnapshotID) throws {
+        try FileSystem.rename(path, to: fixedIndexPath(id))
+        try FileSystem.syncDirectory(fixedIndexDirectory)
+    }
+
+    /// Removes a fixed index, durably; returns the bytes it held (0 if it was absent).
+    @discardableResult
+    public func removeFixedIndex(_ id: String) throws -> UInt64 {
+        let path = "\(fixedIndexDirectory)/\(id).fidx"
+        let size = try FileSystem.statusIfExists(path)?.size ?? 0
+        try FileSystem.removeIfExists(path)
+        try FileSystem.syncDirectory(fixedIndexDirectory)
+        return size
+    }
+
+    /// The ids (file names without `.fidx`) of every fixed index.
+    public func fixedIndexIDs() throws -> [String] {
+        try FileSystem.listDirectory(fixedIndexDirectory).filter { $0.hasSuffix(".fidx") }.map { String($0.dropLast(5)) }
+    }
+
+    /// Publishes closed, synced packs from a work area (`<area>/<id>.pack`), then makes
+    /// their names durable (`fsync(packs/)`).
+    public func publishPacks(_ ids: [PackID], from area: TemporaryArea) throws {
+        for id in ids { try FileSystem.rename(area.path(id.hex + ".pack"), to: packPath(id)) }
+        try FileSystem.syncDirectory(packsDirectory)
+    }
 
     public func packIDs() throws -> [PackID] {
         try FileSystem.listDirectory(packsDirectory).compactMap { name in
             name.hasSuffix(".pack") ? PackID(hex: String(name.dropLast(5))) : nil
         }
+    }
+
+    /// A pack's size in bytes, nil if it is absent.
+    public func packSize(_ id: PackID) throws -> UInt64? { try FileSystem.statusIfExists(packPath(id))?.size }
+
+    /// A pack, opened for reading; `IO.NotFound` if it is absent.
+    public func openPack(_ id: PackID) throws -> any PackData { try OpenFile(path: packPath(id)) }
+
+    /// Removes packs, one at a time, then makes it durable; returns the bytes removed and
+    /// how many were there.
+    public func removePacks(_ ids: some Sequence<PackID>) throws -> (bytes: UInt64, count: Int) {
+        var bytes: UInt64 = 0, count = 0
+        for id in ids {
+            if let status = try FileSystem.statusIfExists(packPath(id)) {
+                try FileSystem.remove(packPath(id))
+                bytes += status.size
+                count += 1
+            }
+        }
+        try FileSystem.syncDirectory(packsDirectory)
+        return (bytes, count)
     }
 
     /// Publishes a finished, fsynced segment file (a work-area file on this filesystem) in
@@ -160,7 +246,31 @@ public final class Repository: Sendable {
         try FileSystem.syncDirectory(indexDirectory)
     }
 
+    /// The path of a segment named by `indexSegmentNames`, for reading.
+    public func segmentPath(_ name: String) -> String { "\(indexDirectory)/\(name)" }
+
+    /// Removes segments (names from `indexSegmentNames`), then makes it durable.
+    public func removeSegments(_ names: [String]) throws {
+        for name in names { try FileSystem.removeIfExists(segmentPath(name)) }
+        try FileSystem.syncDirectory(indexDirectory)
+    }
+
     public func indexSegmentNames() throws -> [String] {
         try FileSystem.listDirectory(indexDirectory).filter { $0.hasSuffix(".idx") }
     }
+}
+
+/// A pack opened for reading: a file here, ranged reads of an object in a bucket.
+public protocol PackData: Sendable {
+    /// For messages: a path or a key.
+    var name: String { get }
+    func size() throws -> UInt64
+    /// Reads up to `buffer.count` bytes at `offset`; fewer only at the end.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int
+    func readBytes(count: Int, at offset: UInt64) throws -> [UInt8]
+}
+
+extension OpenFile: PackData {
+    public var name: String { path }
+    public func size() throws -> UInt64 { try status().size }
 }
