@@ -104,6 +104,10 @@ public final class S3BlobStore: BlobStore {
         }
     }
 
+    static func bare(_ tag: String) -> String {
+        tag.count >= 2 && tag.hasPrefix("\"") && tag.hasSuffix("\"") ? String(tag.dropFirst().dropLast()) : tag
+    }
+
     private func version(_ answer: Answer, _ method: String, _ objectKey: String) throws -> BlobVersion {
         guard let tag = answer.response.header("ETag"), !tag.isEmpty else {
             throw BlobStoreError(.failed, "\(method) s3://\(s3.bucket)/\(objectKey): the answer has no ETag")
@@ -127,7 +131,9 @@ public final class S3BlobStore: BlobStore {
     @discardableResult
     public func replace(_ key: BlobKey, _ bytes: [UInt8], ifVersion expected: BlobVersion?) throws -> BlobVersion {
         let object = objectKey(key)
-        let condition = expected.map { ("If-Match", $0.tag) } ?? ("If-None-Match", "*")
+        // The ETag without its quotes: Ceph RGW compares If-Match byte for byte with the bare
+        // ETag it stores (a quoted one never matches there), SeaweedFS and AWS take either.
+        let condition = expected.map { ("If-Match", Self.bare($0.tag)) } ?? ("If-None-Match", "*")
         let answer = try send("PUT", objectKey: object, headers: [condition], body: bytes)
         switch answer.status {
         case 200: return try version(answer, "PUT", object)
