@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),
         // The command line: one file per subcommand.
         .executableTarget(name: "disksnap", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2", "DiskSnapS3",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Every decoder of a repository file under libFuzzer (tools/fuzz), or replaying the

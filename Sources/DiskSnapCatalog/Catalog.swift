@@ -13,8 +13,9 @@ public struct Catalog: Sendable {
     /// belongs to a process that died.
     public static func creationLockName(_ id: SnapshotID) -> String { "create-\(id.rawValue)" }
 
-    public func save(_ record: SnapshotRecord) throws {
-        try repository.writeRecord(RecordJSON.encode(record), record.snapshotId)
+    /// `progressOnly`: only the `Progress` of a running create changed (kept local for a bucket).
+    public func save(_ record: SnapshotRecord, progressOnly: Bool = false) throws {
+        try repository.writeRecord(RecordJSON.encode(record), record.snapshotId, localOnly: progressOnly)
     }
 
     public func record(_ id: SnapshotID) throws -> SnapshotRecord {
@@ -76,7 +77,9 @@ public struct Catalog: Sendable {
     /// Removes a snapshot: the record first, then its fixed index (reverse of creation),
     /// so a crash in between leaves an unreferenced index, never a record without one.
     public func delete(_ record: SnapshotRecord) throws {
-        if try repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) {
+        // An accomplished snapshot's creator has committed: whether it still runs (it may be
+        // compacting the index) does not matter. Any other may still be written.
+        if record.status != .accomplished, try repository.isLockHeld(name: Self.creationLockName(record.snapshotId)) {
             throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot \(record.snapshotId) is still being created")
         }
         try repository.removeRecord(record.snapshotId)

@@ -50,6 +50,7 @@ public struct GarbageCollector {
     public init(repository: Repository) { self.repository = repository }
 
     public func run(_ request: GCRequest) throws -> GCResult {
+        try repository.refuseInBucket("gc")
         let repositoryLock = try repository.lock(.shared, for: "gc")
         defer { withExtendedLifetime(repositoryLock) {} }
         guard let gcLock = try repository.tryLock(name: "gc") else {

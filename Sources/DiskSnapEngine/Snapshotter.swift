@@ -496,7 +496,7 @@ public struct Snapshotter {
                                 compression: repository.config.compression, counters: counters, progress: progress,
                                 cache: source.kind == .file && source.qcow2 == nil && source.view == nil ? PageCacheCourtesy(file: source.file) : nil)
         // Progress is written into the record every 250 ms tick (one small atomic write), for
-        // `list`/`show` in other processes.
+        // `list`/`show` in other processes (of this host only, for a bucket: see writeRecord).
         let catalog = Catalog(repository: repository)
         var snapshotForProgress = record
         var lastSave = progress.elapsedSeconds
@@ -504,7 +504,7 @@ public struct Snapshotter {
             guard progress.elapsedSeconds - lastSave >= 0.2, totalToRead > 0 else { return }
             lastSave = progress.elapsedSeconds
             snapshotForProgress.progress = "\(progress.done.load(ordering: .relaxed) * 100 / totalToRead)%"
-            try? catalog.save(snapshotForProgress)
+            try? catalog.save(snapshotForProgress, progressOnly: true)
         }
         try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress, tick: tick) { _, queue in
             try pipeline.work(queue)

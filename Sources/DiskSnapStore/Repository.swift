@@ -13,9 +13,19 @@ import DiskSnapFormat
 ///     snapshots/<snap>.json snapshot records
 ///     locks/               flock files (docs/DESIGN.md, "Locking")
 ///     tmp/                 per-process work areas, removed when their owner is gone
+///
+/// A repository may also live in a bucket (`remote`): `root` is then its local cache, which
+/// holds copies of the metadata objects in the same layout, and the locks and work areas of
+/// this host (`RepositoryCache`; docs/DESIGN.md, "A repository in a bucket").
 public final class Repository: Sendable {
+    /// The repository's directory, or a bucket repository's cache.
     public let root: String
     public let config: RepositoryConfig
+    /// The bucket (a store rooted at the repository's prefix), nil for a local repository.
+    public let remote: (any BlobStore)?
+
+    /// For messages: the directory, or `s3://bucket/prefix`.
+    public var location: String { remote?.location ?? root }
 
     public var configPath: String { root + "/config.json" }
     public var packsDirectory: String { root + "/packs" }
@@ -38,9 +48,43 @@ public final class Repository: Sendable {
         return try GCState.decode(try FileSystem.readFile(gcStatePath), file: gcStatePath)
     }
 
-    private init(root: String, config: RepositoryConfig) {
+    private init(root: String, config: RepositoryConfig, remote: (any BlobStore)? = nil) {
         self.root = root
         self.config = config
+        self.remote = remote
+    }
+
+    static let configKey = BlobKey(validated: "config.json")
+
+    /// Opens the repository in `remote`, with its cache under `cacheRoot` (one directory per
+    /// repository id inside it), brought up to date with the bucket first.
+    public static func open(remote: any BlobStore, cacheRoot: String) throws -> Repository {
+        let bytes: [UInt8]
+        do {
+            bytes = try remote.read(configKey).bytes
+        } catch let error as BlobStoreError where error.kind == .notFound {
+            throw StoreError(.repositoryNotFound, "no disksnap repository at \(remote.location) (run 'disksnap --repo \(remote.location) init')")
+        }
+        let config = try RepositoryConfig.decode(bytes, file: "\(remote.location)/config.json")
+        let root = cacheRoot + "/" + config.repositoryId
+        for directory in subdirectories(of: root) { try FileSystem.makeDirectories(directory) }
+        let cachedConfig = root + "/config.json"
+        if (try? FileSystem.readFile(cachedConfig)) != bytes {
+            try FileSystem.writeAtomically(bytes, to: cachedConfig, temporaryDirectory: root + "/tmp")
+        }
+        try RepositoryCache.synchronize(remote, root: root)
+        return Repository(root: root, config: config, remote: remote)
+    }
+
+    /// Creates a repository in `remote`: `config.json` is created create-only, so of two
+    /// racing inits exactly one wins.
+    public static func initialize(remote: any BlobStore, cacheRoot: String, config: RepositoryConfig) throws -> Repository {
+        do {
+            try remote.create(configKey, RecordJSON.encode(config))
+        } catch let error as BlobStoreError where error.kind == .alreadyExists {
+            throw StoreError(.repositoryExists, "a disksnap repository already exists at \(remote.location)")
+        }
+        return try open(remote: remote, cacheRoot: cacheRoot)
     }
 
     static func subdirectories(of root: String) -> [String] {
@@ -136,13 +180,27 @@ public final class Repository: Sendable {
     /// `progressing`), never as "free".
     public func isLockHeld(name: String) throws(StoreError) -> Bool {
         let path = "\(locksDirectory)/\(name).lock"
-        guard FileSystem.exists(path) else { return false }
+        guard FileSystem.exists(path) else {
+            // In a bucket, a lock this host never took may be held on another one: until
+            // locks are leases in the bucket, that is no answer.
+            if remote != nil {
+                throw StoreError(.lockUnknown, "cannot tell whether lock \(name) of \(location) is held on another host (locks are local to each host for now)")
+            }
+            return false
+        }
         do {
             return try FileLock.tryAcquire(path: path, kind: .exclusive) == nil
         } catch {
             if error.errno == ENOENT { return false }  // removed by its owner since the check
             throw StoreError(.lockUnknown, "cannot tell whether lock \(path) is held: \(error.message)")
         }
+    }
+
+    /// Commands that remove what other hosts' creates may rely on wait for leases in the
+    /// bucket (issue 15): until then they refuse a bucket repository.
+    public func refuseInBucket(_ command: String) throws(StoreError) {
+        guard remote != nil else { return }
+        throw StoreError(.unsupported, "'\(command)' does not run on a repository in a bucket yet (\(location)): it needs locks shared by every host")
     }
 
     // MARK: Objects
@@ -153,12 +211,53 @@ public final class Repository: Sendable {
     // Everything else reads the metadata files under `root` directly.
 
     /// Publishes a snapshot record (atomically: a reader sees the old or the new one).
-    public func writeRecord(_ bytes: [UInt8], _ id: SnapshotID) throws { try publish(bytes, to: recordPath(id)) }
+    /// `localOnly`: a progress update of a running create, which a bucket is not asked to
+    /// store four times a second; the cache's copy has it, the next full write takes it along.
+    public func writeRecord(_ bytes: [UInt8], _ id: SnapshotID, localOnly: Bool = false) throws {
+        if localOnly && remote != nil {
+            try FileSystem.writeAtomically(bytes, to: recordPath(id), temporaryDirectory: temporaryDirectory)
+            return
+        }
+        try writeMutable(bytes, key: "snapshots/\(id.rawValue).json", path: recordPath(id))
+    }
 
     /// Removes a snapshot record, durably (`fsync(snapshots/)`).
     public func removeRecord(_ id: SnapshotID) throws {
-        try FileSystem.removeIfExists(recordPath(id))
-        try FileSystem.syncDirectory(snapshotsDirectory)
+        try removeObject(key: "snapshots/\(id.rawValue).json", path: recordPath(id))
+    }
+
+    /// A small mutable object: locally published atomically; in a bucket compare-and-swap on
+    /// the version of the cached copy (none: create-only), then the copy.
+    private func writeMutable(_ bytes: [UInt8], key: String, path: String) throws {
+        guard let remote else { return try publish(bytes, to: path) }
+        let version = try remote.replace(BlobKey(validated: key), bytes, ifVersion: RepositoryCache.cachedVersion(path))
+        try RepositoryCache.store(bytes, version: version, at: path, temporaryDirectory: temporaryDirectory)
+    }
+
+    private func removeObject(key: String, path: String) throws {
+        if let remote {
+            try remote.delete(BlobKey(validated: key))
+            try RepositoryCache.remove(path)
+            return
+        }
+        try FileSystem.removeIfExists(path)
+        try FileSystem.syncDirectory(FileSystem.directoryName(of: path))
+    }
+
+    /// Publishes a finished local file as an immutable object: locally renamed into place;
+    /// to a bucket uploaded create-only, then (`cache`) renamed into the cache or removed.
+    private func publishFile(_ file: String, key: String, path: String, cache: Bool) throws {
+        if let remote {
+            let version = try BlobUpload.file(file, to: remote, as: BlobKey(validated: key))
+            if cache {
+                try FileSystem.rename(file, to: path)
+                try FileSystem.writeAtomically(Array(version.tag.utf8), to: RepositoryCache.versionPath(path), temporaryDirectory: temporaryDirectory)
+            } else {
+                try FileSystem.removeIfExists(file)
+            }
+            return
+        }
+        try FileSystem.rename(file, to: path)
     }
 
     /// The ids of every record file, whatever its content.
@@ -166,27 +265,25 @@ public final class Repository: Sendable {
         try FileSystem.listDirectory(snapshotsDirectory).filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }
     }
 
-    public func writeDisk(_ bytes: [UInt8], _ id: DiskID) throws { try publish(bytes, to: diskPath(id)) }
+    public func writeDisk(_ bytes: [UInt8], _ id: DiskID) throws {
+        try writeMutable(bytes, key: "disks/\(id.rawValue).json", path: diskPath(id))
+    }
 
     public func removeDisk(_ id: DiskID) throws {
-        try FileSystem.removeIfExists(diskPath(id))
-        try FileSystem.syncDirectory(disksDirectory)
+        try removeObject(key: "disks/\(id.rawValue).json", path: diskPath(id))
     }
 
     public func diskFileNames() throws -> [String] {
         try FileSystem.listDirectory(disksDirectory).filter { $0.hasSuffix(".json") }
     }
 
-    public func writeGCState(_ bytes: [UInt8]) throws { try publish(bytes, to: gcStatePath) }
+    public func writeGCState(_ bytes: [UInt8]) throws { try writeMutable(bytes, key: "gc.json", path: gcStatePath) }
 
-    public func removeGCState() throws {
-        try FileSystem.removeIfExists(gcStatePath)
-        try FileSystem.syncDirectory(root)
-    }
+    public func removeGCState() throws { try removeObject(key: "gc.json", path: gcStatePath) }
 
     /// Publishes a finished fixed index (a synced work-area file on this filesystem).
     public func publishFixedIndex(_ path: String, _ id: SnapshotID) throws {
-        try FileSystem.rename(path, to: fixedIndexPath(id))
+        try publishFile(path, key: "fixed/\(id.rawValue).fidx", path: fixedIndexPath(id), cache: true)
         try FileSystem.syncDirectory(fixedIndexDirectory)
     }
 
@@ -195,8 +292,7 @@ public final class Repository: Sendable {
     public func removeFixedIndex(_ id: String) throws -> UInt64 {
         let path = "\(fixedIndexDirectory)/\(id).fidx"
         let size = try FileSystem.statusIfExists(path)?.size ?? 0
-        try FileSystem.removeIfExists(path)
-        try FileSystem.syncDirectory(fixedIndexDirectory)
+        try removeObject(key: "fixed/\(id).fidx", path: path)
         return size
     }
 
@@ -208,26 +304,49 @@ public final class Repository: Sendable {
     /// Publishes closed, synced packs from a work area (`<area>/<id>.pack`), then makes
     /// their names durable (`fsync(packs/)`).
     public func publishPacks(_ ids: [PackID], from area: TemporaryArea) throws {
-        for id in ids { try FileSystem.rename(area.path(id.hex + ".pack"), to: packPath(id)) }
-        try FileSystem.syncDirectory(packsDirectory)
+        for id in ids { try publishFile(area.path(id.hex + ".pack"), key: "packs/\(id.hex).pack", path: packPath(id), cache: false) }
+        if remote == nil { try FileSystem.syncDirectory(packsDirectory) }
     }
 
     public func packIDs() throws -> [PackID] {
-        try FileSystem.listDirectory(packsDirectory).compactMap { name in
+        if let remote {
+            return try remote.listAll(prefix: "packs/").compactMap { blob in
+                let name = blob.key.path.dropFirst("packs/".count)
+                return name.hasSuffix(".pack") ? PackID(hex: String(name.dropLast(5))) : nil
+            }
+        }
+        return try FileSystem.listDirectory(packsDirectory).compactMap { name in
             name.hasSuffix(".pack") ? PackID(hex: String(name.dropLast(5))) : nil
         }
     }
 
     /// A pack's size in bytes, nil if it is absent.
-    public func packSize(_ id: PackID) throws -> UInt64? { try FileSystem.statusIfExists(packPath(id))?.size }
+    public func packSize(_ id: PackID) throws -> UInt64? {
+        if let remote { return try remote.info(BlobKey(validated: "packs/\(id.hex).pack"))?.size }
+        return try FileSystem.statusIfExists(packPath(id))?.size
+    }
 
-    /// A pack, opened for reading; `IO.NotFound` if it is absent.
-    public func openPack(_ id: PackID) throws -> any PackData { try OpenFile(path: packPath(id)) }
+    /// A pack, opened for reading; `IO.NotFound` (`BlobStore.NotFound` in a bucket) if it is absent.
+    public func openPack(_ id: PackID) throws -> any PackData {
+        if let remote { return try BucketPack(store: remote, key: BlobKey(validated: "packs/\(id.hex).pack")) }
+        return try OpenFile(path: packPath(id))
+    }
 
     /// Removes packs, one at a time, then makes it durable; returns the bytes removed and
     /// how many were there.
     public func removePacks(_ ids: some Sequence<PackID>) throws -> (bytes: UInt64, count: Int) {
         var bytes: UInt64 = 0, count = 0
+        if let remote {
+            for id in ids {
+                let key = BlobKey(validated: "packs/\(id.hex).pack")
+                if let info = try remote.info(key) {
+                    try remote.delete(key)
+                    bytes += info.size
+                    count += 1
+                }
+            }
+            return (bytes, count)
+        }
         for id in ids {
             if let status = try FileSystem.statusIfExists(packPath(id)) {
                 try FileSystem.remove(packPath(id))
@@ -242,7 +361,7 @@ public final class Repository: Sendable {
     /// Publishes a finished, fsynced segment file (a work-area file on this filesystem) in
     /// `index/`: renamed, then the directory fsynced. `name` defaults to a fresh random one.
     public func publishSegment(_ path: String, name: String = PackID.generate().hex) throws {
-        try FileSystem.rename(path, to: "\(indexDirectory)/\(name).idx")
+        try publishFile(path, key: "index/\(name).idx", path: "\(indexDirectory)/\(name).idx", cache: true)
         try FileSystem.syncDirectory(indexDirectory)
     }
 
@@ -251,6 +370,13 @@ public final class Repository: Sendable {
 
     /// Removes segments (names from `indexSegmentNames`), then makes it durable.
     public func removeSegments(_ names: [String]) throws {
+        if let remote {
+            for name in names {
+                try remote.delete(BlobKey(validated: "index/\(name)"))
+                try RepositoryCache.remove(segmentPath(name))
+            }
+            return
+        }
         for name in names { try FileSystem.removeIfExists(segmentPath(name)) }
         try FileSystem.syncDirectory(indexDirectory)
     }

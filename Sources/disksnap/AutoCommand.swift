@@ -23,7 +23,7 @@ struct Auto: ParsableCommand {
 
     func run() throws {
         try runReporting(json: json) {
-            let repository = try Repository.openOrInitialize(at: global.repositoryPath)
+            let repository = try global.openOrInitializeRepository()
             let snapshotter = Snapshotter(repository: repository)
             let catalog = Catalog(repository: repository)
             let registry = DiskRegistry(repository: repository)

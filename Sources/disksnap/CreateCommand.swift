@@ -115,7 +115,7 @@ struct Create: ParsableCommand {
                 throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze freezes a running VM's guest around QEMU's point-in-time view: it needs --qmp or --domain")
             }
             request.showProgress = Output.stderrIsTerminal
-            let repository = try Repository.openOrInitialize(at: global.repositoryPath)
+            let repository = try global.openOrInitializeRepository()
             let result = try Snapshotter(repository: repository).create(request)
             if let problem = result.compactionError { Output.warning("index compaction after the snapshot failed (the snapshot is complete): \(problem)") }
             for stale in result.removedStale { Output.warning("removed \(stale), left by a disksnap run that was killed") }

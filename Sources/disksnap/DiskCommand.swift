@@ -19,7 +19,7 @@ struct DiskAdd: ParsableCommand {
 
     func run() throws {
         try runReporting(json: json) {
-            let repository = try Repository.openOrInitialize(at: global.repositoryPath)
+            let repository = try global.openOrInitializeRepository()
             let lock = try repository.lockCatalog()
             defer { withExtendedLifetime(lock) {} }
             let disk = try DiskRegistry(repository: repository).add(path: path, name: name, type: type, instance: instance)

@@ -31,11 +31,11 @@ struct Init: ParsableCommand {
             var config = RepositoryConfig(chunkSize: size, compression: method)
             config.profile = chosen.rawValue
             config.maxSnapshots = maxSnapshots
-            let repository = try Repository.initialize(at: global.repositoryPath, config: config)
+            let repository = try global.initializeRepository(config)
             if json {
                 Output.json(repository.config)
             } else {
-                Output.line("initialized repository \(repository.root) (chunk size \(size), compression \(method), profile \(chosen.rawValue)\(maxSnapshots.map { ", at most \($0) snapshots" } ?? ""))")
+                Output.line("initialized repository \(repository.location) (chunk size \(size), compression \(method), profile \(chosen.rawValue)\(maxSnapshots.map { ", at most \($0) snapshots" } ?? ""))")
             }
         }
     }

@@ -1,0 +1,195 @@
+"""Repositories in a bucket (issue 15), on both real S3 servers the suite starts itself:
+SeaweedFS (tools/s3-up) and Ceph's radosgw (tools/rgw-up). boto3, from the tools'
+virtualenv, is the independent reader of what disksnap wrote."""
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from conftest import BIN, ROOT, Result, sha256, e2fsck_partition
+
+VENV = os.environ.get("DISKSNAP_VENV", "/var/cache/disksnap/venv")
+SERVERS = {"seaweedfs": "s3-up", "rgw": "rgw-up"}
+BUCKET = "disksnap-it"
+
+
+def start(script):
+    proc = subprocess.run([os.path.join(ROOT, "tools", script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"tools/{script} failed: {proc.stderr[-2000:]}"
+    env = {}
+    for word in proc.stdout.split():
+        if "=" in word and word != "export":
+            key, value = word.split("=", 1)
+            env[key] = value
+    return env
+
+
+def boto(server, script, *args):
+    """Runs `script` in the virtualenv's Python with a boto3 client `s3` for `server`."""
+    prelude = (
+        "import boto3, botocore, json, sys\n"
+        f"s3 = boto3.client('s3', endpoint_url={server['endpoint']!r}, aws_access_key_id={server['key']!r},"
+        f" aws_secret_access_key={server['secret']!r}, region_name='us-east-1',"
+        " config=botocore.config.Config(s3={'addressing_style': 'path'}))\n"
+    )
+    proc = subprocess.run([os.path.join(VENV, "bin", "python"), "-c", prelude + script, *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS))
+def server(request):
+    env = start(SERVERS[request.param])
+    s = {"name": request.param, "endpoint": env["DISKSNAP_TEST_S3_ENDPOINT"],
+         "key": env["AWS_ACCESS_KEY_ID"], "secret": env["AWS_SECRET_ACCESS_KEY"]}
+    boto(s, f"""
+try:
+    s3.create_bucket(Bucket={BUCKET!r})
+except botocore.exceptions.ClientError as e:
+    if e.response['Error']['Code'] not in ('BucketAlreadyOwnedByYou', 'BucketAlreadyExists'):
+        raise
+""")
+    return s
+
+
+class Bucket:
+    """`disksnap --repo s3://BUCKET/PREFIX` with the AWS environment of a server and a cache of its own."""
+
+    def __init__(self, server, tmp_path, prefix=None, cache="cache"):
+        self.server = server
+        self.prefix = prefix or "it-" + uuid.uuid4().hex[:12]
+        self.repo = f"s3://{BUCKET}/{self.prefix}"
+        self.env = dict(os.environ, AWS_ENDPOINT_URL=server["endpoint"], AWS_ACCESS_KEY_ID=server["key"],
+                        AWS_SECRET_ACCESS_KEY=server["secret"], AWS_REGION="us-east-1",
+                        XDG_CACHE_HOME=str(tmp_path / cache))
+
+    def run(self, *args, check=True, env=None):
+        argv = [BIN, "--repo", self.repo] + [str(a) for a in args]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env or self.env, timeout=300)
+        result = Result(proc)
+        if check and result.code != 0:
+            raise AssertionError(f"{argv} exited {result.code}\nstdout: {result.out}\nstderr: {result.err}")
+        return result
+
+    def create(self, source, name):
+        return self.run("create", source, "--name", name, "--json").json()["SnapshotId"]
+
+    def keys(self):
+        out = boto(self.server, """
+keys = []
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[1], Prefix=sys.argv[2] + '/'):
+    keys += [o['Key'][len(sys.argv[2]) + 1:] for o in page.get('Contents', [])]
+print(json.dumps(keys))
+""", BUCKET, self.prefix)
+        return json.loads(out)
+
+
+def test_a_snapshot_in_a_bucket_restores_byte_for_byte_and_passes_e2fsck(server, tmp_path, test_disk):
+    b = Bucket(server, tmp_path)
+    b.run("init")
+    one = b.create(test_disk["v1"], "one")
+    two = b.create(test_disk["v2"], "two")
+    assert b.run("show", two, "--json").json()["Status"] == "accomplished"
+    # What boto3 sees: the repository's objects, packs among them, and nothing left in a work area.
+    keys = b.keys()
+    assert "config.json" in keys
+    assert f"snapshots/{one}.json" in keys and f"fixed/{two}.fidx" in keys
+    assert any(k.startswith("packs/") and k.endswith(".pack") for k in keys)
+    assert any(k.startswith("index/") for k in keys)
+    assert not any(k.startswith("tmp/") or k.startswith("locks/") for k in keys)
+    for snap, image in ((one, test_disk["v1"]), (two, test_disk["v2"])):
+        target = tmp_path / f"{snap}.img"
+        b.run("restore", snap, target)
+        assert sha256(target) == sha256(image)
+        e2fsck_partition(str(target), test_disk["partition_offset"], test_disk["partition_size"])
+    report = b.run("check", "--read-data", "--json").json()
+    assert report["Problems"] == [] and report["ChunksVerified"] > 0
+
+
+def test_the_second_snapshot_stores_only_what_changed(server, tmp_path, test_disk):
+    b = Bucket(server, tmp_path)
+    b.create(test_disk["v1"], "one")
+    packs = lambda: {k for k in b.keys() if k.startswith("packs/")}
+    before = packs()
+    again = b.create(test_disk["v1"], "again")
+    assert packs() == before, "an unchanged disk uploaded packs"
+    assert b.run("show", again, "--json").json()["Status"] == "accomplished"
+
+
+def test_another_host_sees_the_bucket_through_a_fresh_cache(server, tmp_path, test_disk):
+    b = Bucket(server, tmp_path)
+    snap = b.create(test_disk["v1"], "one")
+    other = Bucket(server, tmp_path, prefix=b.prefix, cache="other-cache")
+    listed = other.run("list", "--json").json()
+    assert [s["SnapshotId"] for s in listed] == [snap]
+    target = tmp_path / "other.img"
+    other.run("restore", "one", target)
+    assert sha256(target) == sha256(test_disk["v1"])
+    # A delete through one cache is seen by the other, whose stale copy goes at its next open.
+    other.run("delete", "one")
+    assert f"snapshots/{snap}.json" not in b.keys()
+    assert b.run("list", "--json").json() == []
+
+
+def test_a_lost_cache_is_rebuilt_from_the_bucket(server, tmp_path, test_disk):
+    b = Bucket(server, tmp_path)
+    snap = b.create(test_disk["v1"], "one")
+    shutil.rmtree(tmp_path / "cache")
+    b.create(test_disk["v2"], "two")
+    assert b.run("show", snap, "--json").json()["Status"] == "accomplished"
+    assert b.run("check", "--json").json()["Problems"] == []
+
+
+def test_a_corrupted_pack_object_is_found_by_check(server, tmp_path, test_disk):
+    b = Bucket(server, tmp_path)
+    b.create(test_disk["v1"], "one")
+    pack = sorted(k for k in b.keys() if k.startswith("packs/"))[0]
+    boto(server, """
+body = bytearray(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())
+body[len(body) // 3] ^= 0xFF
+s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=bytes(body))
+""", BUCKET, f"{b.prefix}/{pack}")
+    r = b.run("check", "--read-data", check=False)
+    assert r.code == 1, r.out + r.err
+    assert "Chunk.Corrupt" in r.out + r.err or "corrupt" in (r.out + r.err).lower()
+
+
+def test_wrong_credentials_a_missing_bucket_and_a_bad_address_fail_with_their_codes(server, tmp_path, test_disk):
+    b = Bucket(server, tmp_path)
+    b.run("init")
+    wrong = dict(b.env, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    r = b.run("list", check=False, env=wrong)
+    assert r.code == 7 and "BlobStore.AccessDenied" in r.err, r.err
+    missing = Bucket(server, tmp_path)
+    missing.repo = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x"
+    r = missing.run("create", test_disk["v1"], "--name", "one", check=False)
+    assert r.code == 7 and "BlobStore.AccessDenied" in r.err, r.err
+    bad = Bucket(server, tmp_path)
+    bad.repo = "s3://Not_A_Bucket/x"
+    r = bad.run("list", check=False)
+    assert r.code == 2 and "not a bucket name" in r.err, r.err
+    unsigned = {k: v for k, v in b.env.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
+    unsigned["HOME"] = str(tmp_path)  # no ~/.aws either
+    r = b.run("list", check=False, env=unsigned)
+    assert r.code == 7 and "no credentials" in r.err, r.err
+
+
+def test_a_second_init_of_one_prefix_is_refused(server, tmp_path):
+    b = Bucket(server, tmp_path)
+    b.run("init")
+    r = b.run("init", check=False)
+    assert r.code == 4 and "Repository.AlreadyExists" in r.err, r.err
+
+
+def test_gc_and_repair_refuse_a_bucket_until_locks_are_shared_by_hosts(server, tmp_path, test_disk):
+    b = Bucket(server, tmp_path)
+    b.create(test_disk["v1"], "one")
+    before = b.keys()
+    for args in (("gc",), ("check", "--repair")):
+        r = b.run(*args, check=False)
+        assert r.code == 2 and "Repository.Unsupported" in r.err, r.err
+    assert b.keys() == before
