@@ -88,8 +88,22 @@ public final class BlockDecoder {
             guard start + count <= Int(location.storedLength) else {
                 throw StoreError(.chunkCorrupt, "\(what): lies outside its \(location.storedLength)-byte block")
             }
-            let n = try file.read(into: output, at: location.offset + UInt64(start))
-            guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
+            if file.eachReadIsCostly {
+                // A request per chunk would cost more than the bytes: the block is read whole
+                // once and its chunks cut from it, as a compressed block's are.
+                if cached?.pack != pack || cached?.offset != location.offset {
+                    cached = nil
+                    let length = Int(location.storedLength)
+                    if block.count < length { block = [UInt8](repeating: 0, count: length) }
+                    let n = try block.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<length]), at: location.offset) }
+                    guard n == length else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(length - n) bytes early (truncated)") }
+                    cached = (pack, location.offset, length)
+                }
+                block.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
+            } else {
+                let n = try file.read(into: output, at: location.offset + UInt64(start))
+                guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
+            }
         case .zstd:
             if cached?.pack != pack || cached?.offset != location.offset {
                 cached = nil

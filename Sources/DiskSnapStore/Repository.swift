@@ -394,6 +394,12 @@ public protocol PackData: Sendable {
     /// Reads up to `buffer.count` bytes at `offset`; fewer only at the end.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int
     func readBytes(count: Int, at offset: UInt64) throws -> [UInt8]
+    /// Whether a read costs a round trip (a GET): readers then read whole blocks.
+    var eachReadIsCostly: Bool { get }
+}
+
+extension PackData {
+    public var eachReadIsCostly: Bool { false }
 }
 
 extension OpenFile: PackData {

@@ -93,6 +93,7 @@ final class BucketPack: PackData {
     let key: BlobKey
     private let length: UInt64
     var name: String { "\(store.location)/\(key)" }
+    var eachReadIsCostly: Bool { true }
 
     init(store: any BlobStore, key: BlobKey) throws {
         guard let info = try store.info(key) else { throw BlobStoreError(.notFound, "pack \(key) does not exist in \(store.location)") }
