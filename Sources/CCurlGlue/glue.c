@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 // libcurl is loaded at run time, by the first S3 request: linked, it and its two dozen
 // libraries made every command's start slower (the dynamic linker's symbol lookups grow
@@ -75,6 +76,7 @@ typedef struct {
     const unsigned char *bytes;
     size_t length;
     size_t offset;
+    int fd;  /* >= 0: the body is bytes [0, length) of this file, read with pread */
 } sender;
 
 static int append(buffer *b, const void *bytes, size_t length) {
@@ -115,7 +117,13 @@ static size_t on_send(char *out, size_t size, size_t count, void *context) {
     size_t room = size * count;
     size_t left = s->length - s->offset;
     size_t n = left < room ? left : room;
-    if (n) memcpy(out, s->bytes + s->offset, n);
+    if (n && s->fd >= 0) {
+        ssize_t got = pread(s->fd, out, n, (off_t)s->offset);
+        if (got <= 0) return CURL_READFUNC_ABORT;
+        n = (size_t)got;
+    } else if (n) {
+        memcpy(out, s->bytes + s->offset, n);
+    }
     s->offset += n;
     return n;
 }
@@ -134,7 +142,7 @@ void ds_http_handle_free(void *handle) {
 }
 
 int ds_http_perform(void *handle, const char *method, const char *url, const char *const *headers, size_t header_count,
-                    const unsigned char *body, size_t body_length, long connect_timeout_ms, long timeout_ms,
+                    const unsigned char *body, size_t body_length, int body_fd, long connect_timeout_ms, long timeout_ms,
                     ds_http_sink sink, void *sink_context, ds_http_response *response) {
     CURL *curl = handle;
     memset(response, 0, sizeof(*response));
@@ -146,7 +154,7 @@ int ds_http_perform(void *handle, const char *method, const char *url, const cha
     list = lc.slist_append(list, "Accept:");
     receiver r = {{0}, sink, sink_context, 0};
     buffer head = {0};
-    sender s = {body, body_length, 0};
+    sender s = {body, body_length, 0, body_fd};
     lc.easy_setopt(curl, CURLOPT_URL, url);
     lc.easy_setopt(curl, CURLOPT_HTTPHEADER, list);
     lc.easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);

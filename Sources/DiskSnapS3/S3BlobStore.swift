@@ -58,11 +58,12 @@ public final class S3BlobStore: BlobStore {
     }
 
     /// Signs and sends one request; transport failures and 5xx come back as transient errors.
+    /// `file`: the body is an open file's first `length` bytes, whose SHA-256 (hex) is given.
     private func send(_ method: String, objectKey: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
-                      body: [UInt8] = []) throws -> Answer {
+                      body: [UInt8] = [], file: (descriptor: Int32, length: Int, sha256: String)? = nil) throws -> Answer {
         let path = "/\(s3.bucket)" + (objectKey.map { "/\($0)" } ?? "")
         let amzDate = SigV4.amzDate(clock())
-        let payloadHash = body.isEmpty ? SigV4.emptyPayloadHash : SigV4.payloadHash(body)
+        let payloadHash = file?.sha256 ?? (body.isEmpty ? SigV4.emptyPayloadHash : SigV4.payloadHash(body))
         var headers: [(String, String)] = [("Host", s3.host), ("X-Amz-Date", amzDate), ("X-Amz-Content-Sha256", payloadHash)] + extra
         if let token = s3.credentials.sessionToken { headers.append(("X-Amz-Security-Token", token)) }
         let signature = SigV4.sign(SigV4Request(method: method, path: path, query: query, headers: headers, payloadHash: payloadHash),
@@ -72,7 +73,8 @@ public final class S3BlobStore: BlobStore {
         let url = s3.endpoint + SigV4.encode(path, keepSlash: true) + (queryText.isEmpty ? "" : "?" + queryText)
         let response: HTTPResponse
         do {
-            response = try http.send(method: method, url: url, headers: headers.filter { $0.0 != "Host" }, body: body)
+            response = try http.send(method: method, url: url, headers: headers.filter { $0.0 != "Host" }, body: body,
+                                     bodyFile: file.map { ($0.descriptor, $0.length) })
         } catch {
             throw BlobStoreError(.transient, "\(method) \(location): \(error.message) (curl \(error.curlCode))")
         }
@@ -121,6 +123,37 @@ public final class S3BlobStore: BlobStore {
     public func create(_ key: BlobKey, _ bytes: [UInt8]) throws -> BlobVersion {
         let object = objectKey(key)
         let answer = try send("PUT", objectKey: object, headers: [("If-None-Match", "*")], body: bytes)
+        switch answer.status {
+        case 200: return try version(answer, "PUT", object)
+        case 412: throw BlobStoreError(.alreadyExists, "\(key) exists already in \(location)")
+        default: throw failure("PUT", object, answer)
+        }
+    }
+
+    /// A create-only PUT whose body is read from the file as it is sent: hashed once for the
+    /// signature (SigV4 signs the payload's SHA-256), then streamed, never held in memory.
+    @discardableResult
+    public func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion {
+        let object = objectKey(key)
+        let file: OpenFile
+        let size: Int
+        var hasher = SHA256()
+        do {
+            file = try OpenFile(path: path)
+            size = Int(try file.status().size)
+            var piece = [UInt8](repeating: 0, count: 4 << 20)
+            var offset = 0
+            while offset < size {
+                let count = min(piece.count, size - offset)
+                try piece.withUnsafeMutableBytes { try file.readExactly(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: UInt64(offset)) }
+                piece.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+                offset += count
+            }
+        } catch {
+            throw BlobStoreError(.failed, "PUT \(location)/\(key) from \(path): \((error as? any CodedError)?.message ?? "\(error)")")
+        }
+        let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        let answer = try send("PUT", objectKey: object, headers: [("If-None-Match", "*")], file: (file.descriptor, size, digest))
         switch answer.status {
         case 200: return try version(answer, "PUT", object)
         case 412: throw BlobStoreError(.alreadyExists, "\(key) exists already in \(location)")

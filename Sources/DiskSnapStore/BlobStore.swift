@@ -26,6 +26,10 @@ public protocol BlobStore: Sendable {
     /// `BlobStore.VersionMismatch` and nothing is written.
     @discardableResult
     func replace(_ key: BlobKey, _ bytes: [UInt8], ifVersion expected: BlobVersion?) throws -> BlobVersion
+    /// Creates `key` from the local file at `path` (create-only, as `create`); a backend
+    /// streams it rather than holding it in memory.
+    @discardableResult
+    func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion
     /// Streams a large blob; `commit` creates it create-only, `abort` leaves nothing.
     func writer(for key: BlobKey) throws -> any BlobWriter
     /// The whole blob and its version; `BlobStore.NotFound` if absent.
@@ -45,6 +49,37 @@ public protocol BlobStore: Sendable {
 }
 
 extension BlobStore {
+    /// Through `writer`, in 8 MiB pieces.
+    @discardableResult
+    public func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion {
+        let file: OpenFile
+        let size: UInt64
+        do {
+            file = try OpenFile(path: path)
+            size = try file.status().size
+        } catch {
+            throw BlobStoreError.from(error, key: key)
+        }
+        let writer = try self.writer(for: key)
+        do {
+            var piece = [UInt8](repeating: 0, count: 8 << 20)
+            var offset: UInt64 = 0
+            while offset < size {
+                let count = Int(min(UInt64(piece.count), size - offset))
+                try piece.withUnsafeMutableBytes { raw in
+                    let part = UnsafeMutableRawBufferPointer(rebasing: raw[..<count])
+                    do { try file.readExactly(into: part, at: offset) } catch let error as SystemError { throw BlobStoreError.from(error, key: key) }
+                    try writer.append(UnsafeRawBufferPointer(part))
+                }
+                offset += UInt64(count)
+            }
+            return try writer.commit()
+        } catch {
+            writer.abort()
+            throw error
+        }
+    }
+
     /// Every key under `prefix`, page by page.
     public func listAll(prefix: String, pageSize: Int = 1000) throws -> [BlobInfo] {
         var all: [BlobInfo] = []

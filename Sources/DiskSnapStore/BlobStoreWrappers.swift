@@ -1,3 +1,4 @@
+import DiskSnapSys
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -64,6 +65,20 @@ public final class RetryingBlobStore: BlobStore {
             } catch let error as BlobStoreError where retried && error.kind == .alreadyExists {
                 let (stored, version) = try inner.read(key)
                 guard stored == bytes else { throw error }
+                return version
+            }
+        }
+    }
+
+    @discardableResult
+    public func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion {
+        try retrying { retried in
+            do {
+                return try inner.create(key, fromFile: path)
+            } catch let error as BlobStoreError where retried && error.kind == .alreadyExists {
+                // Rare (a lost answer): the file is read whole once to compare.
+                let (stored, version) = try inner.read(key)
+                guard let mine = try? FileSystem.readFile(path), stored == mine else { throw error }
                 return version
             }
         }
@@ -142,6 +157,7 @@ public final class FaultInjectingBlobStore: BlobStore {
 
     @discardableResult
     public func create(_ key: BlobKey, _ bytes: [UInt8]) throws -> BlobVersion { try run(.create) { try inner.create(key, bytes) } }
+    public func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion { try run(.create) { try inner.create(key, fromFile: path) } }
     @discardableResult
     public func replace(_ key: BlobKey, _ bytes: [UInt8], ifVersion expected: BlobVersion?) throws -> BlobVersion {
         try run(.replace) { try inner.replace(key, bytes, ifVersion: expected) }

@@ -1,4 +1,5 @@
 import Synchronization
+import Dispatch
 import DiskSnapSys
 import DiskSnapFormat
 
@@ -42,6 +43,8 @@ public final class ChunkWriter: Sendable {
     private let shards: [ClaimShard] = (0..<64).map { _ in ClaimShard() }
     private let runs: SpilledRuns
     private let closedPacks = Mutex([ClosedPack]())
+    /// For a bucket: packs go up as they close, while the workers fill the next ones.
+    private let uploads: PackUploads?
 
     /// `expectedChunks` sizes the filter of spilled digests (the source's chunk count).
     public init(repository: Repository, store: ChunkLocator, area: TemporaryArea, expectedChunks: UInt64 = 1 << 16,
@@ -51,6 +54,7 @@ public final class ChunkWriter: Sendable {
         self.area = area
         self.packTargetSize = UInt64(packTargetSize)
         runs = SpilledRuns(area: area, expectedEntries: expectedChunks)
+        uploads = repository.remote == nil ? nil : PackUploads(repository: repository, area: area)
     }
 
     private func shard(_ digest: ChunkDigest) -> ClaimShard { shards[Int(digest.leadingWord % UInt64(shards.count))] }
@@ -78,6 +82,7 @@ public final class ChunkWriter: Sendable {
     /// spilled, their digests leave the claim set.
     func closed(id: PackID, entries: [PackEntry], storedBytes: UInt64) throws {
         closedPacks.withLock { $0.append(ClosedPack(id: id, chunks: UInt64(entries.count), storedBytes: storedBytes)) }
+        uploads?.start(id)
         try runs.add(pack: id, entries: entries) { spilled in
             for e in spilled { _ = shard(e.digest).claimed.withLock { $0.remove(e.digest) } }
         }
@@ -95,7 +100,11 @@ public final class ChunkWriter: Sendable {
             summary.bytesStored += pack.storedBytes
         }
         guard !packs.isEmpty else { return summary }
-        try repository.publishPacks(packs.map(\.id), from: area)
+        if let uploads {
+            try uploads.wait()  // every pack is in the bucket before the segment that names them
+        } else {
+            try repository.publishPacks(packs.map(\.id), from: area)
+        }
         let merged = area.path("segment.idx")
         _ = try runs.merge(to: merged)
         try repository.publishSegment(merged, name: packs[0].id.hex)
@@ -259,5 +268,46 @@ public final class PackBuilder {
         try pack.file.write(toc + trailer, at: pack.size)
         try pack.file.sync()
         try writer.closed(id: pack.id, entries: pack.entries, storedBytes: pack.blockBytes)
+    }
+}
+
+/// A writer's packs going up to a bucket as they close, at most `limit` at once: a worker
+/// that closes a pack while `limit` are in flight waits for one to end (the work area never
+/// holds more than that many closed packs). `wait` returns when all are stored, or throws
+/// the first failure.
+final class PackUploads: @unchecked Sendable {
+    private let repository: Repository
+    private let area: TemporaryArea
+    private let group = DispatchGroup()
+    private let slots: DispatchSemaphore
+    private let queue = DispatchQueue(label: "disksnap.pack-uploads", attributes: .concurrent)
+    private let failure = Mutex<(any Error)?>(nil)
+
+    init(repository: Repository, area: TemporaryArea, limit: Int = 2) {
+        self.repository = repository
+        self.area = area
+        slots = DispatchSemaphore(value: limit)
+    }
+
+    func start(_ id: PackID) {
+        slots.wait()
+        group.enter()
+        queue.async { [self] in
+            defer {
+                slots.signal()
+                group.leave()
+            }
+            guard failure.withLock({ $0 == nil }) else { return }
+            do {
+                try repository.publishPacks([id], from: area)
+            } catch {
+                failure.withLock { if $0 == nil { $0 = error } }
+            }
+        }
+    }
+
+    func wait() throws {
+        group.wait()
+        if let error = failure.withLock({ $0 }) { throw error }
     }
 }

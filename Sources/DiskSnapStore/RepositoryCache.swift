@@ -123,28 +123,7 @@ final class BucketPack: PackData {
 
 /// Streams a local file into a create-only blob.
 enum BlobUpload {
-    static let pieceBytes = 8 << 20
-
     static func file(_ path: String, to store: any BlobStore, as key: BlobKey) throws -> BlobVersion {
-        let file = try OpenFile(path: path)
-        let size = try file.status().size
-        let writer = try store.writer(for: key)
-        do {
-            var buffer = [UInt8](repeating: 0, count: pieceBytes)
-            var offset: UInt64 = 0
-            while offset < size {
-                let count = Int(min(UInt64(pieceBytes), size - offset))
-                try buffer.withUnsafeMutableBytes { raw in
-                    let piece = UnsafeMutableRawBufferPointer(rebasing: raw[..<count])
-                    try file.readExactly(into: piece, at: offset)
-                    try writer.append(UnsafeRawBufferPointer(piece))
-                }
-                offset += UInt64(count)
-            }
-            return try writer.commit()
-        } catch {
-            writer.abort()
-            throw error
-        }
+        try store.create(key, fromFile: path)
     }
 }

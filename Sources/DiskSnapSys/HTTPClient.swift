@@ -52,7 +52,10 @@ public final class HTTPClient: Sendable {
         for box in idle.withLock({ $0 }) { ds_http_handle_free(box.pointer) }
     }
 
-    public func send(method: String, url: String, headers: [(String, String)], body: [UInt8] = []) throws(HTTPTransportError) -> HTTPResponse {
+    /// `bodyFile`: the body is the first `length` bytes of the open file `descriptor`, read as
+    /// it is sent (a pack goes up without being held in memory); else `body`.
+    public func send(method: String, url: String, headers: [(String, String)], body: [UInt8] = [],
+                     bodyFile: (descriptor: Int32, length: Int)? = nil) throws(HTTPTransportError) -> HTTPResponse {
         var reason = [CChar](repeating: 0, count: 512)
         guard ds_http_load(&reason, reason.count) == 0 else { throw HTTPTransportError(curlCode: -1, message: cText(reason)) }
         let box: UnsafeMutableRawPointerBox
@@ -68,7 +71,8 @@ public final class HTTPClient: Sendable {
         defer { cLines.forEach { free(UnsafeMutablePointer(mutating: $0)) } }
         let code = body.withUnsafeBufferPointer { bytes in
             cLines.withUnsafeMutableBufferPointer { headerArray in
-                ds_http_perform(box.pointer, method, url, headerArray.baseAddress, headerArray.count, bytes.baseAddress, bytes.count,
+                ds_http_perform(box.pointer, method, url, headerArray.baseAddress, headerArray.count, bytes.baseAddress,
+                                bodyFile?.length ?? bytes.count, bodyFile?.descriptor ?? -1,
                                 Int(connectTimeout * 1000), Int(timeout * 1000), nil, nil, &response)
             }
         }

@@ -88,6 +88,7 @@ final class RetryingS3: BlobStore {
     }
     var location: String { retrying.location }
     func create(_ key: BlobKey, _ bytes: [UInt8]) throws -> BlobVersion { try retrying.create(key, bytes) }
+    func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion { try retrying.create(key, fromFile: path) }
     func replace(_ key: BlobKey, _ bytes: [UInt8], ifVersion expected: BlobVersion?) throws -> BlobVersion { try retrying.replace(key, bytes, ifVersion: expected) }
     func writer(for key: BlobKey) throws -> any BlobWriter { try retrying.writer(for: key) }
     func read(_ key: BlobKey) throws -> (bytes: [UInt8], version: BlobVersion) { try retrying.read(key) }

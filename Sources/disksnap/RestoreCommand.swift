@@ -40,7 +40,9 @@ struct Restore: ParsableCommand {
             }
             request.format = parsed
             request.showProgress = Output.stderrIsTerminal
-            let result = try Restorer(repository: try global.openRepository()).restore(request)
+            let repository = try global.openRepository()
+            if repository.remote != nil { request.workers = Workers.bucketRestoreCount }
+            let result = try Restorer(repository: repository).restore(request)
             if json {
                 Output.json(RestoreResponse(result))
                 return

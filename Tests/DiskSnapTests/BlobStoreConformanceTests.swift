@@ -78,6 +78,21 @@ private func code(_ body: () throws -> Void) -> String? {
         #expect(code { _ = try store.read(key("snapshots/b.json")) } == "BlobStore.NotFound")
     }
 
+    @Test(arguments: Backend.allCases) func aFileIsCreatedStreamedAndCreateOnly(_ backend: Backend) throws {
+        let store = try backend.make()
+        // 9 MiB + 3 bytes of varied content: more than one piece of every streaming path.
+        let bytes = (0..<(9 << 20) + 3).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) }
+        let path = "/tmp/disksnap-conformance-\(UUID().uuidString.lowercased())"
+        try FileSystem.writeAtomically(bytes, to: path, temporaryDirectory: "/tmp")
+        defer { try? FileSystem.removeIfExists(path) }
+        let version = try store.create(key("packs/file.pack"), fromFile: path)
+        let (stored, readVersion) = try store.read(key("packs/file.pack"))
+        #expect(stored == bytes && readVersion == version)
+        #expect(code { try store.create(key("packs/file.pack"), fromFile: path) } == "BlobStore.AlreadyExists")
+        #expect(code { try store.create(key("packs/none.pack"), fromFile: path + ".absent") } != nil)
+        #expect(try store.info(key("packs/none.pack")) == nil)
+    }
+
     @Test(arguments: Backend.allCases) func ofEightConcurrentCreatesExactlyOneWins(_ backend: Backend) throws {
         let store = try backend.make()
         for round in 0..<5 {

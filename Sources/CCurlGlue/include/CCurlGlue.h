@@ -30,7 +30,7 @@ void ds_http_handle_free(void *handle);
 /// Sends `method url` with the headers ("Name: value"), the body (may be NULL), waits at most
 /// `timeout_ms` in all and `connect_timeout_ms` to connect. Returns curl_code.
 int ds_http_perform(void *handle, const char *method, const char *url, const char *const *headers, size_t header_count,
-                    const unsigned char *body, size_t body_length, long connect_timeout_ms, long timeout_ms,
+                    const unsigned char *body, size_t body_length, int body_fd, long connect_timeout_ms, long timeout_ms,
                     ds_http_sink sink, void *sink_context, ds_http_response *response);
 void ds_http_response_free(ds_http_response *response);
 
