@@ -114,11 +114,4 @@ public enum Workers {
         if FileSystem.environment("DISKSNAP_WORKERS") != nil { return defaultCount }
         return min(2 * defaultCount, 64)
     }
-
-    /// For a restore from a bucket, whose workers mostly wait for GETs (a few ms each): eight
-    /// per core keep that many requests in flight. `DISKSNAP_WORKERS` overrides.
-    public static var bucketRestoreCount: Int {
-        if FileSystem.environment("DISKSNAP_WORKERS") != nil { return defaultCount }
-        return min(8 * defaultCount, 64)
-    }
 }

@@ -40,9 +40,10 @@ struct Restore: ParsableCommand {
             }
             request.format = parsed
             request.showProgress = Output.stderrIsTerminal
-            let repository = try global.openRepository()
-            if repository.remote != nil { request.workers = Workers.bucketRestoreCount }
-            let result = try Restorer(repository: repository).restore(request)
+            // From a bucket too, the local count: on loopback SeaweedFS a 276 MiB restore took
+            // 1.35 s with 4, 8 or 16 workers (the server's CPU is the limit), and each worker
+            // holds about 7 MiB (64, 96, 152 MiB peak).
+            let result = try Restorer(repository: try global.openRepository()).restore(request)
             if json {
                 Output.json(RestoreResponse(result))
                 return
