@@ -193,3 +193,23 @@ def test_gc_and_repair_refuse_a_bucket_until_locks_are_shared_by_hosts(server, t
         r = b.run(*args, check=False)
         assert r.code == 2 and "Repository.Unsupported" in r.err, r.err
     assert b.keys() == before
+
+
+@pytest.mark.parametrize("step", [15, 40, 60])
+def test_a_create_killed_mid_run_loses_nothing_stored_and_the_next_one_works(server, tmp_path, test_disk, step):
+    b = Bucket(server, tmp_path)
+    first = b.create(test_disk["v1"], "first")
+    # DISKSNAP_FAULT=N: the process SIGKILLs itself before its Nth durable step (debug builds),
+    # here somewhere among the work area's writes, the uploads and the record's writes.
+    r = b.run("create", test_disk["v2"], "--name", "killed", check=False, env=dict(b.env, DISKSNAP_FAULT=str(step)))
+    assert r.code == -9, f"step {step} was not reached: {r.err}"
+    listed = {s["SnapshotName"]: s["Status"] for s in b.run("list", "--json").json()}
+    assert listed["first"] == "accomplished"
+    assert listed.get("killed") in (None, "failed"), listed
+    report = b.run("check", "--read-data", "--json").json()
+    assert report["Problems"] == [], report
+    again = b.create(test_disk["v2"], "again")
+    for snap, image in ((first, test_disk["v1"]), (again, test_disk["v2"])):
+        target = tmp_path / f"{snap}.img"
+        b.run("restore", snap, target)
+        assert sha256(target) == sha256(image)
