@@ -19,9 +19,25 @@ public struct LeaseRecord: Codable, Sendable, Equatable {
     /// Milliseconds since 1970.
     public var acquiredAt: Int64
     public var expiresAt: Int64
+    /// The holder's kernel boot id (`/proc/sys/kernel/random/boot_id`): unique to one boot of
+    /// one host, unlike a host name (cloned VMs share those). With it a holder on this very
+    /// boot whose process is gone is known dead before its lease runs out.
+    public var bootId: String?
 
     public init(owner: String, host: String, processId: Int32, purpose: String, acquiredAt: Int64, expiresAt: Int64) {
         (self.owner, self.host, self.processId, self.purpose, self.acquiredAt, self.expiresAt) = (owner, host, processId, purpose, acquiredAt, expiresAt)
+    }
+
+    /// This boot's id, nil if the kernel does not say.
+    public static let thisBoot: String? = (try? FileSystem.readFile("/proc/sys/kernel/random/boot_id"))
+        .map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+        .flatMap { $0.isEmpty ? nil : $0 }
+
+    /// Held by a process of this boot that no longer exists (`kill(pid, 0)` fails with
+    /// ESRCH; any other answer, or another boot, is not proof).
+    public var holderIsGoneFromThisBoot: Bool {
+        guard let bootId, bootId == Self.thisBoot, processId > 0 else { return false }
+        return kill(processId, 0) == -1 && errno == ESRCH
     }
 }
 
@@ -76,11 +92,12 @@ public final class Lease {
             }
         } catch let error as BlobStoreError where error.kind == .notFound {}
         let now = clock()
-        if case .held(let holder, let remaining) = LeasePolicy.decide(current: current, now: now, skew: skew) {
+        if case .held(let holder, let remaining) = LeasePolicy.decide(current: current, now: now, skew: skew), !holder.holderIsGoneFromThisBoot {
             throw StoreError(.repositoryLocked, "\(store.location) is locked for \(holder.purpose) by process \(holder.processId) on \(holder.host) (lease \(key), \(remaining / 1000) s left unless renewed)")
         }
-        let mine = LeaseRecord(owner: RandomUUID.generate(), host: ProcessInfo.processInfo.hostName, processId: getpid(),
+        var mine = LeaseRecord(owner: RandomUUID.generate(), host: ProcessInfo.processInfo.hostName, processId: getpid(),
                                purpose: purpose, acquiredAt: now, expiresAt: now + duration)
+        mine.bootId = LeaseRecord.thisBoot
         do {
             let version = try store.replace(key, RecordJSON.encode(mine), ifVersion: currentVersion)
             return Lease(store: store, key: key, record: mine, version: version, clock: clock)

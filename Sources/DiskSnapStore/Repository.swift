@@ -169,31 +169,59 @@ public final class Repository: Sendable {
         try FileLock.acquire(path: locksDirectory + "/readers.lock", kind: .shared)
     }
 
-    public func tryLock(name: String) throws -> FileLock? {
-        try FileLock.tryAcquire(path: "\(locksDirectory)/\(name).lock", kind: .exclusive)
+    /// Takes the named lock without waiting; nil when held. In a bucket the lease
+    /// `locks/<name>.lease` is taken too (after this host's flock): held by a live process
+    /// anywhere, it is nil as well.
+    public func tryLock(name: String) throws -> HeldLock? {
+        guard let file = try FileLock.tryAcquire(path: "\(locksDirectory)/\(name).lock", kind: .exclusive) else { return nil }
+        guard let remote else { return HeldLock(file: file, lease: nil, name: name) }
+        do {
+            let lease = try Lease.acquire(Self.leaseKey(name), in: remote, purpose: name, duration: HeldLock.leaseMilliseconds,
+                                          skew: HeldLock.skewMilliseconds)
+            return HeldLock(file: file, lease: lease, name: name)
+        } catch let error as StoreError where error.kind == .repositoryLocked {
+            return nil
+        }
     }
+
+    static func leaseKey(_ name: String) -> BlobKey { BlobKey(validated: "locks/\(name).lease") }
 
     /// True while some live process holds the named lock; false when its file is gone or the
     /// lock is free. A lock that cannot be probed (its file cannot be opened, flock fails:
     /// EMFILE, EACCES, EISDIR, ...) is no answer: that throws `Repository.LockUnknown`, and
     /// every caller reads it as "held" (gc stops, delete refuses, a record stays
     /// `progressing`), never as "free".
+    /// In a bucket, a lock free on this host is held while its lease is live on any host
+    /// (a lease that cannot be read or decoded, or a bucket that does not answer, is no
+    /// answer either: `Repository.LockUnknown`).
     public func isLockHeld(name: String) throws(StoreError) -> Bool {
         let path = "\(locksDirectory)/\(name).lock"
-        guard FileSystem.exists(path) else {
-            // In a bucket, a lock this host never took may be held on another one: until
-            // locks are leases in the bucket, that is no answer.
-            if remote != nil {
-                throw StoreError(.lockUnknown, "cannot tell whether lock \(name) of \(location) is held on another host (locks are local to each host for now)")
+        if FileSystem.exists(path) {
+            do {
+                if try FileLock.tryAcquire(path: path, kind: .exclusive) == nil { return true }
+                // A creation's lock is taken once, by one process: its file here means this
+                // host ran it, and free it means that process is gone, whatever its lease says.
+                if name.hasPrefix("create-") { return false }
+            } catch {
+                if error.errno != ENOENT {  // ENOENT: removed by its owner since the check
+                    throw StoreError(.lockUnknown, "cannot tell whether lock \(path) is held: \(error.message)")
+                }
             }
-            return false
         }
+        guard let remote else { return false }
+        let key = Self.leaseKey(name)
+        let bytes: [UInt8]
         do {
-            return try FileLock.tryAcquire(path: path, kind: .exclusive) == nil
+            bytes = try remote.read(key).bytes
+        } catch let error as BlobStoreError where error.kind == .notFound {
+            return false
         } catch {
-            if error.errno == ENOENT { return false }  // removed by its owner since the check
-            throw StoreError(.lockUnknown, "cannot tell whether lock \(path) is held: \(error.message)")
+            throw StoreError(.lockUnknown, "cannot tell whether lock \(name) of \(location) is held: \((error as? any CodedError)?.message ?? "\(error)")")
         }
+        guard let record = try? RecordJSON.decode(LeaseRecord.self, from: bytes, file: key.path) else {
+            throw StoreError(.lockUnknown, "the lease \(key) of \(location) cannot be read: treated as held")
+        }
+        return LeasePolicy.decide(current: record, now: Lease.now(), skew: HeldLock.skewMilliseconds) != .take && !record.holderIsGoneFromThisBoot
     }
 
     /// Commands that remove what other hosts' creates may rely on wait for leases in the

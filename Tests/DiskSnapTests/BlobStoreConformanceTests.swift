@@ -293,3 +293,25 @@ private func code(_ body: () throws -> Void) -> String? {
         #expect(!FileSystem.exists(root + "/tmp/b-dead") && !FileSystem.exists(root + "/tmp/b-dead.lock"))
     }
 }
+
+/// A lease held by a process of this very boot that is gone is known dead at once; no
+/// other evidence (another boot, no boot id, a live process) counts.
+@Suite struct LeaseLivenessTests {
+    @Test func onlyAGoneProcessOfThisBootIsDead() throws {
+        let boot = try #require(LeaseRecord.thisBoot)
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/true")
+        try child.run()
+        child.waitUntilExit()  // reaped: its pid names no process now
+        var record = LeaseRecord(owner: "o", host: "h", processId: child.processIdentifier, purpose: "test", acquiredAt: 0, expiresAt: .max)
+        record.bootId = boot
+        #expect(record.holderIsGoneFromThisBoot)
+        record.processId = getpid()
+        #expect(!record.holderIsGoneFromThisBoot)
+        record.processId = child.processIdentifier
+        record.bootId = "another-boot"
+        #expect(!record.holderIsGoneFromThisBoot)
+        record.bootId = nil
+        #expect(!record.holderIsGoneFromThisBoot)
+    }
+}

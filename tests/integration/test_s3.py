@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -100,7 +101,8 @@ def test_a_snapshot_in_a_bucket_restores_byte_for_byte_and_passes_e2fsck(server,
     assert f"snapshots/{one}.json" in keys and f"fixed/{two}.fidx" in keys
     assert any(k.startswith("packs/") and k.endswith(".pack") for k in keys)
     assert any(k.startswith("index/") for k in keys)
-    assert not any(k.startswith("tmp/") or k.startswith("locks/") for k in keys)
+    assert not any(k.startswith("tmp/") or k.startswith("locks/create-") for k in keys)
+    assert all(k.endswith(".lease") for k in keys if k.startswith("locks/"))
     for snap, image in ((one, test_disk["v1"]), (two, test_disk["v2"])):
         target = tmp_path / f"{snap}.img"
         b.run("restore", snap, target)
@@ -213,3 +215,57 @@ def test_a_create_killed_mid_run_loses_nothing_stored_and_the_next_one_works(ser
         target = tmp_path / f"{snap}.img"
         b.run("restore", snap, target)
         assert sha256(target) == sha256(image)
+
+
+def test_another_host_sees_a_running_create_through_its_leases_and_a_killed_one_expire(server, tmp_path, test_disk):
+    a = Bucket(server, tmp_path)
+    a.create(test_disk["v1"], "first")
+    b = Bucket(server, tmp_path, prefix=a.prefix, cache="host-b")
+    release = tmp_path / "release"
+    env = dict(a.env, DISKSNAP_LEASE_SECONDS="2", DISKSNAP_TEST_PAUSE=f"create-after-index:{release}")
+    proc = subprocess.Popen([BIN, "--repo", a.repo, "create", test_disk["v2"], "--name", "running"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(f"{release}.reached"):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # Held longer than one lease lasts: renewals keep it alive for the other host.
+        time.sleep(3)
+        b_env = dict(b.env, DISKSNAP_LEASE_SECONDS="2")
+        listed = {s["SnapshotName"]: s for s in b.run("list", "--json", env=b_env).json()}
+        assert listed["running"]["Status"] == "progressing"
+        r = b.run("delete", "running", check=False, env=b_env)
+        assert r.code == 5 and "IncorrectSnapshotStatus" in r.err, r.err
+        r = b.run("create", test_disk["v2"], "--name", "second", check=False, env=b_env)
+        assert r.code == 5 and "IncorrectDiskStatus.CreatingSnapshot" in r.err, r.err
+        proc.kill()
+        proc.wait()
+        # As if the creator had run on another host (its leases name another boot), its death
+        # cannot be seen from here: the record stays progressing while the lease may live.
+        running = listed["running"]["SnapshotId"]
+        boto(server, """
+for key in sys.argv[2:]:
+    lease = json.loads(s3.get_object(Bucket=sys.argv[1], Key=key)['Body'].read())
+    names = [k for k in lease if k.lower() == 'bootid']
+    assert names, lease
+    lease[names[0]] = 'another-boot'
+    s3.put_object(Bucket=sys.argv[1], Key=key, Body=json.dumps(lease).encode())
+""", BUCKET, f"{a.prefix}/locks/create-{running}.lease")
+        listed = {s["SnapshotName"]: s for s in b.run("list", "--json", env=b_env).json()}
+        assert listed["running"]["Status"] == "progressing"
+        # It renews nothing: after its lease and the skew (2 s each here) the other host sees
+        # the record failed, and may create again (the disk's lease, of this boot, is free at once).
+        time.sleep(5)
+        listed = {s["SnapshotName"]: s for s in b.run("list", "--json", env=b_env).json()}
+        assert listed["running"]["Status"] == "failed", listed["running"]
+        second = b.create(test_disk["v2"], "second")
+        target = tmp_path / "second.img"
+        b.run("restore", second, target)
+        assert sha256(target) == sha256(test_disk["v2"])
+        # No creation's lease is left behind but the killed one's (the disks' own stay, released).
+        assert [k for k in a.keys() if k.startswith("locks/create-")] == [f"locks/create-{running}.lease"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
