@@ -42,10 +42,9 @@ def boto(server, script, *args):
     return proc.stdout
 
 
-@pytest.fixture(scope="module", params=sorted(SERVERS))
-def server(request):
-    env = start(SERVERS[request.param])
-    s = {"name": request.param, "endpoint": env["DISKSNAP_TEST_S3_ENDPOINT"],
+def connect(name):
+    env = start(SERVERS[name])
+    s = {"name": name, "endpoint": env["DISKSNAP_TEST_S3_ENDPOINT"],
          "key": env["AWS_ACCESS_KEY_ID"], "secret": env["AWS_SECRET_ACCESS_KEY"]}
     boto(s, f"""
 try:
@@ -55,6 +54,19 @@ except botocore.exceptions.ClientError as e:
         raise
 """)
     return s
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS))
+def server(request):
+    """Each server in turn: for what the strict one (RGW) must also accept."""
+    return connect(request.param)
+
+
+@pytest.fixture(scope="module")
+def seaweedfs():
+    """SeaweedFS alone: for behaviour of ours that does not depend on the server (the
+    conformance suite covers both servers' semantics), to keep the suite's time down."""
+    return connect("seaweedfs")
 
 
 class Bucket:
@@ -112,8 +124,8 @@ def test_a_snapshot_in_a_bucket_restores_byte_for_byte_and_passes_e2fsck(server,
     assert report["Problems"] == [] and report["ChunksVerified"] > 0
 
 
-def test_the_second_snapshot_stores_only_what_changed(server, tmp_path, test_disk):
-    b = Bucket(server, tmp_path)
+def test_the_second_snapshot_stores_only_what_changed(seaweedfs, tmp_path, test_disk):
+    b = Bucket(seaweedfs, tmp_path)
     b.create(test_disk["v1"], "one")
     packs = lambda: {k for k in b.keys() if k.startswith("packs/")}
     before = packs()
@@ -122,10 +134,10 @@ def test_the_second_snapshot_stores_only_what_changed(server, tmp_path, test_dis
     assert b.run("show", again, "--json").json()["Status"] == "accomplished"
 
 
-def test_another_host_sees_the_bucket_through_a_fresh_cache(server, tmp_path, test_disk):
-    b = Bucket(server, tmp_path)
+def test_another_host_sees_the_bucket_through_a_fresh_cache(seaweedfs, tmp_path, test_disk):
+    b = Bucket(seaweedfs, tmp_path)
     snap = b.create(test_disk["v1"], "one")
-    other = Bucket(server, tmp_path, prefix=b.prefix, cache="other-cache")
+    other = Bucket(seaweedfs, tmp_path, prefix=b.prefix, cache="other-cache")
     listed = other.run("list", "--json").json()
     assert [s["SnapshotId"] for s in listed] == [snap]
     target = tmp_path / "other.img"
@@ -137,8 +149,8 @@ def test_another_host_sees_the_bucket_through_a_fresh_cache(server, tmp_path, te
     assert b.run("list", "--json").json() == []
 
 
-def test_a_lost_cache_is_rebuilt_from_the_bucket(server, tmp_path, test_disk):
-    b = Bucket(server, tmp_path)
+def test_a_lost_cache_is_rebuilt_from_the_bucket(seaweedfs, tmp_path, test_disk):
+    b = Bucket(seaweedfs, tmp_path)
     snap = b.create(test_disk["v1"], "one")
     shutil.rmtree(tmp_path / "cache")
     b.create(test_disk["v2"], "two")
@@ -146,11 +158,11 @@ def test_a_lost_cache_is_rebuilt_from_the_bucket(server, tmp_path, test_disk):
     assert b.run("check", "--json").json()["Problems"] == []
 
 
-def test_a_corrupted_pack_object_is_found_by_check(server, tmp_path, test_disk):
-    b = Bucket(server, tmp_path)
+def test_a_corrupted_pack_object_is_found_by_check(seaweedfs, tmp_path, test_disk):
+    b = Bucket(seaweedfs, tmp_path)
     b.create(test_disk["v1"], "one")
     pack = sorted(k for k in b.keys() if k.startswith("packs/"))[0]
-    boto(server, """
+    boto(seaweedfs, """
 body = bytearray(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())
 body[len(body) // 3] ^= 0xFF
 s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=bytes(body))
@@ -160,17 +172,17 @@ s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=bytes(body))
     assert "Chunk.Corrupt" in r.out + r.err or "corrupt" in (r.out + r.err).lower()
 
 
-def test_wrong_credentials_a_missing_bucket_and_a_bad_address_fail_with_their_codes(server, tmp_path, test_disk):
-    b = Bucket(server, tmp_path)
+def test_wrong_credentials_a_missing_bucket_and_a_bad_address_fail_with_their_codes(seaweedfs, tmp_path, test_disk):
+    b = Bucket(seaweedfs, tmp_path)
     b.run("init")
     wrong = dict(b.env, AWS_SECRET_ACCESS_KEY="not-the-secret")
     r = b.run("list", check=False, env=wrong)
     assert r.code == 7 and "BlobStore.AccessDenied" in r.err, r.err
-    missing = Bucket(server, tmp_path)
+    missing = Bucket(seaweedfs, tmp_path)
     missing.repo = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x"
     r = missing.run("create", test_disk["v1"], "--name", "one", check=False)
     assert r.code == 7 and "BlobStore.AccessDenied" in r.err, r.err
-    bad = Bucket(server, tmp_path)
+    bad = Bucket(seaweedfs, tmp_path)
     bad.repo = "s3://Not_A_Bucket/x"
     r = bad.run("list", check=False)
     assert r.code == 2 and "not a bucket name" in r.err, r.err
@@ -180,15 +192,15 @@ def test_wrong_credentials_a_missing_bucket_and_a_bad_address_fail_with_their_co
     assert r.code == 7 and "no credentials" in r.err, r.err
 
 
-def test_a_second_init_of_one_prefix_is_refused(server, tmp_path):
-    b = Bucket(server, tmp_path)
+def test_a_second_init_of_one_prefix_is_refused(seaweedfs, tmp_path):
+    b = Bucket(seaweedfs, tmp_path)
     b.run("init")
     r = b.run("init", check=False)
     assert r.code == 4 and "Repository.AlreadyExists" in r.err, r.err
 
 
-def test_gc_and_repair_refuse_a_bucket_until_locks_are_shared_by_hosts(server, tmp_path, test_disk):
-    b = Bucket(server, tmp_path)
+def test_gc_and_repair_refuse_a_bucket_until_locks_are_shared_by_hosts(seaweedfs, tmp_path, test_disk):
+    b = Bucket(seaweedfs, tmp_path)
     b.create(test_disk["v1"], "one")
     before = b.keys()
     for args in (("gc",), ("check", "--repair")):
@@ -197,7 +209,7 @@ def test_gc_and_repair_refuse_a_bucket_until_locks_are_shared_by_hosts(server, t
     assert b.keys() == before
 
 
-@pytest.mark.parametrize("step", [15, 40, 60])
+@pytest.mark.parametrize("step", [15, 60])
 def test_a_create_killed_mid_run_loses_nothing_stored_and_the_next_one_works(server, tmp_path, test_disk, step):
     b = Bucket(server, tmp_path)
     first = b.create(test_disk["v1"], "first")
