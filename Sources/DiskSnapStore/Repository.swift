@@ -276,7 +276,7 @@ public final class Repository: Sendable {
     /// to a bucket uploaded create-only, then (`cache`) renamed into the cache or removed.
     private func publishFile(_ file: String, key: String, path: String, cache: Bool) throws {
         if let remote {
-            let version = try BlobUpload.file(file, to: remote, as: BlobKey(validated: key))
+            let version = try remote.create(BlobKey(validated: key), fromFile: file)
             if cache {
                 try FileSystem.rename(file, to: path)
                 try FileSystem.writeAtomically(Array(version.tag.utf8), to: RepositoryCache.versionPath(path), temporaryDirectory: temporaryDirectory)

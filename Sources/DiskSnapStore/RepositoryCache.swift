@@ -120,10 +120,3 @@ final class BucketPack: PackData {
         return bytes
     }
 }
-
-/// Streams a local file into a create-only blob.
-enum BlobUpload {
-    static func file(_ path: String, to store: any BlobStore, as key: BlobKey) throws -> BlobVersion {
-        try store.create(key, fromFile: path)
-    }
-}

@@ -31,19 +31,19 @@ struct GlobalOptions: ParsableArguments {
 
     func openRepository() throws -> Repository {
         guard let bucket = try bucket() else { return try Repository.open(at: repositoryPath) }
-        return try Repository.open(remote: bucket, cacheRoot: Self.cacheRoot)
+        return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)
     }
 
     /// Opens the repository, creating it with the default settings when nothing is there yet.
     func openOrInitializeRepository() throws -> Repository {
         guard let bucket = try bucket() else { return try Repository.openOrInitialize(at: repositoryPath) }
         do {
-            return try Repository.open(remote: bucket, cacheRoot: Self.cacheRoot)
+            return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)
         } catch let error as StoreError where error.kind == .repositoryNotFound {
             do {
                 return try initializeRepository(RepositoryConfig(chunkSize: .default, compression: .default))
             } catch let error as StoreError where error.kind == .repositoryExists {
-                return try Repository.open(remote: bucket, cacheRoot: Self.cacheRoot)  // another process was first
+                return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)  // another process was first
             }
         }
     }
@@ -52,12 +52,13 @@ struct GlobalOptions: ParsableArguments {
     /// conditional writes (a server that ignores them is refused: BlobStore.Unsupported).
     func initializeRepository(_ config: RepositoryConfig) throws -> Repository {
         guard let bucket = try bucket() else { return try Repository.initialize(at: repositoryPath, config: config) }
-        try bucket.inner.checkConditionalWrites()
-        return try Repository.initialize(remote: bucket, cacheRoot: Self.cacheRoot, config: config)
+        try bucket.s3.checkConditionalWrites()
+        return try Repository.initialize(remote: bucket.store, cacheRoot: Self.cacheRoot, config: config)
     }
 
-    /// The bucket `--repo s3://...` names (retrying transient faults), nil for a directory.
-    private func bucket() throws -> RetryingS3? {
+    /// The bucket `--repo s3://...` names: the store the repository uses (retrying transient
+    /// faults) and the S3 store under it (for init's probe of conditional writes); nil for a directory.
+    private func bucket() throws -> (store: any BlobStore, s3: S3BlobStore)? {
         guard S3Settings.isS3(repositoryPath) else { return nil }
         var environment: [String: String] = [:]
         for name in ["HOME", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -67,7 +68,8 @@ struct GlobalOptions: ParsableArguments {
         let location = try S3Settings.location(repositoryPath, environment: environment) { path in
             (try? FileSystem.readFile(path)).map { String(decoding: $0, as: UTF8.self) }
         }
-        return RetryingS3(S3BlobStore(location))
+        let s3 = S3BlobStore(location)
+        return (RetryingBlobStore(s3), s3)
     }
 
     /// The local caches of bucket repositories: `$XDG_CACHE_HOME/disksnap`, else `~/.cache/disksnap`.
@@ -75,28 +77,6 @@ struct GlobalOptions: ParsableArguments {
         if let cache = FileSystem.environment("XDG_CACHE_HOME"), cache.hasPrefix("/") { return cache + "/disksnap" }
         return (FileSystem.environment("HOME") ?? "/root") + "/.cache/disksnap"
     }
-}
-
-/// An S3 store behind the retrying wrapper, the S3 store itself still at hand (for the
-/// init-time probe of conditional writes).
-final class RetryingS3: BlobStore {
-    let inner: S3BlobStore
-    private let retrying: RetryingBlobStore
-    init(_ inner: S3BlobStore) {
-        self.inner = inner
-        retrying = RetryingBlobStore(inner)
-    }
-    var location: String { retrying.location }
-    func create(_ key: BlobKey, _ bytes: [UInt8]) throws -> BlobVersion { try retrying.create(key, bytes) }
-    func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion { try retrying.create(key, fromFile: path) }
-    func replace(_ key: BlobKey, _ bytes: [UInt8], ifVersion expected: BlobVersion?) throws -> BlobVersion { try retrying.replace(key, bytes, ifVersion: expected) }
-    func writer(for key: BlobKey) throws -> any BlobWriter { try retrying.writer(for: key) }
-    func read(_ key: BlobKey) throws -> (bytes: [UInt8], version: BlobVersion) { try retrying.read(key) }
-    func read(_ key: BlobKey, range: Range<UInt64>) throws -> [UInt8] { try retrying.read(key, range: range) }
-    func info(_ key: BlobKey) throws -> BlobInfo? { try retrying.info(key) }
-    func list(prefix: String, after: BlobKey?, limit: Int) throws -> BlobPage { try retrying.list(prefix: prefix, after: after, limit: limit) }
-    func delete(_ key: BlobKey) throws { try retrying.delete(key) }
-    func delete(_ keys: [BlobKey]) throws { try retrying.delete(keys) }
 }
 
 /// Runs a subcommand's body; a coded error becomes one line on stderr (or a JSON object
