@@ -117,7 +117,7 @@ public final class ChunkWriter: Sendable {
 /// ends a block at the end of each run of the disk, so a block holds chunks that lie close
 /// together) and the block is compressed as one zstd frame: one 4 MiB frame compresses
 /// better and faster than 64 frames of 64 KiB (docs/PERFORMANCE.md). A block zstd does not
-/// shrink is stored raw.
+/// shrink is stored raw, and so is one a sample shows will not (`CompressionProbe`).
 ///
 /// Blocks are gathered in an aligned staging buffer and written a staging buffer at a time
 /// through an `O_DIRECT` descriptor: a snapshot writes each pack once and never reads it
@@ -144,6 +144,7 @@ public final class PackBuilder {
 
     private let writer: ChunkWriter
     private let compressor: ZstdCompressor?
+    private let probe = CompressionProbe()
     private let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: PackBuilder.stagingBytes, alignment: PackBuilder.alignment)
     private var fill = 0
     private var current: OpenPack?
@@ -198,7 +199,7 @@ public final class PackBuilder {
         guard !pending.isEmpty else { return }
         let raw = gathered()
         var stored = raw, encoding = ChunkEncoding.raw
-        if let compressor {
+        if let compressor, probe.worthCompressing(raw) {
             let n = try compressor.compress(raw, into: compressed)
             if n < raw.count {
                 stored = UnsafeRawBufferPointer(rebasing: compressed[..<n])
