@@ -20,7 +20,7 @@ public struct Catalog: Sendable {
 
     public func record(_ id: SnapshotID) throws -> SnapshotRecord {
         let path = repository.recordPath(id)
-        guard FileSystem.exists(path) else { throw CatalogError.notFound("no snapshot \(id) in \(repository.root)") }
+        guard FileSystem.exists(path) else { throw CatalogError.notFound("no snapshot \(id) in \(repository.location)") }
         return effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path))
     }
 
@@ -67,7 +67,7 @@ public struct Catalog: Sendable {
         if let id = SnapshotID(reference) { return try record(id) }
         let matches = try records().records.filter { $0.snapshotName == reference }
         switch matches.count {
-        case 0: throw CatalogError.notFound("no snapshot with id or name '\(reference)' in \(repository.root)")
+        case 0: throw CatalogError.notFound("no snapshot with id or name '\(reference)' in \(repository.location)")
         case 1: return matches[0]
         default:
             throw CatalogError.ambiguous("name '\(reference)' belongs to \(matches.count) snapshots (\(matches.map(\.snapshotId.rawValue).joined(separator: ", "))); use an id")

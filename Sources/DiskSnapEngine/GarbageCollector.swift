@@ -26,6 +26,8 @@ public struct GCResult: Sendable {
     public var orphanFixedIndexesRemoved = 0
     /// Index segments merged into one by the compaction that ends every gc.
     public var segmentsCompacted = 0
+    /// In a bucket: leases killed creations left behind, removed once run out.
+    public var deadLeasesRemoved = 0
     /// Bytes of files removed minus bytes of files written.
     public var bytesFreed: Int64 = 0
     /// Why condemned packs are still there, when they are.
@@ -50,11 +52,10 @@ public struct GarbageCollector {
     public init(repository: Repository) { self.repository = repository }
 
     public func run(_ request: GCRequest) throws -> GCResult {
-        try repository.refuseInBucket("gc")
         let repositoryLock = try repository.lock(.shared, for: "gc")
         defer { withExtendedLifetime(repositoryLock) {} }
         guard let gcLock = try repository.tryLock(name: "gc") else {
-            throw EngineError(code: "Repository.GCRunning", "another gc, or the index compaction that ends a create, is running on \(repository.root); try again", exitStatus: .busy)
+            throw EngineError(code: "Repository.GCRunning", "another gc, or the index compaction that ends a create, is running on \(repository.location); try again", exitStatus: .busy)
         }
         defer { withExtendedLifetime(gcLock) {} }
         let clock = Progress(label: "gc", total: 0, visible: false)
@@ -63,6 +64,7 @@ public struct GarbageCollector {
             // The segment count stays bounded (gc.lock is held: nothing else replaces segments).
             let compaction = try IndexCompactor.compact(repository)
             result.segmentsCompacted = compaction.segmentsMerged
+            result.deadLeasesRemoved = try repository.removeDeadCreationLeases()
         }
         result.seconds = clock.elapsedSeconds
         return result
@@ -251,7 +253,7 @@ public struct GarbageCollector {
             written = summary.bytesStored
         }
         // 2. No reader may hold the old locations while segments and packs change.
-        guard let readers = try FileLock.tryAcquire(path: repository.locksDirectory + "/readers.lock", kind: .exclusive) else {
+        guard let readers = try repository.tryExcludeReaders() else {
             result.deferred = "packs kept: a restore, diff, mount, export or check is reading (run gc again when it has ended)"
             result.bytesFreed -= Int64(written)
             return

@@ -29,7 +29,6 @@ public struct Repairer {
     public init(repository: Repository) { self.repository = repository }
 
     public func repair(readData: Bool) throws -> RepairResult {
-        try repository.refuseInBucket("check --repair")
         let lock = try repository.lock(.exclusive, for: "check --repair")
         defer { withExtendedLifetime(lock) {} }
         let clock = Progress(label: "repair", total: 0, visible: false)

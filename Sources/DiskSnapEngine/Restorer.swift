@@ -65,6 +65,7 @@ public struct Restorer {
         let snapshot = try OpenedSnapshot.open(request.snapshot, in: repository)
         let range = try snapshot.byteRange(partition: request.partition)
         let index = try ChunkLocator.open(repository)
+        TestHooks.pause(at: "restore-after-index")
         let packs = PackFiles(repository: repository, index: index)
         if request.inPlace { return try restoreInPlace(request, snapshot: snapshot, range: range, index: index, packs: packs) }
         guard !request.dryRun else {

@@ -87,7 +87,7 @@ public final class SnapshotImage: Sendable {
     public let record: SnapshotRecord
     let snapshot: OpenedSnapshot
     private let pool: ReaderPool
-    private let locks: (FileLock, FileLock)
+    private let locks: (HeldLock, HeldLock)
 
     public init(repository: Repository, snapshot name: String, command: String) throws {
         locks = (try repository.lock(.shared, for: command), try repository.readersLock())

@@ -124,7 +124,7 @@ public struct Snapshotter {
         try Tag.validate(request.tags)
 
         let catalog = Catalog(repository: repository)
-        var catalogLock: FileLock? = try repository.lockCatalog()
+        var catalogLock: HeldLock? = try repository.lockCatalog()
         // A libvirt domain's disk: found in the domain (and checked against the source given).
         var libvirtDisk: LibvirtDiskHandle?
         let disk: DiskRecord

@@ -2,11 +2,11 @@ import Synchronization
 import Foundation
 import DiskSnapSys
 
-/// A named lock a command holds (`Repository.tryLock`): this host's flock, and for a
-/// repository in a bucket also a lease there (`locks/<name>.lease`, docs/DESIGN.md,
-/// "Leases"), renewed by a thread every third of its duration while held, so that every host
-/// sees it and a killed holder's lease runs out. Released (and a creation's lease removed)
-/// when the holder lets go of it.
+/// A lock a command holds (`Repository.lock`, `tryLock`, ...): this host's flock, and for a
+/// repository in a bucket also a lease there (`Lease.take`, docs/DESIGN.md, "Leases"),
+/// renewed by a thread every third of its duration while held, so that every host sees it
+/// and a killed holder's lease runs out. Released when the holder lets go of it; a lease
+/// whose name is used once (a shared holder's, a creation's) is then removed.
 public final class HeldLock: Sendable {
     public let file: FileLock
     private let renewer: LeaseRenewer?
@@ -20,9 +20,9 @@ public final class HeldLock: Sendable {
     }
     public static var skewMilliseconds: Int64 { min(Lease.defaultSkew, leaseMilliseconds) }
 
-    init(file: FileLock, lease: Lease?, name: String) {
+    init(file: FileLock, lease: Lease?, removeOnRelease: Bool) {
         self.file = file
-        renewer = lease.map { LeaseRenewer($0, name: name) }
+        renewer = lease.map { LeaseRenewer($0, removeOnRelease: removeOnRelease) }
     }
 
     deinit { renewer?.release() }
@@ -35,17 +35,18 @@ public final class HeldLock: Sendable {
 /// The thread that keeps a lease: renews it every third of its duration until released.
 final class LeaseRenewer: @unchecked Sendable {
     private let lease: Lease
-    private let name: String
+    private let removeOnRelease: Bool
     private let stop = Atomic<Bool>(false)
     private let lost = Mutex<String?>(nil)
+    private let wake = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let released = Atomic<Bool>(false)
 
-    init(_ lease: Lease, name: String) {
+    init(_ lease: Lease, removeOnRelease: Bool) {
         self.lease = lease
-        self.name = name
+        self.removeOnRelease = removeOnRelease
         let thread = Thread { [self] in run() }
-        thread.name = "lease \(name)"
+        thread.name = "lease \(lease.key)"
         thread.start()
     }
 
@@ -54,11 +55,8 @@ final class LeaseRenewer: @unchecked Sendable {
     private func run() {
         defer { finished.signal() }
         let period = Double(HeldLock.leaseMilliseconds) / 3000
-        var next = Date().addingTimeInterval(period)
-        while !stop.load(ordering: .relaxed) {
-            usleep(20_000)
-            guard Date() >= next else { continue }
-            next = Date().addingTimeInterval(period)
+        // Woken early only by release.
+        while wake.wait(timeout: .now() + period) == .timedOut, !stop.load(ordering: .relaxed) {
             do {
                 try lease.renew(duration: HeldLock.leaseMilliseconds)
             } catch let error as StoreError where error.kind == .repositoryLocked {
@@ -70,13 +68,13 @@ final class LeaseRenewer: @unchecked Sendable {
         }
     }
 
-    /// Stops renewing and gives the lease up; a creation's lease (its name is used once) is
-    /// removed. Idempotent.
+    /// Stops renewing and gives the lease up (removed, or written expired). Idempotent.
     func release() {
         guard !released.exchange(true, ordering: .relaxed) else { return }
         stop.store(true, ordering: .relaxed)
+        wake.signal()
         finished.wait()
-        try? lease.release()
-        if name.hasPrefix("create-") { try? lease.store.delete(lease.key) }
+        guard lostReason == nil else { return }  // the new holder's now
+        if removeOnRelease { try? lease.remove() } else { try? lease.release() }
     }
 }

@@ -77,23 +77,19 @@ public final class Lease {
         self.clock = clock
     }
 
-    /// Takes the lease, or throws `Repository.Locked` naming its holder.
+    /// Takes the lease, or throws `Repository.Locked` naming its holder. `fresh`: the key is
+    /// new (a shared holder's own, named by a random id), so it is created without a read.
     public static func acquire(_ key: BlobKey, in store: any BlobStore, purpose: String, duration: Int64 = defaultDuration,
-                               skew: Int64 = defaultSkew, clock: @escaping @Sendable () -> Int64 = { Lease.now() }) throws -> Lease {
+                               skew: Int64 = defaultSkew, fresh: Bool = false,
+                               clock: @escaping @Sendable () -> Int64 = { Lease.now() }) throws -> Lease {
         var currentVersion: BlobVersion?
-        var current: LeaseRecord?
-        do {
-            let (bytes, version) = try store.read(key)
-            currentVersion = version
-            do {
-                current = try RecordJSON.decode(LeaseRecord.self, from: bytes, file: key.path)
-            } catch {
-                throw StoreError(.lockUnknown, "the lease \(key) in \(store.location) cannot be read (\(error)): treated as held; remove it if no disksnap runs")
-            }
-        } catch let error as BlobStoreError where error.kind == .notFound {}
         let now = clock()
-        if case .held(let holder, let remaining) = LeasePolicy.decide(current: current, now: now, skew: skew), !holder.holderIsGoneFromThisBoot {
-            throw StoreError(.repositoryLocked, "\(store.location) is locked for \(holder.purpose) by process \(holder.processId) on \(holder.host) (lease \(key), \(remaining / 1000) s left unless renewed)")
+        if !fresh {
+            let current = try state(of: key, in: store, now: now, skew: skew)
+            currentVersion = current.version
+            if let holder = current.holder, case .held(_, let remaining) = LeasePolicy.decide(current: holder, now: now, skew: skew) {
+                throw StoreError(.repositoryLocked, "\(store.location) is locked for \(holder.purpose) by process \(holder.processId) on \(holder.host) (lease \(key), \(remaining / 1000) s left unless renewed)")
+            }
         }
         var mine = LeaseRecord(owner: RandomUUID.generate(), host: ProcessInfo.processInfo.hostName, processId: getpid(),
                                purpose: purpose, acquiredAt: now, expiresAt: now + duration)
@@ -104,6 +100,81 @@ public final class Lease {
         } catch let error as BlobStoreError where error.kind == .versionMismatch || error.kind == .alreadyExists {
             throw StoreError(.repositoryLocked, "\(store.location): another process took the lease \(key) for itself at the same moment")
         }
+    }
+
+    /// What the lease at `key` says now: its version (nil: absent) and its live holder (nil
+    /// when absent, run out more than `skew` ago, or held by a process of this boot that is
+    /// gone). The one liveness test, for takers and for observers alike. A lease that cannot
+    /// be read or decoded is no answer: `Repository.LockUnknown`, which callers read as held.
+    public static func state(of key: BlobKey, in store: any BlobStore, now: Int64, skew: Int64) throws(StoreError) -> (version: BlobVersion?, holder: LeaseRecord?) {
+        let bytes: [UInt8], version: BlobVersion
+        do {
+            (bytes, version) = try store.read(key)
+        } catch let error as BlobStoreError where error.kind == .notFound {
+            return (nil, nil)
+        } catch {
+            throw StoreError(.lockUnknown, "cannot tell whether the lease \(key) in \(store.location) is held: \((error as? any CodedError)?.message ?? "\(error)")")
+        }
+        guard let record = try? RecordJSON.decode(LeaseRecord.self, from: bytes, file: key.path) else {
+            throw StoreError(.lockUnknown, "the lease \(key) in \(store.location) cannot be read: treated as held; remove it if no disksnap runs")
+        }
+        guard LeasePolicy.decide(current: record, now: now, skew: skew) != .take, !record.holderIsGoneFromThisBoot else { return (version, nil) }
+        return (version, record)
+    }
+
+    public enum Mode: Sendable {
+        /// One of several holders, excluded by an exclusive one.
+        case shared
+        /// The only holder, also excluding shared holders.
+        case exclusive
+        /// The only holder of a lock never taken shared (no listing of shared holders).
+        case single
+    }
+
+    /// Takes the lock `name` in `store`; nil while a live holder it conflicts with has it.
+    ///
+    /// The exclusive holder's lease is `locks/<name>.lease`; each shared holder has its own,
+    /// `locks/<name>/<random>.lease`. Both sides write first and look for the other after:
+    /// a shared taker creates its lease, then reads the exclusive one; an exclusive taker
+    /// takes its lease, then lists the shared ones. With read-after-write and list-after-write
+    /// consistency, of two that race at least one sees the other and backs off (both may).
+    /// Shared leases found dead are removed by the exclusive taker.
+    public static func take(lock name: String, _ mode: Mode, in store: any BlobStore, purpose: String,
+                            duration: Int64 = defaultDuration, skew: Int64 = defaultSkew,
+                            clock: @escaping @Sendable () -> Int64 = { Lease.now() }) throws -> Lease? {
+        let exclusiveKey = BlobKey(validated: "locks/\(name).lease")
+        if mode == .shared {
+            let mine = try acquire(BlobKey(validated: "locks/\(name)/\(RandomUUID.generate()).lease"), in: store, purpose: purpose,
+                                   duration: duration, skew: skew, fresh: true, clock: clock)
+            do {
+                if try state(of: exclusiveKey, in: store, now: clock(), skew: skew).holder == nil { return mine }
+            } catch {
+                try? mine.remove()
+                throw error
+            }
+            try? mine.remove()
+            return nil
+        }
+        let lease: Lease
+        do {
+            lease = try acquire(exclusiveKey, in: store, purpose: purpose, duration: duration, skew: skew, clock: clock)
+        } catch let error as StoreError where error.kind == .repositoryLocked {
+            return nil
+        }
+        guard mode == .exclusive else { return lease }
+        do {
+            for blob in try store.listAll(prefix: "locks/\(name)/") where blob.key.path.hasSuffix(".lease") {
+                if try state(of: blob.key, in: store, now: clock(), skew: skew).holder != nil {
+                    try? lease.release()
+                    return nil
+                }
+                try? store.delete(blob.key)  // its holder is gone
+            }
+        } catch {
+            try? lease.release()
+            throw error
+        }
+        return lease
     }
 
     /// Extends the lease; throws `Repository.Locked` if it was lost (taken over after it ran
@@ -128,4 +199,7 @@ public final class Lease {
             version = try store.replace(key, RecordJSON.encode(released), ifVersion: version)
         } catch let error as BlobStoreError where error.kind == .versionMismatch {}
     }
+
+    /// Removes the lease (one whose name is used once: a shared holder's, a creation's).
+    public func remove() throws { try store.delete(key) }
 }

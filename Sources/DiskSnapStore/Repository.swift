@@ -145,42 +145,76 @@ public final class Repository: Sendable {
     }
 
     // MARK: Locks
+    //
+    // Each lock is a flock on `locks/<name>.lock`; in a bucket also a lease there, which
+    // every host sees (`Lease.take`: `locks/<name>.lease` for an exclusive holder,
+    // `locks/<name>/<random>.lease` for each shared one). docs/DESIGN.md, "Locking".
 
     /// The repository-wide lock: shared for commands that add or read, exclusive for those
     /// that remove data others may be using (docs/DESIGN.md, "Locking").
-    public func lock(_ kind: FileLock.Kind, for command: String) throws -> FileLock {
-        guard let lock = try FileLock.tryAcquire(path: locksDirectory + "/repository.lock", kind: kind) else {
-            throw StoreError(.repositoryLocked, "repository \(root) is locked by another disksnap process; '\(command)' needs it \(kind == .exclusive ? "alone" : "not exclusively held")")
+    public func lock(_ kind: FileLock.Kind, for command: String) throws -> HeldLock {
+        guard let lock = try take("repository", kind == .shared ? .shared : .exclusive, wait: false) else {
+            throw StoreError(.repositoryLocked, "repository \(location) is locked by another disksnap process; '\(command)' needs it \(kind == .exclusive ? "alone" : "not exclusively held")")
         }
         return lock
     }
 
-    /// A named exclusive lock (a snapshot in creation, a source being read); nil when held.
     /// The catalog lock: held for the milliseconds in which rules are checked against the
     /// records and a new record is written, so that two creates cannot both pass a quota.
-    public func lockCatalog() throws -> FileLock {
-        try FileLock.acquire(path: locksDirectory + "/catalog.lock", kind: .exclusive)
+    /// Waited for. In a bucket the cache's records, disks and gc state are then brought up to
+    /// date, so that the rules see every host's latest writes.
+    public func lockCatalog() throws -> HeldLock {
+        let lock = try take("catalog", .single, wait: true)!
+        if let remote { try RepositoryCache.synchronize(remote, root: root, catalogOnly: true) }
+        return lock
     }
 
     /// Held shared by every command that reads packs (restore, diff, mount, export, check),
-    /// for as long as it reads; gc takes it exclusive, without waiting, for the moments in
-    /// which it replaces index segments and removes packs.
-    public func readersLock() throws -> FileLock {
-        try FileLock.acquire(path: locksDirectory + "/readers.lock", kind: .shared)
+    /// for as long as it reads; waited for. gc takes it exclusive (`tryExcludeReaders`),
+    /// without waiting, for the moments in which it replaces index segments and removes
+    /// packs. In a bucket the cache is then brought up to date: a gc on another host may have
+    /// replaced segments since the repository was opened.
+    public func readersLock() throws -> HeldLock {
+        let lock = try take("readers", .shared, wait: true)!
+        if let remote { try RepositoryCache.synchronize(remote, root: root) }
+        return lock
     }
 
-    /// Takes the named lock without waiting; nil when held. In a bucket the lease
-    /// `locks/<name>.lease` is taken too (after this host's flock): held by a live process
-    /// anywhere, it is nil as well.
-    public func tryLock(name: String) throws -> HeldLock? {
-        guard let file = try FileLock.tryAcquire(path: "\(locksDirectory)/\(name).lock", kind: .exclusive) else { return nil }
-        guard let remote else { return HeldLock(file: file, lease: nil, name: name) }
-        do {
-            let lease = try Lease.acquire(Self.leaseKey(name), in: remote, purpose: name, duration: HeldLock.leaseMilliseconds,
-                                          skew: HeldLock.skewMilliseconds)
-            return HeldLock(file: file, lease: lease, name: name)
-        } catch let error as StoreError where error.kind == .repositoryLocked {
-            return nil
+    /// The readers lock, exclusive, without waiting; nil while anything reads packs. In a
+    /// bucket the cache is then brought up to date: the segments about to be replaced must
+    /// include those other hosts' creates published since the repository was opened.
+    public func tryExcludeReaders() throws -> HeldLock? {
+        guard let lock = try take("readers", .exclusive, wait: false) else { return nil }
+        if let remote { try RepositoryCache.synchronize(remote, root: root) }
+        return lock
+    }
+
+    /// A named exclusive lock (a snapshot in creation, a disk being read, gc), without
+    /// waiting; nil when held here or, in a bucket, by a live process anywhere.
+    public func tryLock(name: String) throws -> HeldLock? { try take(name, .single, wait: false) }
+
+    /// This host's flock first, then the lease; waiting (flock, then polling the lease from
+    /// 50 ms up to 1 s apart) or not. A creation's lease and shared ones are removed on release.
+    private func take(_ name: String, _ mode: Lease.Mode, wait: Bool) throws -> HeldLock? {
+        let path = "\(locksDirectory)/\(name).lock"
+        let kind: FileLock.Kind = mode == .shared ? .shared : .exclusive
+        let file: FileLock
+        if wait {
+            file = try FileLock.acquire(path: path, kind: kind)
+        } else {
+            guard let taken = try FileLock.tryAcquire(path: path, kind: kind) else { return nil }
+            file = taken
+        }
+        guard let remote else { return HeldLock(file: file, lease: nil, removeOnRelease: false) }
+        var pause: UInt32 = 50_000
+        while true {
+            if let lease = try Lease.take(lock: name, mode, in: remote, purpose: name, duration: HeldLock.leaseMilliseconds,
+                                          skew: HeldLock.skewMilliseconds) {
+                return HeldLock(file: file, lease: lease, removeOnRelease: mode == .shared || name.hasPrefix("create-"))
+            }
+            guard wait else { return nil }
+            usleep(pause)
+            pause = min(pause * 2, 1_000_000)
         }
     }
 
@@ -209,26 +243,28 @@ public final class Repository: Sendable {
             }
         }
         guard let remote else { return false }
-        let key = Self.leaseKey(name)
-        let bytes: [UInt8]
-        do {
-            bytes = try remote.read(key).bytes
-        } catch let error as BlobStoreError where error.kind == .notFound {
-            return false
-        } catch {
-            throw StoreError(.lockUnknown, "cannot tell whether lock \(name) of \(location) is held: \((error as? any CodedError)?.message ?? "\(error)")")
-        }
-        guard let record = try? RecordJSON.decode(LeaseRecord.self, from: bytes, file: key.path) else {
-            throw StoreError(.lockUnknown, "the lease \(key) of \(location) cannot be read: treated as held")
-        }
-        return LeasePolicy.decide(current: record, now: Lease.now(), skew: HeldLock.skewMilliseconds) != .take && !record.holderIsGoneFromThisBoot
+        return try Lease.state(of: Self.leaseKey(name), in: remote, now: Lease.now(), skew: HeldLock.skewMilliseconds).holder != nil
     }
 
-    /// Commands that remove what other hosts' creates may rely on wait for leases in the
-    /// bucket (issue 15): until then they refuse a bucket repository.
-    public func refuseInBucket(_ command: String) throws(StoreError) {
-        guard remote != nil else { return }
-        throw StoreError(.unsupported, "'\(command)' does not run on a repository in a bucket yet (\(location)): it needs locks shared by every host")
+    /// Removes the leases of creations whose holders are gone (a killed create leaves its
+    /// lease behind; once run out it says nothing `isLockHeld` would not say without it).
+    /// Returns how many. Nothing to do for a local repository.
+    @discardableResult
+    public func removeDeadCreationLeases() throws -> Int {
+        guard let remote else { return 0 }
+        var removed = 0
+        for blob in try remote.listAll(prefix: "locks/") {
+            let name = blob.key.path.dropFirst("locks/".count)
+            guard name.hasPrefix("create-"), name.hasSuffix(".lease"), !name.contains("/") else { continue }
+            do {
+                guard try Lease.state(of: blob.key, in: remote, now: Lease.now(), skew: HeldLock.skewMilliseconds).holder == nil else { continue }
+            } catch {
+                continue  // unreadable: left alone
+            }
+            try remote.delete(blob.key)
+            removed += 1
+        }
+        return removed
     }
 
     // MARK: Objects

@@ -40,13 +40,14 @@ enum RepositoryCache {
         try FileSystem.removeIfExists(versionPath(path))
     }
 
-    /// Brings the cache at `root` up to date with `remote`. Returns how many objects were
+    /// Brings the cache at `root` up to date with `remote`. `catalogOnly`: the records, disks
+    /// and gc state alone (what the catalog lock's rules read). Returns how many objects were
     /// downloaded and how many stale copies removed.
     @discardableResult
-    static func synchronize(_ remote: any BlobStore, root: String) throws -> (downloaded: Int, removed: Int) {
+    static func synchronize(_ remote: any BlobStore, root: String, catalogOnly: Bool = false) throws -> (downloaded: Int, removed: Int) {
         let temporary = root + "/tmp"
         var downloaded = 0, removed = 0
-        for (prefix, suffix, mutable) in prefixes {
+        for (prefix, suffix, mutable) in prefixes where mutable || !catalogOnly {
             let directory = root + "/" + String(prefix.dropLast())
             try FileSystem.makeDirectories(directory)
             var present = Set<String>()

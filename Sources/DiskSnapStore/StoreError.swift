@@ -10,8 +10,6 @@ public struct StoreError: CodedError {
         case lockUnknown = "Repository.LockUnknown"
         case chunkMissing = "Chunk.Missing"
         case chunkCorrupt = "Chunk.Corrupt"
-        /// What this kind of repository cannot do (yet).
-        case unsupported = "Repository.Unsupported"
     }
 
     public let kind: Kind
@@ -29,7 +27,6 @@ public struct StoreError: CodedError {
         case .repositoryExists: .conflict
         case .repositoryLocked, .lockUnknown: .busy
         case .chunkMissing, .chunkCorrupt: .corrupt
-        case .unsupported: .invalidParameter
         }
     }
 }

@@ -34,7 +34,7 @@ struct GC: ParsableCommand {
                 Output.line("dry run: \(condemned)" + (r.deferred.map { "; \($0)" } ?? ""))
                 return
             }
-            Output.line("gc: \(condemned); \(r.packsRemoved) packs removed, \(r.chunksCopied) chunks copied, \(r.segmentsReplaced) index segments rewritten, \(r.segmentsCompacted) compacted, \(r.orphanFixedIndexesRemoved) orphan fixed indexes removed; \(r.bytesFreed >= 0 ? ByteFormat.human(UInt64(r.bytesFreed)) : "-" + ByteFormat.human(UInt64(-r.bytesFreed))) freed in \(String(format: "%.2f", r.seconds)) s")
+            Output.line("gc: \(condemned); \(r.packsRemoved) packs removed, \(r.chunksCopied) chunks copied, \(r.segmentsReplaced) index segments rewritten, \(r.segmentsCompacted) compacted, \(r.orphanFixedIndexesRemoved) orphan fixed indexes removed\(r.deadLeasesRemoved > 0 ? ", \(r.deadLeasesRemoved) dead leases removed" : ""); \(r.bytesFreed >= 0 ? ByteFormat.human(UInt64(r.bytesFreed)) : "-" + ByteFormat.human(UInt64(-r.bytesFreed))) freed in \(String(format: "%.2f", r.seconds)) s")
             if let deferred = r.deferred { Output.line("deferred: \(deferred)") }
         }
     }
@@ -51,6 +51,7 @@ struct GCResponse: Encodable {
     var segmentsReplaced: Int
     var segmentsCompacted: Int
     var orphanFixedIndexesRemoved: Int
+    var deadLeasesRemoved: Int
     var bytesFreed: Int64
     var deferred: String?
     var seconds: Double
@@ -66,6 +67,7 @@ struct GCResponse: Encodable {
         segmentsReplaced = r.segmentsReplaced
         segmentsCompacted = r.segmentsCompacted
         orphanFixedIndexesRemoved = r.orphanFixedIndexesRemoved
+        deadLeasesRemoved = r.deadLeasesRemoved
         bytesFreed = r.bytesFreed
         deferred = r.deferred
         seconds = r.seconds

@@ -226,6 +226,39 @@ private func code(_ body: () throws -> Void) -> String? {
         #expect(code { _ = try Lease.acquire(broken, in: store, purpose: "x", clock: clock) } == "Repository.LockUnknown")
     }
 
+    @Test(arguments: Backend.allCases) func sharedAndExclusiveLeasesExcludeEachOther(_ backend: Backend) throws {
+        let store = try backend.make()
+        let now = Mutex<Int64>(1_000_000)
+        let clock: @Sendable () -> Int64 = { now.withLock { $0 } }
+        func take(_ mode: Lease.Mode) throws -> Lease? {
+            try Lease.take(lock: "readers", mode, in: store, purpose: "test", duration: 60_000, skew: 30_000, clock: clock)
+        }
+        func shared() throws -> [String] { try store.listAll(prefix: "locks/readers/").map(\.key.path) }
+        let r1 = try #require(try take(.shared))
+        let r2 = try #require(try take(.shared), "readers share the lock")
+        #expect(try shared().count == 2)
+        #expect(try take(.exclusive) == nil, "live readers keep the exclusive taker out")
+        try r1.remove()
+        #expect(try take(.exclusive) == nil)
+        try r2.remove()
+        let x = try #require(try take(.exclusive))
+        #expect(try take(.shared) == nil, "an exclusive holder keeps readers out")
+        #expect(try take(.single) == nil && take(.exclusive) == nil)
+        #expect(try shared().isEmpty, "a reader that backs off leaves no lease behind")
+        try x.release()
+        // A killed reader's lease runs out: the exclusive taker removes it and gets the lock.
+        _ = try #require(try take(.shared))
+        now.withLock { $0 += 90_001 }
+        let y = try #require(try take(.exclusive))
+        #expect(try shared().isEmpty)
+        try y.release()
+        // A reader's lease that cannot be read is held, never removed.
+        try store.create(key("locks/readers/broken.lease"), Array("{".utf8))
+        #expect(code { _ = try take(.exclusive) } == "Repository.LockUnknown")
+        #expect(try shared() == ["locks/readers/broken.lease"])
+        #expect(try take(.shared) != nil, "readers still share it")
+    }
+
     @Test(arguments: Backend.allCases) func transientFaultsAreRetriedAndLostAnswersRecognized(_ backend: Backend) throws {
         let faulty = FaultInjectingBlobStore(try backend.make())
         let delays = Mutex<[Double]>([])

@@ -199,14 +199,114 @@ def test_a_second_init_of_one_prefix_is_refused(seaweedfs, tmp_path):
     assert r.code == 4 and "Repository.AlreadyExists" in r.err, r.err
 
 
-def test_gc_and_repair_refuse_a_bucket_until_locks_are_shared_by_hosts(seaweedfs, tmp_path, test_disk):
-    b = Bucket(seaweedfs, tmp_path)
-    b.create(test_disk["v1"], "one")
-    before = b.keys()
-    for args in (("gc",), ("check", "--repair")):
-        r = b.run(*args, check=False)
-        assert r.code == 2 and "Repository.Unsupported" in r.err, r.err
-    assert b.keys() == before
+def paused(bucket, args, point, tmp_path, env=None):
+    """Starts `disksnap ARGS` paused at the test hook `point` (debug builds); returns the
+    process and the file whose creation releases it, once the point is reached."""
+    release = tmp_path / f"release-{uuid.uuid4().hex[:8]}"
+    env = dict(env or bucket.env, DISKSNAP_TEST_PAUSE=f"{point}:{release}")
+    proc = subprocess.Popen([BIN, "--repo", bucket.repo] + [str(a) for a in args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(f"{release}.reached"):
+        if proc.poll() is not None:
+            raise AssertionError(f"{args} ended before {point}: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, f"{args} did not reach {point}"
+        time.sleep(0.02)
+    return proc, release
+
+
+def finish(proc, release):
+    release.touch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out
+
+
+def pack_bytes(bucket):
+    out = boto(bucket.server, """
+total = 0
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[1], Prefix=sys.argv[2] + '/packs/'):
+    total += sum(o['Size'] for o in page.get('Contents', []))
+print(total)
+""", BUCKET, bucket.prefix)
+    return int(out)
+
+
+def test_gc_and_repair_in_a_bucket_free_what_deleted_snapshots_held_and_keep_the_rest(server, tmp_path, test_disk):
+    a = Bucket(server, tmp_path)
+    one = a.create(test_disk["v1"], "one")
+    two = a.create(test_disk["v2"], "two")
+    a.run("delete", one)
+    before = pack_bytes(a)
+    r = a.run("gc", "--live-threshold", "1", "--json").json()
+    assert r["PacksRemoved"] > 0 and r.get("Deferred") is None, r
+    assert pack_bytes(a) < before
+    assert "gc.json" not in a.keys()
+    # Another host (a cache of its own) restores what is left, and repairs the index from the packs.
+    b = Bucket(server, tmp_path, prefix=a.prefix, cache="host-b")
+    target = tmp_path / "two.img"
+    b.run("restore", two, target)
+    assert sha256(target) == sha256(test_disk["v2"])
+    repaired = b.run("check", "--repair", "--json")
+    assert "snapshots marked damaged: none" in repaired.err and repaired.json()["Problems"] == [], repaired.err
+    report = a.run("check", "--read-data", "--json").json()
+    assert report["Problems"] == [] and report["ChunksVerified"] > 0, report
+    target.unlink()
+    a.run("restore", two, target)
+    assert sha256(target) == sha256(test_disk["v2"])
+
+
+def test_gc_in_a_bucket_waits_for_another_hosts_reader_and_create(seaweedfs, tmp_path, test_disk):
+    a = Bucket(seaweedfs, tmp_path)
+    one = a.create(test_disk["v1"], "one")
+    two = a.create(test_disk["v2"], "two")
+    b = Bucket(seaweedfs, tmp_path, prefix=a.prefix, cache="host-b")
+    # A restore on host B holds the readers' lease: gc on host A copies, but removes nothing.
+    proc, release = paused(b, ["restore", one, tmp_path / "one.img"], "restore-after-index", tmp_path)
+    try:
+        a.run("delete", one)
+        packs = {k for k in a.keys() if k.startswith("packs/")}
+        r = a.run("gc", "--live-threshold", "1", "--json").json()
+        assert r["PacksRemoved"] == 0 and "reading" in (r.get("Deferred") or ""), r
+        assert packs <= {k for k in a.keys() if k.startswith("packs/")}, "gc removed a pack under a reader"
+    finally:
+        finish(proc, release)
+    assert sha256(tmp_path / "one.img") == sha256(test_disk["v1"])
+    r = a.run("gc", "--live-threshold", "1", "--json").json()
+    assert r["PacksRemoved"] > 0 and r.get("Deferred") is None, r
+    # A create running on host B when gc condemns: the sweep waits for it to end.
+    proc, release = paused(b, ["create", test_disk["v1"], "--name", "three", "--json"], "create-after-index", tmp_path)
+    try:
+        a.run("delete", two)
+        r = a.run("gc", "--live-threshold", "1", "--json").json()
+        assert r["PacksCondemned"] > 0 and r["PacksRemoved"] == 0 and "waiting for the creation" in (r.get("Deferred") or ""), r
+    finally:
+        three = json.loads(finish(proc, release))["SnapshotId"]
+    r = a.run("gc", "--live-threshold", "1", "--json").json()
+    assert r["PacksRemoved"] > 0 and r.get("Deferred") is None, r
+    target = tmp_path / "three.img"
+    a.run("restore", three, target)
+    assert sha256(target) == sha256(test_disk["v1"])
+    assert a.run("check", "--read-data", "--json").json()["Problems"] == []
+    assert not [k for k in a.keys() if k.startswith("locks/") and "/" in k[len("locks/"):]], "a reader's lease was left behind"
+
+
+@pytest.mark.parametrize("step", [8, 25])
+def test_a_gc_killed_mid_run_in_a_bucket_loses_nothing(seaweedfs, tmp_path, test_disk, step):
+    a = Bucket(seaweedfs, tmp_path)
+    one = a.create(test_disk["v1"], "one")
+    two = a.create(test_disk["v2"], "two")
+    a.run("delete", one)
+    r = a.run("gc", "--live-threshold", "1", check=False, env=dict(a.env, DISKSNAP_FAULT=str(step)))
+    assert r.code == -9, f"step {step} was not reached: {r.err}"
+    # The killed gc's leases are of this boot and its process is gone: nothing waits for them.
+    assert a.run("check", "--read-data", "--json").json()["Problems"] == []
+    r = a.run("gc", "--live-threshold", "1", "--json").json()
+    assert r.get("Deferred") is None, r
+    target = tmp_path / "two.img"
+    a.run("restore", two, target)
+    assert sha256(target) == sha256(test_disk["v2"])
+    assert a.run("check", "--read-data", "--json").json()["Problems"] == []
 
 
 @pytest.mark.parametrize("step", [15, 60])
