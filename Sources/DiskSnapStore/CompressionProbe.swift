@@ -9,7 +9,7 @@ import DiskSnapSys
 /// by a quarter or more even in 512-byte pieces); what the sample misses is only a repeat
 /// across slices (random data written twice within one block), stored raw as it was before
 /// chunk-level deduplication. Not thread-safe: one per pack builder.
-public final class CompressionProbe {
+final class CompressionProbe {
     static let slices = 16
     static let maximumSample = 32 << 10
     /// Blocks below this are compressed without a probe: the sample would be too short to say.
@@ -19,7 +19,7 @@ public final class CompressionProbe {
     private let sample = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumSample, alignment: 64)
     private let output = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(maximumSample), alignment: 64)
 
-    public init() {}
+    init() {}
 
     deinit {
         sample.deallocate()
@@ -34,7 +34,7 @@ public final class CompressionProbe {
     }
 
     /// True unless the sample says the block will not shrink.
-    public func worthCompressing(_ block: UnsafeRawBufferPointer) -> Bool {
+    func worthCompressing(_ block: UnsafeRawBufferPointer) -> Bool {
         guard block.count >= Self.minimumBlock else { return true }
         let (starts, length) = Self.slices(of: block.count)
         var fill = 0

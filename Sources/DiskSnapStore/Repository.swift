@@ -165,18 +165,18 @@ public final class Repository: Sendable {
     /// date, so that the rules see every host's latest writes.
     public func lockCatalog() throws -> HeldLock {
         let lock = try take("catalog", .single, wait: true)!
-        if let remote { try RepositoryCache.synchronize(remote, root: root, catalogOnly: true) }
+        if let remote { try RepositoryCache.synchronize(remote, root: root, .catalog) }
         return lock
     }
 
     /// Held shared by every command that reads packs (restore, diff, mount, export, check),
     /// for as long as it reads; waited for. gc takes it exclusive (`tryExcludeReaders`),
     /// without waiting, for the moments in which it replaces index segments and removes
-    /// packs. In a bucket the cache is then brought up to date: a gc on another host may have
-    /// replaced segments since the repository was opened.
+    /// packs. In a bucket the cache's segments are then brought up to date: a gc on another
+    /// host may have replaced them since the repository was opened (the open synced the rest).
     public func readersLock() throws -> HeldLock {
         let lock = try take("readers", .shared, wait: true)!
-        if let remote { try RepositoryCache.synchronize(remote, root: root) }
+        if let remote { try RepositoryCache.synchronize(remote, root: root, .index) }
         return lock
     }
 

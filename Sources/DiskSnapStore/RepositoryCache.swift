@@ -14,10 +14,31 @@ import DiskSnapFormat
 /// the bucket first and then to the cache, so a cache never holds what the bucket lacks
 /// except for a moment a crash may make longer (the next open removes it).
 enum RepositoryCache {
-    /// Prefixes whose objects are cached, and whether they change in place.
+    /// Prefixes whose objects are cached, and whether they change in place. `fixed/` is listed
+    /// before `snapshots/`: a create's record exists from its start, before its fixed index,
+    /// so every fixed index a sync copies has its record copied too, and gc's sweep never
+    /// takes a new snapshot's fixed index for an orphan.
     static let prefixes: [(prefix: String, suffix: String, mutable: Bool)] = [
-        ("snapshots/", ".json", true), ("disks/", ".json", true), ("index/", ".idx", false), ("fixed/", ".fidx", false),
+        ("fixed/", ".fidx", false), ("snapshots/", ".json", true), ("disks/", ".json", true), ("index/", ".idx", false),
     ]
+
+    /// What a sync brings up to date.
+    enum Scope {
+        /// Everything cached (at open).
+        case all
+        /// Records, disks and the gc state: what the catalog lock's rules read.
+        case catalog
+        /// Index segments and the gc state: what a gc elsewhere changes under a reader.
+        case index
+
+        func includes(_ prefix: String, mutable: Bool) -> Bool {
+            switch self {
+            case .all: true
+            case .catalog: mutable
+            case .index: prefix == "index/"
+            }
+        }
+    }
 
     static func versionPath(_ path: String) -> String { path + ".version" }
 
@@ -40,14 +61,13 @@ enum RepositoryCache {
         try FileSystem.removeIfExists(versionPath(path))
     }
 
-    /// Brings the cache at `root` up to date with `remote`. `catalogOnly`: the records, disks
-    /// and gc state alone (what the catalog lock's rules read). Returns how many objects were
-    /// downloaded and how many stale copies removed.
+    /// Brings the cache at `root` up to date with `remote` (the gc state always; the rest as
+    /// `scope` says). Returns how many objects were downloaded and how many stale copies removed.
     @discardableResult
-    static func synchronize(_ remote: any BlobStore, root: String, catalogOnly: Bool = false) throws -> (downloaded: Int, removed: Int) {
+    static func synchronize(_ remote: any BlobStore, root: String, _ scope: Scope = .all) throws -> (downloaded: Int, removed: Int) {
         let temporary = root + "/tmp"
         var downloaded = 0, removed = 0
-        for (prefix, suffix, mutable) in prefixes where mutable || !catalogOnly {
+        for (prefix, suffix, mutable) in prefixes where scope.includes(prefix, mutable: mutable) {
             let directory = root + "/" + String(prefix.dropLast())
             try FileSystem.makeDirectories(directory)
             var present = Set<String>()

@@ -8,8 +8,9 @@ import Glibc
 ///
 /// - `DISKSNAP_FAULT=N`: the process kills itself with SIGKILL just before its Nth durable
 ///   step (a write, fsync, ftruncate, rename, link or unlink, or a request that changes a
-///   bucket: PUT, POST, DELETE), as a crash or power cut at that point would. `tools/crash-campaign` runs commands with N = 1, 2, ... and checks
-///   what each crash leaves (docs/DESIGN.md, "What each crash point leaves").
+///   bucket: PUT, POST, DELETE), as a crash or power cut at that point would.
+///   `tools/crash-campaign` runs commands with N = 1, 2, ... and checks what each crash
+///   leaves (docs/DESIGN.md, "What each crash point leaves").
 /// - `DISKSNAP_TEST_PAUSE=POINT:PATH`: at the named point the process creates
 ///   `PATH.reached` and waits until PATH exists.
 public enum TestHooks {

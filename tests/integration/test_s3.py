@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from conftest import BIN, ROOT, Result, sha256, e2fsck_partition
+from test_gc import start_paused
 
 VENV = os.environ.get("DISKSNAP_VENV", "/var/cache/disksnap/venv")
 SERVERS = {"seaweedfs": "s3-up", "rgw": "rgw-up"}
@@ -199,23 +200,8 @@ def test_a_second_init_of_one_prefix_is_refused(seaweedfs, tmp_path):
     assert r.code == 4 and "Repository.AlreadyExists" in r.err, r.err
 
 
-def paused(bucket, args, point, tmp_path, env=None):
-    """Starts `disksnap ARGS` paused at the test hook `point` (debug builds); returns the
-    process and the file whose creation releases it, once the point is reached."""
-    release = tmp_path / f"release-{uuid.uuid4().hex[:8]}"
-    env = dict(env or bucket.env, DISKSNAP_TEST_PAUSE=f"{point}:{release}")
-    proc = subprocess.Popen([BIN, "--repo", bucket.repo] + [str(a) for a in args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(f"{release}.reached"):
-        if proc.poll() is not None:
-            raise AssertionError(f"{args} ended before {point}: {proc.stderr.read()}")
-        assert time.monotonic() < deadline, f"{args} did not reach {point}"
-        time.sleep(0.02)
-    return proc, release
-
-
 def finish(proc, release):
+    """Lets a command `start_paused` holds go on; returns its output once it succeeded."""
     release.touch()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -262,7 +248,7 @@ def test_gc_in_a_bucket_waits_for_another_hosts_reader_and_create(seaweedfs, tmp
     two = a.create(test_disk["v2"], "two")
     b = Bucket(seaweedfs, tmp_path, prefix=a.prefix, cache="host-b")
     # A restore on host B holds the readers' lease: gc on host A copies, but removes nothing.
-    proc, release = paused(b, ["restore", one, tmp_path / "one.img"], "restore-after-index", tmp_path)
+    proc, release = start_paused(b, tmp_path, "restore-after-index", "restore", one, tmp_path / "one.img", env=b.env)
     try:
         a.run("delete", one)
         packs = {k for k in a.keys() if k.startswith("packs/")}
@@ -275,7 +261,7 @@ def test_gc_in_a_bucket_waits_for_another_hosts_reader_and_create(seaweedfs, tmp
     r = a.run("gc", "--live-threshold", "1", "--json").json()
     assert r["PacksRemoved"] > 0 and r.get("Deferred") is None, r
     # A create running on host B when gc condemns: the sweep waits for it to end.
-    proc, release = paused(b, ["create", test_disk["v1"], "--name", "three", "--json"], "create-after-index", tmp_path)
+    proc, release = start_paused(b, tmp_path, "create-after-index", "create", test_disk["v1"], "--name", "three", "--json", env=b.env)
     try:
         a.run("delete", two)
         r = a.run("gc", "--live-threshold", "1", "--json").json()
@@ -333,16 +319,9 @@ def test_another_host_sees_a_running_create_through_its_leases_and_a_killed_one_
     a = Bucket(server, tmp_path)
     a.create(test_disk["v1"], "first")
     b = Bucket(server, tmp_path, prefix=a.prefix, cache="host-b")
-    release = tmp_path / "release"
-    env = dict(a.env, DISKSNAP_LEASE_SECONDS="2", DISKSNAP_TEST_PAUSE=f"create-after-index:{release}")
-    proc = subprocess.Popen([BIN, "--repo", a.repo, "create", test_disk["v2"], "--name", "running"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, _ = start_paused(a, tmp_path, "create-after-index", "create", test_disk["v2"], "--name", "running",
+                           env=dict(a.env, DISKSNAP_LEASE_SECONDS="2"))
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(f"{release}.reached"):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
         # Held longer than one lease lasts: renewals keep it alive for the other host.
         time.sleep(3)
         b_env = dict(b.env, DISKSNAP_LEASE_SECONDS="2")
