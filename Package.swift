@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "DiskSnapQcow2", dependencies: ["DiskSnapSys"]),
         // A running VM: QMP, its block graph, point-in-time views and dirty bitmaps; libvirt's
         // backup API and checkpoints; the guest agent.
-        .target(name: "DiskSnapQemu", dependencies: ["DiskSnapSys"]),
+        .target(name: "DiskSnapQemu", dependencies: ["DiskSnapSys", "DiskSnapQcow2"]),
         // On-disk formats: byte layouts, digests, versioned records.
         .target(name: "DiskSnapFormat", dependencies: [
             "DiskSnapSys", .product(name: "Crypto", package: "swift-crypto"),

@@ -74,6 +74,15 @@ struct FixedIndexReader {
         return hasher.finish()
     }
 
+    /// The entries of chunks `[first, first + buffer.count / 32)`, as stored, into `buffer`.
+    func readEntries(first: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        precondition(buffer.count % FixedIndexHeader.entrySize == 0, "whole entries")
+        guard first + UInt64(buffer.count / FixedIndexHeader.entrySize) <= header.chunkCount else {
+            throw FormatError(file: file.path, "has no entries past chunk \(header.chunkCount)")
+        }
+        try file.readExactly(into: buffer, at: UInt64(FixedIndexHeader.size) + first * UInt64(FixedIndexHeader.entrySize))
+    }
+
     /// The digests of chunks `[first, first + count)`.
     func entries(first: UInt64, count: Int) throws -> [ChunkDigest] {
         let bytes = try file.readBytes(count: count * FixedIndexHeader.entrySize,

@@ -84,6 +84,27 @@ func runParallel(workers: Int, queue: WorkQueue, progress: Progress?, tick: () -
     if let error = queue.firstError { throw error }
 }
 
+/// A value computed on a thread of its own while the caller goes on; `value()` waits for it.
+final class Concurrent<Value: Sendable>: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private var result: Result<Value, any Error>?  // written before `done` is signalled, read after
+
+    init(_ body: @escaping @Sendable () throws -> Value) {
+        let thread = Thread { [self] in
+            result = Result { try body() }
+            done.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    /// Waits for the value; rethrows what computing it threw. Call it once.
+    func value() throws -> Value {
+        done.wait()
+        return try result!.get()
+    }
+}
+
 public enum ByteFormat {
     public static func human(_ bytes: UInt64) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]

@@ -106,6 +106,8 @@ public struct Snapshotter {
     /// reaches up to twice the device's `read_ahead_kb` past a sequential read (16 MiB for
     /// the 8 MiB seen here), so 8 runs of 4 MiB cover it with room to spare.
     static let readaheadRuns = 8
+    /// What a worker reading over NBD keeps in flight at most (see `Pipeline.work`).
+    static let readAheadBytes = 8 << 20
 
     let repository: Repository
 
@@ -229,6 +231,8 @@ public struct Snapshotter {
         defer { clone?.remove() }
         var abandoned: [String] = []
         var source: Source?
+        /// The identity probe of an incremental through a view, while the pipeline runs.
+        var probing: Concurrent<DiskIdentity>?
         var warnings: [String] = []
         /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
         /// read, a failure here is a warning, not a failed snapshot.
@@ -278,11 +282,21 @@ public struct Snapshotter {
                 var opened = try Source.open(view: made, path: disk.path)
                 source = opened
                 PhaseTimer.mark("create: view opened (block status)")
-                let probed = try GuestProbe.identify(size: opened.size) { buffer, offset in try opened.readExactly(into: buffer, at: offset) }
-                record.identityChange = try checkIdentity(probed)
-                record.identity = probed
+                let viewSource = opened
+                let probe: @Sendable () throws -> DiskIdentity = {
+                    try GuestProbe.identify(size: viewSource.size) { buffer, offset in try viewSource.readExactly(into: buffer, at: offset) }
+                }
+                if case .incremental = made.plan {
+                    // An incremental reads little: its identity probe (a few windows over NBD
+                    // and libblkid) runs beside the pipeline, checked before anything commits.
+                    probing = Concurrent(probe)
+                } else {
+                    let probed = try probe()
+                    record.identityChange = try checkIdentity(probed)
+                    record.identity = probed
+                    PhaseTimer.mark("create: identity probed")
+                }
                 record.consistencyMethod = made.method
-                PhaseTimer.mark("create: identity probed")
                 if let frozen = made.frozen {
                     record.guestFrozen = true
                     record.frozenFilesystems = frozen.filesystems
@@ -370,6 +384,12 @@ public struct Snapshotter {
             }
             try run(source: opened, request: request, record: &record, area: area, previous: previous)
             PhaseTimer.mark("create: data read and stored")
+            if let running = probing {
+                probing = nil
+                let probed = try running.value()
+                record.identityChange = try checkIdentity(probed)
+                record.identity = probed
+            }
             closeView()
             PhaseTimer.mark("create: view closed")
             if request.keepClone, let clone, record.sourceFormat == nil {
@@ -405,6 +425,7 @@ public struct Snapshotter {
             PhaseTimer.mark("create: index compacted")
             return result
         } catch {
+            _ = try? probing?.value()  // it reads through the view
             closeView()
             view?.abandon()
             if let kept = record.keptClone { try? FileSystem.removeIfExists(kept.path) }
@@ -548,25 +569,30 @@ extension Snapshotter {
         var extra: [ByteRange] = []
         var first: UInt64 = 0
         let count = previous.header.chunkCount
+        let entrySize = FixedIndexHeader.entrySize
+        // The entries go over as bytes, a batch at a time; a digest is made only to look one up.
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: FixedIndexReader.entriesPerRead * entrySize, alignment: 8)
+        defer { buffer.deallocate() }
         while first < count {
             let batch = Int(min(UInt64(FixedIndexReader.entriesPerRead), count - first))
-            let entries = try previous.entries(first: first, count: batch)
-            for (i, digest) in entries.enumerated() where digest != .zero {
+            let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[..<(batch * entrySize)])
+            try previous.readEntries(first: first, into: bytes)
+            for i in 0..<batch {
+                let entry = UnsafeRawBufferPointer(rebasing: bytes[i * entrySize..<(i + 1) * entrySize])
+                let words = (0..<4).reduce(UInt64(0)) { $0 | entry.loadUnaligned(fromByteOffset: $1 * 8, as: UInt64.self) }
+                if words == 0 { continue }  // a zero chunk
                 let chunk = first + UInt64(i)
                 while next < dirty.count, dirty[next].end <= chunk { next += 1 }
                 if next < dirty.count, dirty[next].first <= chunk { continue }
                 let start = chunk * chunkSize, end = min(start + chunkSize, diskSize)
-                if verify, try !writer.store.contains(digest) {
+                if verify, try !writer.store.contains(ChunkDigest(bytes: entry)) {
                     extra.append(ByteRange(start: start, end: end))
                     continue
                 }
                 counters.sameAsPrevious.wrappingAdd(1, ordering: .relaxed)
                 counters.nonZeroBytes.wrappingAdd(end - start, ordering: .relaxed)
             }
-            var bytes = [UInt8]()
-            bytes.reserveCapacity(batch * ChunkDigest.byteCount)
-            for digest in entries { digest.withBytes { bytes += $0 } }
-            try bytes.withUnsafeBytes { try fixed.write(entries: $0, firstChunk: first) }
+            try fixed.write(entries: UnsafeRawBufferPointer(bytes), firstChunk: first)
             first += UInt64(batch)
         }
         return extra
@@ -602,8 +628,11 @@ private struct Pipeline: Sendable {
     func work(_ queue: WorkQueue) throws {
         let maxChunks = WorkPlan.maxChunks(runs)
         let reader = try SourceReader(source)
-        // Reading ahead needs a second buffer: the next run lands there while this one is worked on.
-        let buffers = (0..<(reader.readsAhead ? 2 : 1)).map { _ in WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize) }
+        // Reading ahead needs more buffers: the next runs land there while one is worked
+        // on. As many as fit in `Snapshotter.readAheadBytes`, at least two, at most 16.
+        let runBytes = maxChunks * Int(chunkSize)
+        let slots = reader.readsAhead ? min(16, max(2, Snapshotter.readAheadBytes / runBytes)) : 1
+        let buffers = (0..<slots).map { _ in WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize) }
         defer {
             reader.close()  // before the buffers go: no reply may land in freed memory
             for buffer in buffers { buffer.deallocate() }
@@ -619,35 +648,32 @@ private struct Pipeline: Sendable {
             let (start, end) = bounds(i)
             return UnsafeMutableRawBufferPointer(rebasing: buffers[slot][..<Int(end - start)])
         }
-        func begin(_ i: Int, _ slot: Int) throws {
-            if let cache {
-                // This run and those the readahead of this read may reach (see PageCacheCourtesy).
-                for j in i..<min(i + 1 + Snapshotter.readaheadRuns, runs.count) {
-                    let (start, end) = bounds(j)
-                    cache.note(j, offset: start, length: Int(end - start))
+        // Runs sent to the reader, oldest first (the order `wait` answers in), and free buffers.
+        var inFlight: [(run: Int, slot: Int)] = []
+        var free = Array((0..<slots).reversed())
+        func fill() throws {
+            while !free.isEmpty, let i = queue.take() {
+                let slot = free.removeLast()
+                if let cache {
+                    // This run and those the readahead of this read may reach (see PageCacheCourtesy).
+                    for j in i..<min(i + 1 + Snapshotter.readaheadRuns, runs.count) {
+                        let (start, end) = bounds(j)
+                        cache.note(j, offset: start, length: Int(end - start))
+                    }
                 }
+                inFlight.append((i, slot))
+                try reader.start(into: span(i, slot), at: bounds(i).start)
             }
-            try reader.start(into: span(i, slot), at: bounds(i).start)
         }
 
-        var slot = 0
-        var current = queue.take()
-        if let i = current { try begin(i, slot) }
-        while let i = current {
+        try fill()
+        while !inFlight.isEmpty {
+            let (i, slot) = inFlight.removeFirst()
             try reader.wait()
-            var next: Int? = nil
-            if reader.readsAhead {
-                next = queue.take()
-                if let next { try begin(next, 1 - slot) }
-            }
+            try fill()
             try process(i, span(i, slot), &entries, packs)
-            if reader.readsAhead {
-                slot = 1 - slot
-            } else {
-                next = queue.take()
-                if let next { try begin(next, slot) }
-            }
-            current = next
+            free.append(slot)
+            try fill()
         }
         try packs.finish()
     }

@@ -148,14 +148,16 @@ enum WorkPlan {
     }
 }
 
-/// One worker's reads of a source, one read ahead: `start` sends the read of the next
-/// run, `wait` returns once it is in its buffer. Over NBD the read is in flight while the
-/// worker hashes and compresses the run before it, hiding the server's latency; a file is
-/// read in `start` (the kernel's readahead already runs ahead of it).
+/// One worker's reads of a source. Over NBD, `start` sends a read and returns; `wait`
+/// returns once the oldest read sent is in its buffer. Several reads are in flight while
+/// the worker hashes and compresses the run before them, hiding the server's latency (a
+/// sparse incremental's runs are a chunk each: one read at a time would wait a round trip
+/// per chunk). A file is read in `start` (the kernel's readahead already runs ahead of it).
 final class SourceReader {
     private let source: Source
     private let client: NBDClient?
-    private var pending: (read: NBDClient.PendingRead, offset: UInt64)?
+    /// Sent and not yet waited for, oldest first.
+    private var pending: [(read: NBDClient.PendingRead, offset: UInt64)] = []
     private var closed = false
 
     init(_ source: Source) throws {
@@ -163,32 +165,31 @@ final class SourceReader {
         client = try source.view?.checkOut()
     }
 
-    /// Whether `start` returns before the read is done (a second buffer is worth having).
+    /// Whether `start` returns before the read is done (more buffers are worth having).
     var readsAhead: Bool { client != nil }
 
-    /// Waits out a read still in flight and hands the connection back.
+    /// Waits out the reads still in flight and hands the connection back.
     func close() {
         guard let client, !closed else { return }
         closed = true
-        if let pending { client.drain(pending.read) }
-        pending = nil
+        for read in pending { client.drain(read.read) }
+        pending = []
         source.view?.checkIn(client)
     }
 
-    /// Starts filling `buffer` from `offset`; only one read is outstanding at a time.
+    /// Starts filling `buffer` from `offset` (a file: fills it).
     func start(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        precondition(pending == nil, "one read at a time")
         if let client {
-            pending = (try client.startRead(into: buffer, at: offset), offset)
+            pending.append((try client.startRead(into: buffer, at: offset), offset))
         } else {
             try read(into: buffer, at: offset)
         }
     }
 
-    /// Waits for the read `start` sent (nothing to wait for with a file).
+    /// Waits for the oldest read `start` sent (nothing to wait for with a file).
     func wait() throws {
-        guard let client, let (read, offset) = pending else { return }
-        pending = nil
+        guard let client, !pending.isEmpty else { return }
+        let (read, offset) = pending.removeFirst()
         do {
             try client.finish(read)
         } catch {

@@ -351,6 +351,27 @@ def test_after_qemu_is_killed_the_next_snapshot_reads_everything_and_says_why(ds
     assert first != second
 
 
+def test_an_incremental_of_a_disk_the_guest_replaced_fails_before_it_commits(ds, daemon, tmp_path):
+    # An incremental's identity probe runs beside its reads: its verdict must still stop
+    # the snapshot before the record commits, and leave the base bitmap for the next run.
+    first = json.loads(create_live(ds, daemon, "first").out)["SnapshotId"]
+    base_bitmap = ds.show(first)["ChangeTracking"]["Bitmap"]
+    write_blocks(daemon.guest, [(6 * MIB, 65536)], seed=3)
+    subprocess.run(["sfdisk", "-q", "--disk-id", str(daemon.guest), "5D7A64D1-1E0B-4C4B-9F61-0B6C2A2B9E11"], check=True, capture_output=True)
+    r = create_live(ds, daemon, "replaced", check=False)
+    assert r.code == 4 and "DiskId.ValueNotSupported" in r.err and "partition table UUID" in r.err, r.err
+    listed = {s["SnapshotName"]: s for s in ds.run("list", "--json").json()}
+    assert listed["replaced"]["Status"] == "failed" and listed["first"]["Status"] == "accomplished"
+    assert base_bitmap in daemon.bitmaps() and len(daemon.bitmaps()) == 1 and daemon.ours() == []
+    # --force takes it, still incremental from the first snapshot, and says the disk changed.
+    forced = json.loads(create_live(ds, daemon, "forced", "--force").out)["SnapshotId"]
+    rf = ds.show(forced)
+    assert rf["ChangeTracking"]["BaseSnapshotId"] == first
+    assert "partition table UUID" in rf["IdentityChange"]
+    assert "5d7a64d1-1e0b-4c4b-9f61-0b6c2a2b9e11" in json.dumps(rf["Identity"]).lower()
+    assert restore_bytes(ds, forced, tmp_path) == read_all(daemon.guest)
+
+
 def test_qemu_killed_mid_snapshot_fails_it_cleanly(ds, daemon, tmp_path):
     first = json.loads(create_live(ds, daemon, "first").out)["SnapshotId"]
     # Something to read (with nothing changed, an incremental reads nothing and completes).
