@@ -77,19 +77,14 @@ struct FixedIndexReader {
     /// The entries of chunks `[first, first + buffer.count / 32)`, as stored, into `buffer`.
     func readEntries(first: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         precondition(buffer.count % FixedIndexHeader.entrySize == 0, "whole entries")
-        guard first + UInt64(buffer.count / FixedIndexHeader.entrySize) <= header.chunkCount else {
-            throw FormatError(file: file.path, "has no entries past chunk \(header.chunkCount)")
-        }
-        try file.readExactly(into: buffer, at: UInt64(FixedIndexHeader.size) + first * UInt64(FixedIndexHeader.entrySize))
+        let n = try file.read(into: buffer, at: UInt64(FixedIndexHeader.size) + first * UInt64(FixedIndexHeader.entrySize))
+        guard n == buffer.count else { throw FormatError(file: file.path, "ends inside the entries") }
     }
 
     /// The digests of chunks `[first, first + count)`.
     func entries(first: UInt64, count: Int) throws -> [ChunkDigest] {
-        let bytes = try file.readBytes(count: count * FixedIndexHeader.entrySize,
-                                       at: UInt64(FixedIndexHeader.size) + first * UInt64(FixedIndexHeader.entrySize))
-        guard bytes.count == count * FixedIndexHeader.entrySize else {
-            throw FormatError(file: file.path, "ends inside the entries")
-        }
+        var bytes = [UInt8](repeating: 0, count: count * FixedIndexHeader.entrySize)
+        try bytes.withUnsafeMutableBytes { try readEntries(first: first, into: $0) }
         return bytes.withUnsafeBytes { raw in
             (0..<count).map { ChunkDigest(bytes: UnsafeRawBufferPointer(rebasing: raw[$0 * 32..<($0 + 1) * 32])) }
         }

@@ -579,8 +579,7 @@ extension Snapshotter {
             try previous.readEntries(first: first, into: bytes)
             for i in 0..<batch {
                 let entry = UnsafeRawBufferPointer(rebasing: bytes[i * entrySize..<(i + 1) * entrySize])
-                let words = (0..<4).reduce(UInt64(0)) { $0 | entry.loadUnaligned(fromByteOffset: $1 * 8, as: UInt64.self) }
-                if words == 0 { continue }  // a zero chunk
+                if isAllZero(entry) { continue }  // a zero chunk
                 let chunk = first + UInt64(i)
                 while next < dirty.count, dirty[next].end <= chunk { next += 1 }
                 if next < dirty.count, dirty[next].first <= chunk { continue }

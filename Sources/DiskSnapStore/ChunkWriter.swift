@@ -120,9 +120,10 @@ public final class ChunkWriter: Sendable {
 /// shrink is stored raw, and so is one a sample shows will not (`CompressionProbe`).
 ///
 /// Blocks are gathered in an aligned staging buffer and written a staging buffer at a time
-/// (on a thread of its own, while the worker fills a second one) through an `O_DIRECT` descriptor: a snapshot writes each pack once and never reads it
-/// back, so the page cache would only cost a copy (the largest kernel cost in a profile of
-/// the first snapshot) and a long final fsync. The last, partial piece, the table of
+/// (on a thread of its own, while the worker fills a second one) through an `O_DIRECT`
+/// descriptor: a snapshot writes each pack once and never reads it back, so the page cache
+/// would only cost a copy (the largest kernel cost in a profile of the first snapshot) and a
+/// long final fsync. The last, partial piece, the table of
 /// contents and the trailer go through the page cache; a filesystem without `O_DIRECT`
 /// gets every byte that way. Not shared between threads.
 public final class PackBuilder {
