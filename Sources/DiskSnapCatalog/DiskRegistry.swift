@@ -100,7 +100,7 @@ public struct DiskRegistry: Sendable {
         }
     }
 
-    static func nameFromPath(_ path: String) -> String {
+    public static func nameFromPath(_ path: String) -> String {
         let base = path.split(separator: "/").last.map(String.init) ?? "disk"
         let cleaned = String(base.unicodeScalars.map { scalar -> Character in
             ("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) || ("0"..."9").contains(scalar) || "_.:-".unicodeScalars.contains(scalar) ? Character(scalar) : "-"

@@ -9,15 +9,23 @@ final class WorkQueue: Sendable {
     private let cursor = Atomic<Int>(0)
     private let failure = Mutex<(any Error)?>(nil)
     private let failed = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
 
     init(count: Int) { self.count = count }
 
-    /// The next unit, or nil when all are taken or a worker failed.
+    /// The next unit, or nil when all are taken, a worker failed or the queue was closed.
     func take() -> Int? {
-        if failed.load(ordering: .relaxed) { return nil }
+        if failed.load(ordering: .relaxed) || closed.load(ordering: .relaxed) { return nil }
         let i = cursor.wrappingAdd(1, ordering: .relaxed).oldValue
         return i < count ? i : nil
     }
+
+    /// Hands out nothing more; units already taken are finished by their workers.
+    func close() { closed.store(true, ordering: .relaxed) }
+
+    /// How many units were handed out (once every worker has returned: the ones done, as a
+    /// prefix `0..<handedOut`, when no worker failed).
+    var handedOut: Int { min(cursor.load(ordering: .relaxed), count) }
 
     func fail(_ error: any Error) {
         failure.withLock { if $0 == nil { $0 = error } }

@@ -166,6 +166,10 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     /// `create --keep-clone`: the reflink clone this snapshot was read from, kept beside the
     /// image as the next snapshot's change tracker.
     public var keptClone: KeptCloneRecord?
+    /// `disksnap copy`: the repository id this snapshot was copied from, and when the copy
+    /// was committed here (the other fields describe the snapshot as it was taken).
+    public var copiedFrom: String?
+    public var copyTime: String?
 
     public init(snapshotId: SnapshotID, snapshotName: String, description: String, sourcePath: String,
                 sourceKind: SourceKind, sourceSize: UInt64, chunkSize: Int) {

@@ -11,7 +11,7 @@ struct DiskSnap: ParsableCommand {
         abstract: "Point-in-time snapshots of disks into a deduplicated, compressed store.",
         discussion: "Exit statuses: 0 success, 1 check found problems, 2 invalid parameter, 3 not found, 4 conflict, 5 busy, 6 repository corrupt, 7 I/O error, 8 quota exceeded, 70 internal error, 64 usage. See docs/CLI.md.",
         version: "0.1.0",
-        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, GuestThawWatchdog.self]
+        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Copy.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, GuestThawWatchdog.self]
     )
 
     /// Lets `--repo` stand before the subcommand as well as after it.
@@ -29,14 +29,17 @@ struct GlobalOptions: ParsableArguments {
         return (FileSystem.environment("HOME") ?? "/root") + "/.local/share/disksnap"
     }
 
-    func openRepository() throws -> Repository {
-        guard let bucket = try bucket() else { return try Repository.open(at: repositoryPath) }
+    func openRepository() throws -> Repository { try Self.openRepository(at: repositoryPath) }
+
+    /// Opens the repository at `location`: a directory, or `s3://BUCKET[/PREFIX]`.
+    static func openRepository(at location: String) throws -> Repository {
+        guard let bucket = try bucket(location) else { return try Repository.open(at: location) }
         return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)
     }
 
     /// Opens the repository, creating it with the default settings when nothing is there yet.
     func openOrInitializeRepository() throws -> Repository {
-        guard let bucket = try bucket() else { return try Repository.openOrInitialize(at: repositoryPath) }
+        guard let bucket = try Self.bucket(repositoryPath) else { return try Repository.openOrInitialize(at: repositoryPath) }
         do {
             return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)
         } catch let error as StoreError where error.kind == .repositoryNotFound {
@@ -51,24 +54,24 @@ struct GlobalOptions: ParsableArguments {
     /// Creates the repository; in a bucket only once the server has shown that it honours
     /// conditional writes (a server that ignores them is refused: BlobStore.Unsupported).
     func initializeRepository(_ config: RepositoryConfig) throws -> Repository {
-        guard let bucket = try bucket() else { return try Repository.initialize(at: repositoryPath, config: config) }
+        guard let bucket = try Self.bucket(repositoryPath) else { return try Repository.initialize(at: repositoryPath, config: config) }
         try bucket.s3.checkConditionalWrites()
         return try Repository.initialize(remote: bucket.store, cacheRoot: Self.cacheRoot, config: config)
     }
 
-    /// The bucket `--repo s3://...` names: the store the repository uses (retrying transient
+    /// The bucket `s3://...` names: the store the repository uses (retrying transient
     /// faults) and the S3 store under it (for init's probe of conditional writes); nil for a directory.
-    private func bucket() throws -> (store: any BlobStore, s3: S3BlobStore)? {
-        guard S3Settings.isS3(repositoryPath) else { return nil }
+    private static func bucket(_ location: String) throws -> (store: any BlobStore, s3: S3BlobStore)? {
+        guard S3Settings.isS3(location) else { return nil }
         var environment: [String: String] = [:]
         for name in ["HOME", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                      "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"] {
             environment[name] = FileSystem.environment(name)
         }
-        let location = try S3Settings.location(repositoryPath, environment: environment) { path in
+        let settings = try S3Settings.location(location, environment: environment) { path in
             (try? FileSystem.readFile(path)).map { String(decoding: $0, as: UTF8.self) }
         }
-        let s3 = S3BlobStore(location)
+        let s3 = S3BlobStore(settings)
         return (RetryingBlobStore(s3), s3)
     }
 

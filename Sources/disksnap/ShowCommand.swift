@@ -50,6 +50,7 @@ struct Show: ParsableCommand {
                 rows.append(["KeptClone", "\(kept.path) (\(ReflinkClone.describeKept(kept.path)))"])
             }
             if let change = r.identityChange { rows.append(["IdentityChange", change]) }
+            if let origin = r.copiedFrom { rows.append(["CopiedFrom", "repository \(origin)" + (r.copyTime.map { ", copied \($0)" } ?? "")]) }
             Output.line(Table.format(rows))
             if let identity = r.identity { Output.line("\n" + IdentityText.render(identity)) }
         }

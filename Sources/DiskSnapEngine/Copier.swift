@@ -1,0 +1,377 @@
+import Foundation
+import Synchronization
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+import DiskSnapCatalog
+
+/// What a caller asks of `copy`.
+public struct CopyRequest: Sendable {
+    /// Snapshot ids or names in the source repository.
+    public var snapshots: [String]
+    /// Every accomplished snapshot of the source (then `snapshots` is empty).
+    public var all = false
+    public var showProgress = false
+    public var workers = Workers.defaultCount
+    /// Raw bytes of chunks new to the target after which the copy publishes what it stored
+    /// (its packs and an index segment naming them): a copy killed after that resumes from
+    /// there, not from the snapshot's start. `DISKSNAP_COPY_CHECKPOINT_BYTES` overrides.
+    public var checkpointBytes: UInt64 = Copier.defaultCheckpointBytes
+
+    public init(snapshots: [String], all: Bool = false) {
+        self.snapshots = snapshots
+        self.all = all
+    }
+}
+
+/// What `copy` did with one snapshot.
+public struct CopyOutcome: Sendable {
+    /// The record as the target now holds it.
+    public var record: SnapshotRecord
+    /// False: the target held the snapshot already (nothing was read).
+    public var copied: Bool
+    /// Chunks (and their raw bytes) the target lacked, read from the source, verified and stored.
+    public var chunksCopied: UInt64 = 0
+    public var bytesCopied: UInt64 = 0
+    /// Compressed bytes they take in the target.
+    public var bytesStored: UInt64 = 0
+    /// Non-zero chunks the target had already.
+    public var chunksPresent: UInt64 = 0
+    public var seconds: Double = 0
+    /// A disk record the copy added to the target (its first snapshot there).
+    public var diskAdded: DiskID?
+}
+
+/// Copies snapshots from one repository to another (a directory or a bucket, either way):
+/// only chunks the target lacks are read, each verified against its digest as it is read
+/// (a damaged source chunk fails the copy, it is never stored), and stored as a create
+/// stores its new chunks; the fixed index goes over byte for byte, so the target's record
+/// keeps the source's id, name, times and index digest.
+///
+/// In the target a copy is a create (docs/DESIGN.md, "Copying between repositories"): the
+/// target's rules are checked (names, quotas) under its catalog lock, its record is
+/// `progressing` under the creation and disk locks a create holds (gc waits for it and a
+/// create of the same disk is refused meanwhile), packs and segments are durable before the
+/// fixed index, and the record is committed last. Every `checkpointBytes` of new chunks the
+/// packs and a segment are published, so a killed copy, run again, reads only what was not
+/// yet stored; a snapshot the target holds already is skipped.
+public struct Copier {
+    public static let defaultCheckpointBytes: UInt64 = 4 << 30
+
+    let source: Repository
+    let target: Repository
+
+    public init(from source: Repository, to target: Repository) {
+        self.source = source
+        self.target = target
+    }
+
+    /// Copies the requested snapshots, oldest first; `each` sees every outcome as it comes.
+    public func copy(_ request: CopyRequest, each: (CopyOutcome) -> Void = { _ in }) throws -> [CopyOutcome] {
+        guard source.config.repositoryId != target.config.repositoryId else {
+            throw EngineError(code: "Copy.SameRepository", "\(target.location) is the source repository itself (id \(source.config.repositoryId))", exitStatus: .invalidParameter)
+        }
+        let sourceLock = try source.lock(.shared, for: "copy")
+        let readers = try source.readersLock()
+        let targetLock = try target.lock(.shared, for: "copy")
+        defer { withExtendedLifetime((sourceLock, readers, targetLock)) {} }
+        let catalog = Catalog(repository: source)
+        // Every name is resolved (and must be accomplished) before anything is copied.
+        var records: [SnapshotRecord]
+        if request.all {
+            records = try catalog.records().records.filter { $0.status == .accomplished }
+        } else {
+            records = try request.snapshots.map { try catalog.find($0) }
+            if let unfinished = records.first(where: { $0.status != .accomplished }) {
+                throw EngineError.snapshotNotRestorable("snapshot \(unfinished.snapshotId) is \(unfinished.status.rawValue); only an accomplished snapshot can be copied")
+            }
+        }
+        var seen = Set<SnapshotID>()
+        records = records.filter { seen.insert($0.snapshotId).inserted }
+            .sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }
+        let index = try ChunkLocator.open(source)
+        let packs = PackFiles(repository: source, index: index)
+        let disks = DiskRegistry(repository: source)
+        var outcomes: [CopyOutcome] = []
+        for record in records {
+            let sourceDisk = try record.sourceDiskId.flatMap { id in try disks.disks().first { $0.diskId == id } }
+            let outcome = try copyOne(record, request: request, index: index, packs: packs, sourceDisk: sourceDisk)
+            each(outcome)
+            outcomes.append(outcome)
+        }
+        return outcomes
+    }
+
+    /// The target's admission of one snapshot, then its data, then its commit.
+    private func copyOne(_ original: SnapshotRecord, request: CopyRequest, index: ChunkLocator, packs: PackFiles,
+                         sourceDisk: DiskRecord?) throws -> CopyOutcome {
+        let snapshot = try OpenedSnapshot.open(original.snapshotId.rawValue, in: source)
+        if let recorded = original.fixedIndexDigest, recorded != snapshot.fixed.header.entriesDigest.hex {
+            throw FormatError(file: snapshot.fixed.file.path, "does not match its record's fixedIndexDigest (damaged)")
+        }
+        guard let diskID = original.sourceDiskId else {
+            throw EngineError(code: "InvalidDiskId.NotFound", "snapshot \(original.snapshotId) names no disk (a record older than disk registration); it cannot be copied", exitStatus: .notFound)
+        }
+        let rules = (Profile(rawValue: target.config.profile ?? "ecs") ?? .ecs).rules
+        let catalog = Catalog(repository: target)
+        var catalogLock: HeldLock? = try target.lockCatalog()
+        let existing = try catalog.records(markingDeadFailed: true).records
+        if let there = existing.first(where: { $0.snapshotId == original.snapshotId }) {
+            switch there.status {
+            case .accomplished: return CopyOutcome(record: there, copied: false)
+            case .progressing:
+                throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot \(original.snapshotId) is being copied into \(target.location) by another process")
+            case .failed, .damaged: break  // a copy that did not finish, or lost chunks (check --repair): done again
+            }
+        }
+        let live = existing.filter { $0.status != .failed && $0.snapshotId != original.snapshotId }
+        let (disk, added) = try targetDisk(diskID, sourceDisk: sourceDisk, original: original)
+        guard let diskLock = try target.tryLock(name: "disk-\(diskID.rawValue)") else {
+            throw CatalogError.busy("IncorrectDiskStatus.CreatingSnapshot", "a snapshot of disk \(diskID) (\(disk.diskName)) is being created in \(target.location); try again later")
+        }
+        defer { withExtendedLifetime(diskLock) {} }
+        // The target's rules, as for a create there: a copy cannot break them.
+        try rules.validateName(original.snapshotName, automatic: original.automatic)
+        try rules.validateDescription(original.description)
+        try Tag.validate(try original.tags.map { pair throws(CatalogError) in try Tag(key: pair.key, value: pair.value) })
+        try QuotaPolicy.checkUniqueName(rules: rules, name: original.snapshotName, disk: disk, live: live)
+        try QuotaPolicy.check(rules: rules, disk: disk, disks: try DiskRegistry(repository: target).disks() + (added ? [disk] : []), live: live,
+                              repositoryCap: target.config.maxSnapshots)
+        guard let creationLock = try target.tryLock(name: Catalog.creationLockName(original.snapshotId)) else {
+            throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot \(original.snapshotId) is being copied into \(target.location) by another process")
+        }
+        defer {
+            try? FileSystem.removeIfExists(creationLock.path)
+            withExtendedLifetime(creationLock) {}
+        }
+        if added { try target.writeDisk(RecordJSON.encode(disk), disk.diskId) }
+        var record = Self.copyRecord(of: original, from: source)
+        if let token = record.clientToken, live.contains(where: { $0.clientToken == token }) {
+            record.clientToken = nil  // the target's token belongs to another of its snapshots
+            record.requestFingerprint = nil
+        }
+        try catalog.save(record)
+        catalogLock = nil  // the record now counts for every later rule check
+        _ = catalogLock
+        // A copy killed after publishing the fixed index but before its commit left it.
+        try target.removeFixedIndex(original.snapshotId.rawValue)
+        let started = DispatchTime.now().uptimeNanoseconds
+        do {
+            var outcome = try copyData(snapshot, into: &record, request: request, index: index, packs: packs)
+            record.status = .accomplished
+            record.progress = "100%"
+            record.completionTime = original.completionTime ?? ISOTime.now()
+            record.copyTime = ISOTime.now()
+            try catalog.save(record)
+            TestHooks.pause(at: "copy-after-commit")
+            outcome.record = record
+            outcome.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+            outcome.diskAdded = added ? disk.diskId : nil
+            compactIndex()
+            return outcome
+        } catch {
+            record.status = .failed
+            record.failureReason = "copy from \(source.location): " + Snapshotter.describe(error)
+            record.completionTime = ISOTime.now()
+            try? catalog.save(record)
+            throw error
+        }
+    }
+
+    /// The target's disk of that id: registered there already, or the source's record (to be
+    /// written). Another disk registered there under the same name or path is a conflict.
+    private func targetDisk(_ id: DiskID, sourceDisk: DiskRecord?, original: SnapshotRecord) throws -> (DiskRecord, added: Bool) {
+        let disks = try DiskRegistry(repository: target).disks()
+        if let same = disks.first(where: { $0.diskId == id }) { return (same, false) }
+        var disk = sourceDisk ?? DiskRecord(diskId: id, diskName: DiskRegistry.nameFromPath(original.sourcePath), path: original.sourcePath,
+                                            diskType: original.sourceDiskType ?? "data", instance: nil)
+        if sourceDisk == nil { disk.identity = original.identity }
+        if let clash = disks.first(where: { $0.path == disk.path }) {
+            throw CatalogError(code: "InvalidDiskPath.Duplicate", message: "\(disk.path) is registered in \(target.location) as another disk, \(clash.diskId) (\(clash.diskName)), not as \(id) (\(disk.diskName)); snapshots of two disk ids cannot be merged", exitStatus: .conflict)
+        }
+        if let clash = disks.first(where: { $0.diskName == disk.diskName }) {
+            throw CatalogError(code: "InvalidDiskName.Duplicate", message: "a disk named '\(disk.diskName)' exists in \(target.location) as \(clash.diskId), not as \(id); rename one of them (disk rename) and copy again", exitStatus: .conflict)
+        }
+        return (disk, true)
+    }
+
+    /// The target's record: the source's, `progressing`, without what ties it to this host's
+    /// change trackers (a QEMU bitmap, a libvirt checkpoint or a kept clone belong to the
+    /// source's snapshot: deleting the copy must not remove them).
+    static func copyRecord(of original: SnapshotRecord, from source: Repository) -> SnapshotRecord {
+        var record = original
+        record.status = .progressing
+        record.progress = "0%"
+        record.completionTime = nil
+        record.failureReason = nil
+        record.keptClone = nil
+        if record.changeTracking != nil {
+            record.changeTracking?.bitmap = nil
+            record.changeTracking?.granularity = nil
+        }
+        record.copiedFrom = source.config.repositoryId
+        record.bytesStoredNew = 0
+        record.chunksStoredNew = 0
+        return record
+    }
+
+    private func compactIndex() {
+        guard let gcLock = try? target.tryLock(name: "gc") else { return }
+        defer { withExtendedLifetime(gcLock) {} }
+        _ = try? IndexCompactor.compact(target)
+    }
+
+    /// Stores the chunks the target lacks, in rounds of at most `checkpointBytes` (each
+    /// published before the next starts), then publishes the fixed index.
+    private func copyData(_ snapshot: OpenedSnapshot, into record: inout SnapshotRecord, request: CopyRequest,
+                          index: ChunkLocator, packs: PackFiles) throws -> CopyOutcome {
+        // Read after this copy's record was published (as a create does): a gc that condemned
+        // packs before then does not wait for it, so their chunks must not count as present.
+        let condemned = Set((try target.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
+        // The target's latest accomplished snapshot of the disk: a digest equal to its entry at
+        // the same position is stored there already, and needs no lookup.
+        let previous = try Catalog(repository: target).records().records
+            .filter { $0.sourceDiskId == record.sourceDiskId && $0.status == .accomplished && $0.chunkSize == record.chunkSize }
+            .max { $0.creationTime < $1.creationTime }
+            .flatMap { try? FixedIndexReader(path: target.fixedIndexPath($0.snapshotId)) }
+        let chunkSize = snapshot.chunkSize
+        let runs = WorkPlan.runs(dataRanges: snapshot.size > 0 ? [ByteRange(start: 0, end: snapshot.size)] : [],
+                                 chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
+        let progress = Progress(label: "copy \(snapshot.record.snapshotId)", total: snapshot.size, visible: request.showProgress)
+        let counters = CopyCounters()
+        let catalog = Catalog(repository: target)
+        var outcome = CopyOutcome(record: record, copied: true)
+        var done = 0
+        while done < runs.count {
+            // A work area per round: each writer's runs and segment are its own.
+            let area = try TemporaryArea(repository: target)
+            defer { area.remove() }
+            let store = try ChunkLocator.open(target, excluding: condemned)
+            let writer = ChunkWriter(repository: target, store: store, area: area, expectedChunks: snapshot.fixed.header.chunkCount)
+            let round = Array(runs[done...])
+            let queue = WorkQueue(count: round.count)
+            let work = CopyWork(snapshot: snapshot, index: index, packs: packs, writer: writer, previous: previous,
+                                verifyPrevious: !condemned.isEmpty, runs: round, compression: target.config.compression,
+                                counters: counters, progress: progress,
+                                checkpoint: counters.bytesCopied.load(ordering: .relaxed) + request.checkpointBytes)
+            var progressRecord = record
+            var lastSave = progress.elapsedSeconds
+            try runParallel(workers: min(request.workers, round.count), queue: queue, progress: progress, tick: {
+                guard progress.elapsedSeconds - lastSave >= 0.2, snapshot.size > 0 else { return }
+                lastSave = progress.elapsedSeconds
+                progressRecord.progress = "\(progress.done.load(ordering: .relaxed) * 100 / snapshot.size)%"
+                try? catalog.save(progressRecord, progressOnly: true)
+            }) { _, queue in
+                try work.run(queue)
+            }
+            let summary = try writer.finish()
+            outcome.bytesStored += summary.bytesStored
+            done += queue.handedOut
+            if done < runs.count { TestHooks.pause(at: "copy-after-checkpoint") }
+        }
+        // The fixed index, byte for byte: the same entries, header and digest as the source's.
+        let area = try TemporaryArea(repository: target)
+        defer { area.remove() }
+        let path = area.path("index.fidx")
+        try Self.copyFile(snapshot.fixed.file, to: path)
+        let copied = try FixedIndexReader(path: path)
+        guard copied.header.entriesDigest == snapshot.fixed.header.entriesDigest else {
+            throw FormatError(file: path, "the copied fixed index does not read back as the source's")
+        }
+        try target.publishFixedIndex(path, record.snapshotId)
+        outcome.chunksCopied = counters.chunksCopied.load(ordering: .relaxed)
+        outcome.bytesCopied = counters.bytesCopied.load(ordering: .relaxed)
+        outcome.chunksPresent = counters.chunksPresent.load(ordering: .relaxed)
+        record.bytesStoredNew = outcome.bytesStored
+        record.chunksStoredNew = outcome.chunksCopied
+        return outcome
+    }
+
+    /// Copies a file into a new one, fsynced.
+    static func copyFile(_ file: OpenFile, to path: String) throws {
+        let size = try file.status().size
+        let out = try OpenFile(path: path, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        defer { buffer.deallocate() }
+        var offset: UInt64 = 0
+        while offset < size {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(min(UInt64(buffer.count), size - offset))])
+            try file.readExactly(into: piece, at: offset)
+            try out.write(UnsafeRawBufferPointer(piece), at: offset)
+            offset += UInt64(piece.count)
+        }
+        try out.sync()
+    }
+}
+
+final class CopyCounters: Sendable {
+    let chunksCopied = Atomic<UInt64>(0)
+    let bytesCopied = Atomic<UInt64>(0)
+    let chunksPresent = Atomic<UInt64>(0)
+}
+
+/// One round's per-run work, shared by the workers: for each non-zero entry, is the chunk in
+/// the target (its previous snapshot at that position, its index, or claimed by another
+/// worker)? If not, it is read from the source (in the source's store order, verified) and
+/// added to this worker's packs, in disk order. A worker stops taking runs once the round
+/// has copied `checkpoint` bytes in all.
+private struct CopyWork: Sendable {
+    let snapshot: OpenedSnapshot
+    let index: ChunkLocator
+    let packs: PackFiles
+    let writer: ChunkWriter
+    let previous: FixedIndexReader?
+    let verifyPrevious: Bool
+    let runs: [ChunkRun]
+    let compression: Compression
+    let counters: CopyCounters
+    let progress: Progress
+    let checkpoint: UInt64
+
+    func run(_ queue: WorkQueue) throws {
+        let chunkSize = Int(snapshot.chunkSize)
+        let reader = ChunkReader(index: index, packs: packs)
+        let buffer = WorkPlan.allocateRunBuffer(runs, chunkSize: snapshot.chunkSize)
+        defer { buffer.deallocate() }
+        let builder = writer.makePackBuilder(compression: compression, blockCapacity: max(Snapshotter.blockBytes, chunkSize))
+        while let i = queue.take() {
+            let run = runs[i]
+            let count = Int(run.end - run.first)
+            let digests = try snapshot.fixed.entries(first: run.first, count: count)
+            var before: [ChunkDigest] = []
+            if let previous, run.first < previous.header.chunkCount {
+                before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
+            }
+            func slot(_ c: Int) -> UnsafeMutableRawBufferPointer {
+                let range = snapshot.chunkRange(run.first + UInt64(c))
+                return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
+            }
+            var needed: [Int] = []
+            var present: UInt64 = 0
+            for c in 0..<count where digests[c] != .zero {
+                if c < before.count && before[c] == digests[c], try !verifyPrevious || writer.store.contains(digests[c]) {
+                    present += 1
+                } else if try writer.claim(digests[c]) {
+                    needed.append(c)
+                } else {
+                    present += 1
+                }
+            }
+            try snapshot.readInStoreOrder(needed, first: run.first, digests: digests, reader: reader, into: slot)
+            var bytes: UInt64 = 0
+            for c in needed {
+                let chunk = slot(c)
+                try builder.add(digests[c], UnsafeRawBufferPointer(chunk))
+                bytes += UInt64(chunk.count)
+            }
+            try builder.endBlock()
+            counters.chunksPresent.wrappingAdd(present, ordering: .relaxed)
+            counters.chunksCopied.wrappingAdd(UInt64(needed.count), ordering: .relaxed)
+            let total = counters.bytesCopied.wrappingAdd(bytes, ordering: .relaxed).newValue
+            if total >= checkpoint { queue.close() }
+            let range = snapshot.chunkRange(run.first)
+            progress.add(min(run.end * snapshot.chunkSize, snapshot.size) - range.start)
+        }
+        try builder.finish()
+    }
+}
