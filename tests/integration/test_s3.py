@@ -360,3 +360,64 @@ for key in sys.argv[2:]:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_ignores_conditional_writes_is_refused_before_anything_is_written(seaweedfs, tmp_path, test_disk):
+    # SeaweedFS behind a proxy that drops If-None-Match and If-Match (and signs again): a server
+    # that accepts every request but honours no condition.
+    port = free_port()
+    proxy = subprocess.Popen([os.path.join(VENV, "bin", "python"), os.path.join(os.path.dirname(__file__), "s3_unconditional.py"),
+                              str(port), seaweedfs["endpoint"], seaweedfs["key"], seaweedfs["secret"]],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout.readline().strip() == "ready", proxy.stderr.read()
+        b = Bucket(dict(seaweedfs, endpoint=f"http://127.0.0.1:{port}"), tmp_path)
+        # Plain reads and writes pass through: what is refused is the missing conditions.
+        boto(b.server, "s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=b'x')", BUCKET, f"{b.prefix}/through-the-proxy")
+        for argv in (["init"], ["create", test_disk["v1"], "--name", "one"]):
+            r = b.run(*argv, check=False)
+            assert r.code == 2 and "BlobStore.Unsupported" in r.err and "If-None-Match" in r.err, r.err
+        direct = Bucket(seaweedfs, tmp_path, prefix=b.prefix)
+        assert direct.keys() == ["through-the-proxy"], "a refused init left objects behind"
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+def test_a_server_killed_and_restarted_mid_create_loses_nothing(seaweedfs, tmp_path, test_disk):
+    b = Bucket(seaweedfs, tmp_path)
+    first = b.create(test_disk["v1"], "first")
+    proc, release = start_paused(b, tmp_path, "create-after-index", "create", test_disk["v2"], "--name", "second", "--json", env=b.env)
+    pid_file = os.path.join(os.environ.get("DISKSNAP_S3_DIR", "/tmp/disksnap-s3"), "pid")
+    with open(pid_file) as f:
+        pid = int(f.read())
+    os.kill(pid, 9)
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        time.sleep(0.05)
+    try:
+        # The create goes on against a dead server (its uploads and record fail and are
+        # retried), and the server comes back within the retries' 10 s.
+        release.touch()
+        released = time.monotonic()
+        time.sleep(1)
+        assert proc.poll() is None, "the create ended while the server was down"
+    finally:
+        start(SERVERS["seaweedfs"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - released > 1
+    second = json.loads(out)["SnapshotId"]
+    listed = {s["SnapshotId"]: s["Status"] for s in b.run("list", "--json").json()}
+    assert listed == {first: "accomplished", second: "accomplished"}, listed
+    assert b.run("check", "--read-data", "--json").json()["Problems"] == []
+    for snap, image in ((first, test_disk["v1"]), (second, test_disk["v2"])):
+        target = tmp_path / f"{snap}.img"
+        b.run("restore", snap, target)
+        assert sha256(target) == sha256(image)
