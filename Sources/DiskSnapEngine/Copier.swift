@@ -37,6 +37,9 @@ public struct CopyOutcome: Sendable {
     public var bytesStored: UInt64 = 0
     /// Non-zero chunks the target had already.
     public var chunksPresent: UInt64 = 0
+    /// Of the chunks copied, those that went over in their source blocks as stored (not
+    /// compressed again: both repositories compress alike, or the block is raw).
+    public var chunksAsStored: UInt64 = 0
     public var seconds: Double = 0
     /// A disk record the copy added to the target (its first snapshot there).
     public var diskAdded: DiskID?
@@ -252,6 +255,7 @@ public struct Copier {
             let queue = WorkQueue(count: round.count)
             let work = CopyWork(snapshot: snapshot, index: index, packs: packs, writer: writer, previous: previous,
                                 verifyPrevious: !condemned.isEmpty, runs: round, compression: target.config.compression,
+                                sameCompression: source.config.compression == target.config.compression,
                                 counters: counters, progress: progress,
                                 checkpoint: counters.bytesCopied.load(ordering: .relaxed) + request.checkpointBytes)
             var progressRecord = record
@@ -282,6 +286,7 @@ public struct Copier {
         outcome.chunksCopied = counters.chunksCopied.load(ordering: .relaxed)
         outcome.bytesCopied = counters.bytesCopied.load(ordering: .relaxed)
         outcome.chunksPresent = counters.chunksPresent.load(ordering: .relaxed)
+        outcome.chunksAsStored = counters.chunksAsStored.load(ordering: .relaxed)
         record.bytesStoredNew = outcome.bytesStored
         record.chunksStoredNew = outcome.chunksCopied
         return outcome
@@ -308,13 +313,17 @@ final class CopyCounters: Sendable {
     let chunksCopied = Atomic<UInt64>(0)
     let bytesCopied = Atomic<UInt64>(0)
     let chunksPresent = Atomic<UInt64>(0)
+    let chunksAsStored = Atomic<UInt64>(0)
 }
 
 /// One round's per-run work, shared by the workers: for each non-zero entry, is the chunk in
 /// the target (its previous snapshot at that position, its index, or claimed by another
-/// worker)? If not, it is read from the source (in the source's store order, verified) and
-/// added to this worker's packs, in disk order. A worker stops taking runs once the round
-/// has copied `checkpoint` bytes in all.
+/// worker)? If not, it is read from the source, in the source's store order, verified, and
+/// stored. A source block whose chunks are all wanted (the common case of a first copy) goes
+/// over as stored, without compressing it again, when the target would store it the same way
+/// (a raw block, or both repositories compressing alike); every other wanted chunk is added to
+/// this worker's packs, in disk order. A worker stops taking runs once the round has copied
+/// `checkpoint` bytes in all.
 private struct CopyWork: Sendable {
     let snapshot: OpenedSnapshot
     let index: ChunkLocator
@@ -324,6 +333,8 @@ private struct CopyWork: Sendable {
     let verifyPrevious: Bool
     let runs: [ChunkRun]
     let compression: Compression
+    /// Source and target compress alike: a compressed block may go over as stored.
+    let sameCompression: Bool
     let counters: CopyCounters
     let progress: Progress
     let checkpoint: UInt64
@@ -342,36 +353,82 @@ private struct CopyWork: Sendable {
             if let previous, run.first < previous.header.chunkCount {
                 before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
             }
-            func slot(_ c: Int) -> UnsafeMutableRawBufferPointer {
-                let range = snapshot.chunkRange(run.first + UInt64(c))
-                return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
-            }
-            var needed: [Int] = []
+            var located: [(chunk: Int, location: ChunkLocation)] = []
             var present: UInt64 = 0
             for c in 0..<count where digests[c] != .zero {
                 if c < before.count && before[c] == digests[c], try !verifyPrevious || writer.store.contains(digests[c]) {
                     present += 1
                 } else if try writer.claim(digests[c]) {
-                    needed.append(c)
+                    let location = try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.locate(digests[c]) }
+                    located.append((c, location))
                 } else {
                     present += 1
                 }
             }
-            try snapshot.readInStoreOrder(needed, first: run.first, digests: digests, reader: reader, into: slot)
+            located.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
             var bytes: UInt64 = 0
-            for c in needed {
+            var rest: [(chunk: Int, location: ChunkLocation)] = []
+            var g = 0
+            while g < located.count {
+                var h = g + 1
+                while h < located.count && located[h].location.pack == located[g].location.pack && located[h].location.offset == located[g].location.offset { h += 1 }
+                let block = Array(located[g..<h])
+                if try passOn(block, run: run, digests: digests, reader: reader, builder: builder) {
+                    bytes += block.reduce(0) { $0 + UInt64($1.location.rawLength) }
+                    counters.chunksAsStored.wrappingAdd(UInt64(block.count), ordering: .relaxed)
+                } else {
+                    rest += block
+                }
+                g = h
+            }
+            func slot(_ c: Int) -> UnsafeMutableRawBufferPointer {
+                let range = snapshot.chunkRange(run.first + UInt64(c))
+                return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
+            }
+            for (c, location) in rest {  // in store order: a block is decompressed once
+                try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.read(digests[c], at: location, into: slot(c)) }
+            }
+            for c in rest.map(\.chunk).sorted() {
                 let chunk = slot(c)
                 try builder.add(digests[c], UnsafeRawBufferPointer(chunk))
                 bytes += UInt64(chunk.count)
             }
             try builder.endBlock()
             counters.chunksPresent.wrappingAdd(present, ordering: .relaxed)
-            counters.chunksCopied.wrappingAdd(UInt64(needed.count), ordering: .relaxed)
+            counters.chunksCopied.wrappingAdd(UInt64(located.count), ordering: .relaxed)
             let total = counters.bytesCopied.wrappingAdd(bytes, ordering: .relaxed).newValue
             if total >= checkpoint { queue.close() }
-            let range = snapshot.chunkRange(run.first)
-            progress.add(min(run.end * snapshot.chunkSize, snapshot.size) - range.start)
+            progress.add(min(run.end * snapshot.chunkSize, snapshot.size) - snapshot.chunkRange(run.first).start)
         }
         try builder.finish()
+    }
+
+    /// Stores one source block as it is stored, when `block` (the wanted chunks located in it,
+    /// by block offset) covers all of it and the target would store it so; each chunk is
+    /// verified against its digest first. False: the chunks go over one by one.
+    private func passOn(_ block: [(chunk: Int, location: ChunkLocation)], run: ChunkRun, digests: [ChunkDigest],
+                        reader: ChunkReader, builder: PackBuilder) throws -> Bool {
+        let first = block[0].location
+        guard first.encoding == .raw || sameCompression else { return false }
+        var covered: UInt32 = 0
+        for (_, location) in block {
+            guard location.blockOffset == covered else { return false }  // a gap: a chunk not wanted here
+            covered += location.rawLength
+        }
+        if first.encoding == .raw && covered != first.storedLength { return false }
+        return try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(block[0].chunk)).start) {
+            try reader.withBlock(at: first) { stored, decoded in
+                guard decoded.count == Int(covered) else { return false }
+                for (c, location) in block {
+                    let start = Int(location.blockOffset)
+                    guard ChunkDigest(hashing: UnsafeRawBufferPointer(rebasing: decoded[start..<start + Int(location.rawLength)])) == digests[c] else {
+                        throw StoreError(.chunkCorrupt, "chunk \(digests[c]) in pack \(packs.packID(location.pack)) at offset \(location.offset): content does not match its digest")
+                    }
+                }
+                try builder.addStoredBlock(stored, encoding: first.encoding,
+                                           chunks: block.map { (digests[$0.chunk], $0.location.rawLength, $0.location.blockOffset) })
+                return true
+            }
+        }
     }
 }

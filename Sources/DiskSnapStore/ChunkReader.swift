@@ -63,6 +63,19 @@ public final class ChunkReader {
         }
         try decoder.read(digest: digest, location: location, pack: pack, file: file, into: output)
     }
+
+    /// The whole block at `location` (`BlockDecoder.withBlock`); a later `read` of one of its
+    /// chunks finds it decoded already.
+    public func withBlock<T>(at location: ChunkLocation, _ body: (_ stored: UnsafeRawBufferPointer, _ decoded: UnsafeRawBufferPointer) throws -> T) throws -> T {
+        let pack = packs.packID(location.pack)
+        let file: any PackData
+        do {
+            file = try packs.file(location.pack)
+        } catch let error as any CodedError where error.code == "IO.NotFound" || error.code == "BlobStore.NotFound" {
+            throw StoreError(.chunkMissing, "pack \(pack) is missing")
+        }
+        return try decoder.withBlock(at: location, pack: pack, file: file, body)
+    }
 }
 
 /// Cuts verified chunks out of stored blocks. Keeps the last decompressed block: the chunks
@@ -126,6 +139,39 @@ public final class BlockDecoder {
         let location = ChunkLocation(pack: 0, storedLength: entry.storedLength, offset: entry.offset, rawLength: entry.rawLength,
                                      encoding: entry.encoding, blockOffset: entry.blockOffset)
         try read(digest: entry.digest, location: location, pack: pack, file: file, into: output)
+    }
+
+    /// Reads the whole block at `location` and calls `body` with its stored bytes and its
+    /// decoded bytes (the same bytes for a raw block); nothing is verified here (`copy` hashes
+    /// every chunk it passes on). Valid only inside `body`.
+    public func withBlock<T>(at location: ChunkLocation, pack: PackID, file: any PackData,
+                             _ body: (_ stored: UnsafeRawBufferPointer, _ decoded: UnsafeRawBufferPointer) throws -> T) throws -> T {
+        let what = "block in pack \(pack) at offset \(location.offset)"
+        switch location.encoding {
+        case .zstd:
+            if cached?.pack != pack || cached?.offset != location.offset {
+                cached = nil
+                let length = try decompressBlock(location: location, file: file, what: what)
+                cached = (pack, location.offset, length)
+            }
+            let count = Int(location.storedLength), length = cached!.length
+            return try stored.withUnsafeBytes { storedBytes in
+                try block.withUnsafeBytes { decoded in
+                    try body(UnsafeRawBufferPointer(rebasing: storedBytes[..<count]), UnsafeRawBufferPointer(rebasing: decoded[..<length]))
+                }
+            }
+        case .raw:
+            cached = nil  // `block` is about to hold this raw block, not a decoded one
+            let count = Int(location.storedLength)
+            if block.count < count { block = [UInt8](repeating: 0, count: count) }
+            let n = try block.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
+            guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
+            if file.eachReadIsCostly { cached = (pack, location.offset, count) }
+            return try block.withUnsafeBytes { raw in
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[..<count])
+                return try body(bytes, bytes)
+            }
+        }
     }
 
     /// Reads and decompresses the block at `location` into `block`; returns its length.

@@ -227,6 +227,24 @@ public final class PackBuilder {
         if current!.size >= writer.packTargetSize || current!.entries.count >= PackFormat.maximumEntriesPerPack { try close() }
     }
 
+    /// Appends a block another repository stored, as it is (`copy`: no compression again):
+    /// `stored` is its stored bytes, `chunks` the claimed chunks it holds, which must cover
+    /// its decoded bytes. The block being gathered is stored first.
+    public func addStoredBlock(_ stored: UnsafeRawBufferPointer, encoding: ChunkEncoding,
+                               chunks: [(digest: ChunkDigest, rawLength: UInt32, blockOffset: UInt32)]) throws {
+        precondition(!chunks.isEmpty && stored.count > 0, "a stored block holds chunks")
+        try endBlock()
+        if current == nil { try openPack() }
+        let offset = current!.size
+        try stage(stored)
+        current!.blockBytes += UInt64(stored.count)
+        for chunk in chunks {
+            current!.entries.append(PackEntry(digest: chunk.digest, offset: offset, storedLength: UInt32(stored.count),
+                                              rawLength: chunk.rawLength, encoding: encoding, blockOffset: chunk.blockOffset))
+        }
+        if current!.size >= writer.packTargetSize || current!.entries.count >= PackFormat.maximumEntriesPerPack { try close() }
+    }
+
     /// Stores the last block and closes the open pack. Call once the worker has no more chunks.
     public func finish() throws {
         try endBlock()

@@ -59,6 +59,7 @@ struct CopyResponse: Encodable {
         var bytesCopied: UInt64
         var bytesStored: UInt64
         var chunksPresent: UInt64
+        var chunksAsStored: UInt64
         var diskAdded: String?
         var seconds: Double
     }
@@ -71,7 +72,7 @@ struct CopyResponse: Encodable {
         snapshots = outcomes.map {
             Item(snapshotId: $0.record.snapshotId.rawValue, snapshotName: $0.record.snapshotName, copied: $0.copied,
                  chunksCopied: $0.chunksCopied, bytesCopied: $0.bytesCopied, bytesStored: $0.bytesStored,
-                 chunksPresent: $0.chunksPresent, diskAdded: $0.diskAdded?.rawValue, seconds: $0.seconds)
+                 chunksPresent: $0.chunksPresent, chunksAsStored: $0.chunksAsStored, diskAdded: $0.diskAdded?.rawValue, seconds: $0.seconds)
         }
     }
 }
