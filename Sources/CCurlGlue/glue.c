@@ -67,6 +67,7 @@ typedef struct {
 
 typedef struct {
     buffer body;
+    CURL *curl;
     ds_http_sink sink;
     void *sink_context;
     int sink_stopped;
@@ -103,6 +104,17 @@ static size_t on_body(char *data, size_t size, size_t count, void *context) {
             return 0;
         }
         return length;
+    }
+    if (r->body.capacity == 0) {
+        /* The first piece: the headers are in, so the length is known (a ranged GET of a
+           pack's blocks, MiBs): one allocation of that size instead of doublings past it. */
+        curl_off_t expected = -1;
+        if (lc.easy_getinfo(r->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &expected) == CURLE_OK && expected > 0 && expected < (1 << 30)) {
+            unsigned char *bytes = malloc((size_t)expected + 1);
+            if (!bytes) return 0;
+            r->body.bytes = bytes;
+            r->body.capacity = (size_t)expected + 1;
+        }
     }
     return append(&r->body, data, length) == 0 ? length : 0;
 }
@@ -152,7 +164,7 @@ int ds_http_perform(void *handle, const char *method, const char *url, const cha
     // No "Expect: 100-continue" round trip, and no header libcurl adds on its own.
     list = lc.slist_append(list, "Expect:");
     list = lc.slist_append(list, "Accept:");
-    receiver r = {{0}, sink, sink_context, 0};
+    receiver r = {{0}, curl, sink, sink_context, 0};
     buffer head = {0};
     sender s = {body, body_length, 0, body_fd};
     lc.easy_setopt(curl, CURLOPT_URL, url);

@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "CShim.h"
 
 #include <errno.h>
@@ -163,3 +164,5 @@ int ds_fiemap(int fd, uint64_t start, uint64_t length, ds_extent *out, uint32_t 
     free(map);
     return 0;
 }
+
+int ds_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }

@@ -370,6 +370,7 @@ private struct CopyWork: Sendable {
             var rest: [(chunk: Int, location: ChunkLocation)] = []
             var g = 0
             while g < located.count {
+                try reader.readAhead(located[g...].lazy.map(\.location))
                 var h = g + 1
                 while h < located.count && located[h].location.pack == located[g].location.pack && located[h].location.offset == located[g].location.offset { h += 1 }
                 let block = Array(located[g..<h])
@@ -385,8 +386,11 @@ private struct CopyWork: Sendable {
                 let range = snapshot.chunkRange(run.first + UInt64(c))
                 return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
             }
-            for (c, location) in rest {  // in store order: a block is decompressed once
-                try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.read(digests[c], at: location, into: slot(c)) }
+            for (k, (c, location)) in rest.enumerated() {  // in store order: a block is decompressed once
+                try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) {
+                    try reader.readAhead(rest[k...].lazy.map(\.location))
+                    try reader.read(digests[c], at: location, into: slot(c))
+                }
             }
             for c in rest.map(\.chunk).sorted() {
                 let chunk = slot(c)

@@ -63,8 +63,11 @@ struct OpenedSnapshot: Sendable {
             reads.append((c, try naming(chunkAt: chunkRange(first + UInt64(c)).start) { try reader.locate(digests[c]) }))
         }
         reads.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
-        for (c, location) in reads {
-            try naming(chunkAt: chunkRange(first + UInt64(c)).start) { try reader.read(digests[c], at: location, into: slot(c)) }
+        for (k, (c, location)) in reads.enumerated() {
+            try naming(chunkAt: chunkRange(first + UInt64(c)).start) {
+                try reader.readAhead(reads[k...].lazy.map(\.location))
+                try reader.read(digests[c], at: location, into: slot(c))
+            }
         }
     }
 

@@ -64,6 +64,39 @@ public final class ChunkReader {
         try decoder.read(digest: digest, location: location, pack: pack, file: file, into: output)
     }
 
+    /// Where each request costs a round trip (a pack in a bucket): reads the block of
+    /// `ahead.first` together with the blocks after it in `ahead` (locations in store order)
+    /// that lie in the same pack within `maximumGap` bytes of each other, up to
+    /// `maximumSpan` bytes in all, in one ranged GET; `read` then takes them from memory.
+    /// Nothing when the first block is at hand already or would be read alone.
+    public func readAhead(_ ahead: some Collection<ChunkLocation>) throws {
+        guard let first = ahead.first else { return }
+        let pack = packs.packID(first.pack)
+        guard !decoder.holds(pack, offset: first.offset, count: Int(first.storedLength)) else { return }
+        let file: any PackData
+        do {
+            file = try packs.file(first.pack)
+        } catch let error as any CodedError where error.code == "IO.NotFound" || error.code == "BlobStore.NotFound" {
+            throw StoreError(.chunkMissing, "pack \(pack) is missing")
+        }
+        guard file.eachReadIsCostly else { return }
+        var end = first.offset + UInt64(first.storedLength), blocks = 1
+        for next in ahead.dropFirst() {
+            guard next.pack == first.pack, next.offset >= first.offset else { break }
+            let nextEnd = next.offset + UInt64(next.storedLength)
+            if nextEnd <= end { continue }  // the same block (another of its chunks)
+            guard next.offset <= end + Self.maximumGap, nextEnd - first.offset <= Self.maximumSpan else { break }
+            end = nextEnd
+            blocks += 1
+        }
+        guard blocks > 1 else { return }
+        try decoder.fillWindow(file, pack: pack, start: first.offset, end: end)
+    }
+
+    /// Bytes between two blocks worth fetching to save a request, and the most one read-ahead holds.
+    public static let maximumGap: UInt64 = 256 << 10
+    public static let maximumSpan: UInt64 = 2 << 20
+
     /// The whole block at `location` (`BlockDecoder.withBlock`); a later `read` of one of its
     /// chunks finds it decoded already.
     public func withBlock<T>(at location: ChunkLocation, _ body: (_ stored: UnsafeRawBufferPointer, _ decoded: UnsafeRawBufferPointer) throws -> T) throws -> T {
@@ -108,7 +141,7 @@ public final class BlockDecoder {
                     cached = nil
                     let length = Int(location.storedLength)
                     if block.count < length { block = [UInt8](repeating: 0, count: length) }
-                    let n = try block.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<length]), at: location.offset) }
+                    let n = try block.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<length]), at: location.offset) }
                     guard n == length else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(length - n) bytes early (truncated)") }
                     cached = (pack, location.offset, length)
                 }
@@ -120,7 +153,7 @@ public final class BlockDecoder {
         case .zstd:
             if cached?.pack != pack || cached?.offset != location.offset {
                 cached = nil
-                let length = try decompressBlock(location: location, file: file, what: what)
+                let length = try decompressBlock(location: location, pack: pack, file: file, what: what)
                 cached = (pack, location.offset, length)
             }
             guard let length = cached?.length, start + count <= length else {
@@ -131,6 +164,37 @@ public final class BlockDecoder {
         guard ChunkDigest(hashing: UnsafeRawBufferPointer(output)) == digest else {
             throw StoreError(.chunkCorrupt, "\(what): content does not match its digest")
         }
+    }
+
+    /// Stored bytes read ahead from a costly pack (`fillWindow`): blocks inside are served
+    /// from here instead of a request each.
+    private var window: (pack: PackID, start: UInt64, count: Int)?
+    private var windowBytes: [UInt8] = []
+
+    /// Reads `[start, end)` of `pack` into the window in one request.
+    public func fillWindow(_ file: any PackData, pack: PackID, start: UInt64, end: UInt64) throws {
+        let count = Int(end - start)
+        window = nil
+        if windowBytes.count < count { windowBytes = [UInt8](repeating: 0, count: count) }
+        let n = try windowBytes.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: start) }
+        window = (pack, start, n)
+    }
+
+    /// Whether the window holds `[offset, offset + count)` of `pack`, or the block there is decoded already.
+    public func holds(_ pack: PackID, offset: UInt64, count: Int) -> Bool {
+        if cached?.pack == pack && cached?.offset == offset { return true }
+        guard let window, window.pack == pack, offset >= window.start else { return false }
+        return offset - window.start + UInt64(count) <= UInt64(window.count)
+    }
+
+    /// A block's stored bytes: from the window when it holds them, else from the pack.
+    private func readStored(_ file: any PackData, _ pack: PackID, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        if let window, window.pack == pack, offset >= window.start, offset - window.start + UInt64(buffer.count) <= UInt64(window.count) {
+            let from = Int(offset - window.start)
+            windowBytes.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[from..<from + buffer.count])) }
+            return buffer.count
+        }
+        return try file.read(into: buffer, at: offset)
     }
 
     /// Reads, decodes and verifies the chunk of a pack's table-of-contents entry (`check`,
@@ -151,7 +215,7 @@ public final class BlockDecoder {
         case .zstd:
             if cached?.pack != pack || cached?.offset != location.offset {
                 cached = nil
-                let length = try decompressBlock(location: location, file: file, what: what)
+                let length = try decompressBlock(location: location, pack: pack, file: file, what: what)
                 cached = (pack, location.offset, length)
             }
             let count = Int(location.storedLength), length = cached!.length
@@ -164,7 +228,7 @@ public final class BlockDecoder {
             cached = nil  // `block` is about to hold this raw block, not a decoded one
             let count = Int(location.storedLength)
             if block.count < count { block = [UInt8](repeating: 0, count: count) }
-            let n = try block.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
+            let n = try block.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
             guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
             if file.eachReadIsCostly { cached = (pack, location.offset, count) }
             return try block.withUnsafeBytes { raw in
@@ -175,10 +239,10 @@ public final class BlockDecoder {
     }
 
     /// Reads and decompresses the block at `location` into `block`; returns its length.
-    private func decompressBlock(location: ChunkLocation, file: any PackData, what: String) throws -> Int {
+    private func decompressBlock(location: ChunkLocation, pack: PackID, file: any PackData, what: String) throws -> Int {
         let count = Int(location.storedLength)
         if stored.count < count { stored = [UInt8](repeating: 0, count: count) }
-        let n = try stored.withUnsafeMutableBytes { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
+        let n = try stored.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
         guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
         return try stored.withUnsafeBytes { storedBytes in
             let input = UnsafeRawBufferPointer(rebasing: storedBytes[..<count])

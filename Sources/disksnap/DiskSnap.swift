@@ -16,6 +16,11 @@ struct DiskSnap: ParsableCommand {
 
     /// Lets `--repo` stand before the subcommand as well as after it.
     @OptionGroup var global: GlobalOptions
+
+    static func main() {
+        MemoryPolicy.mapLargeBuffersAlone()
+        main(nil)
+    }
 }
 
 /// Options every subcommand shares.

@@ -4,6 +4,7 @@
 // - ioctl is variadic, so BLKGETSIZE64, BLKSSZGET and BLKZEROOUT need C wrappers;
 // - SEEK_DATA/SEEK_HOLE, O_DIRECT and major()/minor() are _GNU_SOURCE names or macros the
 //   Glibc module does not export;
+// - mallopt and its M_ constants live in <malloc.h>, which the Glibc module leaves out;
 // - the all-zero test compares against a static zero page with memcmp, which stays fast in
 //   debug builds where a Swift byte loop is ~50x slower.
 #ifndef DISKSNAP_CSHIM_H
@@ -32,6 +33,10 @@ int ds_block_zero_out(int fd, uint64_t start, uint64_t length);
 /// reads as zeroes and frees its blocks. Returns 0 or -1 with errno (EOPNOTSUPP where the
 /// filesystem cannot).
 int ds_punch_hole(int fd, int64_t offset, int64_t length);
+
+/// mallopt(M_MMAP_THRESHOLD, bytes): allocations of `bytes` or more are mapped alone and
+/// unmapped when freed (and glibc stops raising the threshold on its own). Returns 1 on success.
+int ds_set_mmap_threshold(int bytes);
 
 /// 1 when another open file description holds a lock that conflicts with a write lock on
 /// [start, start + length) of fd (fcntl F_OFD_GETLK, as QEMU's image locking uses), 0 when
