@@ -215,3 +215,14 @@ void ds_http_response_free(ds_http_response *response) {
     response->headers = NULL;
     response->body = NULL;
 }
+
+int ds_http_into(void *context, const unsigned char *bytes, size_t length) {
+    ds_http_target *t = context;
+    if (length > t->capacity - t->length) {
+        t->overflow = 1;
+        return 1;
+    }
+    memcpy(t->bytes + t->length, bytes, length);
+    t->length += length;
+    return 0;
+}

@@ -60,7 +60,8 @@ public final class S3BlobStore: BlobStore {
     /// Signs and sends one request; transport failures and 5xx come back as transient errors.
     /// `file`: the body is an open file's first `length` bytes, whose SHA-256 (hex) is given.
     private func send(_ method: String, objectKey: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
-                      body: [UInt8] = [], file: (descriptor: Int32, length: Int, sha256: String)? = nil) throws -> Answer {
+                      body: [UInt8] = [], file: (descriptor: Int32, length: Int, sha256: String)? = nil,
+                      into destination: UnsafeMutableRawBufferPointer? = nil) throws -> Answer {
         if method != "GET" && method != "HEAD" { TestHooks.durableStep() }
         let path = "/\(s3.bucket)" + (objectKey.map { "/\($0)" } ?? "")
         let amzDate = SigV4.amzDate(clock())
@@ -75,7 +76,7 @@ public final class S3BlobStore: BlobStore {
         let response: HTTPResponse
         do {
             response = try http.send(method: method, url: url, headers: headers.filter { $0.0 != "Host" }, body: body,
-                                     bodyFile: file.map { ($0.descriptor, $0.length) })
+                                     bodyFile: file.map { ($0.descriptor, $0.length) }, into: destination)
         } catch {
             throw BlobStoreError(.transient, "\(method) \(location): \(error.message) (curl \(error.curlCode))")
         }
@@ -205,6 +206,21 @@ public final class S3BlobStore: BlobStore {
         case 416: throw BlobStoreError(.invalidRange, "\(key) in \(location) has no byte at \(range.lowerBound)")
         default: throw failure("GET", object, answer)
         }
+    }
+
+    /// The ranged GET's body lands in `buffer` itself (a pack's blocks, MiBs at a time, are
+    /// not held twice); any answer but a fitting 206 is left to `read(_:range:)`, which asks
+    /// again and says what it is.
+    public func read(_ key: BlobKey, range: Range<UInt64>, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        precondition(UInt64(buffer.count) >= UInt64(range.count), "the buffer holds the range")
+        let object = objectKey(key)
+        if !range.isEmpty {
+            let answer = try send("GET", objectKey: object, headers: [("Range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")], into: buffer)
+            if answer.status == 206 && !answer.response.overflowed { return answer.response.received }
+        }
+        let bytes = try read(key, range: range)
+        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        return bytes.count
     }
 
     public func info(_ key: BlobKey) throws -> BlobInfo? {

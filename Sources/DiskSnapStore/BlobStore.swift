@@ -37,6 +37,8 @@ public protocol BlobStore: Sendable {
     /// Bytes `range` of the blob, cut at its end; a non-empty range starting at or past the
     /// end (any of an empty blob) is `BlobStore.InvalidRange`, as S3's 416; an empty range is empty.
     func read(_ key: BlobKey, range: Range<UInt64>) throws -> [UInt8]
+    /// The same bytes into `buffer` (at least `range.count` bytes); returns how many.
+    func read(_ key: BlobKey, range: Range<UInt64>, into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Size and version, nil if absent.
     func info(_ key: BlobKey) throws -> BlobInfo?
     /// Keys under `prefix`, in byte order, after `after` (exclusive), at most `limit`.
@@ -49,6 +51,14 @@ public protocol BlobStore: Sendable {
 }
 
 extension BlobStore {
+    /// Through `read(_:range:)` and a copy.
+    public func read(_ key: BlobKey, range: Range<UInt64>, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        precondition(UInt64(buffer.count) >= UInt64(range.count), "the buffer holds the range")
+        let bytes = try read(key, range: range)
+        bytes.withUnsafeBytes { if $0.count > 0 { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+        return bytes.count
+    }
+
     /// Through `writer`, in 8 MiB pieces.
     @discardableResult
     public func create(_ key: BlobKey, fromFile path: String) throws -> BlobVersion {

@@ -100,6 +100,9 @@ public final class RetryingBlobStore: BlobStore {
     public func writer(for key: BlobKey) throws -> any BlobWriter { try retrying { _ in try inner.writer(for: key) } }
     public func read(_ key: BlobKey) throws -> (bytes: [UInt8], version: BlobVersion) { try retrying { _ in try inner.read(key) } }
     public func read(_ key: BlobKey, range: Range<UInt64>) throws -> [UInt8] { try retrying { _ in try inner.read(key, range: range) } }
+    public func read(_ key: BlobKey, range: Range<UInt64>, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try retrying { _ in try inner.read(key, range: range, into: buffer) }
+    }
     public func info(_ key: BlobKey) throws -> BlobInfo? { try retrying { _ in try inner.info(key) } }
     public func list(prefix: String, after: BlobKey?, limit: Int) throws -> BlobPage {
         try retrying { _ in try inner.list(prefix: prefix, after: after, limit: limit) }

@@ -93,9 +93,10 @@ public final class ChunkReader {
         try decoder.fillWindow(file, pack: pack, start: first.offset, end: end)
     }
 
-    /// Bytes between two blocks worth fetching to save a request, and the most one read-ahead holds.
+    /// Bytes between two blocks worth fetching to save a request, and the most one read-ahead
+    /// holds (the body lands in the window itself: `BlobStore.read(_:range:into:)`).
     public static let maximumGap: UInt64 = 256 << 10
-    public static let maximumSpan: UInt64 = 2 << 20
+    public static let maximumSpan: UInt64 = 8 << 20
 
     /// The whole block at `location` (`BlockDecoder.withBlock`); a later `read` of one of its
     /// chunks finds it decoded already.

@@ -127,9 +127,7 @@ final class BucketPack: PackData {
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
         guard offset < length, buffer.count > 0 else { return 0 }
-        let bytes = try store.read(key, range: offset..<min(length, offset + UInt64(buffer.count)))
-        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        return bytes.count
+        return try store.read(key, range: offset..<min(length, offset + UInt64(buffer.count)), into: buffer)
     }
 
     func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] {

@@ -9,6 +9,9 @@ public struct HTTPResponse: Sendable {
     public var status: Int
     public var headers: [(name: String, value: String)]
     public var body: [UInt8]
+    /// With `send(into:)`: how many body bytes went into the caller's buffer, and whether more came than fit.
+    public var received = 0
+    public var overflowed = false
 
     public func header(_ name: String) -> String? {
         let lower = name.lowercased()
@@ -54,8 +57,11 @@ public final class HTTPClient: Sendable {
 
     /// `bodyFile`: the body is the first `length` bytes of the open file `descriptor`, read as
     /// it is sent (a pack goes up without being held in memory); else `body`.
+    /// `into`: the response body goes straight into this buffer (none in `body`); a body
+    /// larger than it stops the transfer and comes back `overflowed`.
     public func send(method: String, url: String, headers: [(String, String)], body: [UInt8] = [],
-                     bodyFile: (descriptor: Int32, length: Int)? = nil) throws(HTTPTransportError) -> HTTPResponse {
+                     bodyFile: (descriptor: Int32, length: Int)? = nil,
+                     into destination: UnsafeMutableRawBufferPointer? = nil) throws(HTTPTransportError) -> HTTPResponse {
         var reason = [CChar](repeating: 0, count: 512)
         guard ds_http_load(&reason, reason.count) == 0 else { throw HTTPTransportError(curlCode: -1, message: cText(reason)) }
         let box: UnsafeMutableRawPointerBox
@@ -69,14 +75,27 @@ public final class HTTPClient: Sendable {
         let lines = headers.map { "\($0.0): \($0.1)" }
         var cLines: [UnsafePointer<CChar>?] = lines.map { UnsafePointer(strdup($0)) }
         defer { cLines.forEach { free(UnsafeMutablePointer(mutating: $0)) } }
+        var target = ds_http_target(bytes: destination?.baseAddress?.assumingMemoryBound(to: UInt8.self), capacity: destination?.count ?? 0,
+                                    length: 0, overflow: 0)
         let code = body.withUnsafeBufferPointer { bytes in
             cLines.withUnsafeMutableBufferPointer { headerArray in
-                ds_http_perform(box.pointer, method, url, headerArray.baseAddress, headerArray.count, bytes.baseAddress,
-                                bodyFile?.length ?? bytes.count, bodyFile?.descriptor ?? -1,
-                                Int(connectTimeout * 1000), Int(timeout * 1000), nil, nil, &response)
+                withUnsafeMutablePointer(to: &target) { targetPointer in
+                    ds_http_perform(box.pointer, method, url, headerArray.baseAddress, headerArray.count, bytes.baseAddress,
+                                    bodyFile?.length ?? bytes.count, bodyFile?.descriptor ?? -1,
+                                    Int(connectTimeout * 1000), Int(timeout * 1000),
+                                    destination == nil ? nil : ds_http_into, destination == nil ? nil : UnsafeMutableRawPointer(targetPointer), &response)
+                }
             }
         }
         defer { ds_http_response_free(&response) }
+        if target.overflow != 0 {
+            ds_http_handle_free(box.pointer)  // the transfer was cut: its connection is not reused
+            let headerText = response.headers.map { String(decoding: UnsafeBufferPointer(start: UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self), count: response.headers_length), as: UTF8.self) } ?? ""
+            var cut = HTTPResponse(status: response.status, headers: HTTPResponse.parseHeaders(headerText), body: [])
+            cut.received = target.length
+            cut.overflowed = true
+            return cut
+        }
         guard code == 0 else {
             // A handle whose transfer failed may hold a broken connection: not reused.
             ds_http_handle_free(box.pointer)
@@ -86,7 +105,9 @@ public final class HTTPClient: Sendable {
         idle.withLock { $0.append(box) }
         let headerText = response.headers.map { String(decoding: UnsafeBufferPointer(start: UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self), count: response.headers_length), as: UTF8.self) } ?? ""
         let bodyBytes = response.body.map { Array(UnsafeBufferPointer(start: $0, count: response.body_length)) } ?? []
-        return HTTPResponse(status: response.status, headers: HTTPResponse.parseHeaders(headerText), body: bodyBytes)
+        var answer = HTTPResponse(status: response.status, headers: HTTPResponse.parseHeaders(headerText), body: bodyBytes)
+        answer.received = target.length
+        return answer
     }
 }
 

@@ -160,6 +160,17 @@ private func code(_ body: () throws -> Void) -> String? {
         #expect(code { _ = try store.read(k, range: 100..<101) } == "BlobStore.InvalidRange")
         #expect(code { _ = try store.read(k, range: 500..<600) } == "BlobStore.InvalidRange")
         #expect(code { _ = try store.read(key("packs/none.pack"), range: 0..<1) } == "BlobStore.NotFound")
+        // Into a caller's buffer: the same bytes, the same cuts and errors.
+        var buffer = [UInt8](repeating: 0xEE, count: 1000)
+        let into = { (range: Range<UInt64>) throws -> [UInt8] in
+            try buffer.withUnsafeMutableBytes { b in Array(b[..<(try store.read(k, range: range, into: b))]) }
+        }
+        #expect(try into(0..<10) == Array(bytes[0..<10]))
+        #expect(try into(95..<1000) == Array(bytes[95..<100]), "cut at the end")
+        #expect(try into(0..<100) == bytes)
+        #expect(try into(5..<5) == [])
+        #expect(code { _ = try into(100..<101) } == "BlobStore.InvalidRange")
+        #expect(code { _ = try buffer.withUnsafeMutableBytes { try store.read(key("packs/none.pack"), range: 0..<1, into: $0) } } == "BlobStore.NotFound")
         try store.create(key("empty"), [])
         #expect(try store.read(key("empty")).bytes == [])
         #expect(code { _ = try store.read(key("empty"), range: 0..<1) } == "BlobStore.InvalidRange")

@@ -170,3 +170,20 @@ def test_the_targets_rules_and_disks_hold(tmp_path, test_disk):
     assert r.code == 3 and "Repository.NotFound" in r.err, r.err
     r = copy(src, swas.repo, "no-such-snapshot", check=False)
     assert r.code == 3, r.err
+
+
+@pytest.mark.parametrize("step", [10, 25])
+def test_a_copy_into_a_bucket_killed_mid_run_loses_nothing_and_the_next_one_completes(seaweedfs, tmp_path, test_disk, step):
+    src = DiskSnap(str(tmp_path / "src"))
+    one = src.create(test_disk["v1"], "one")
+    bucket = Bucket(seaweedfs, tmp_path)
+    bucket.run("init")
+    # DISKSNAP_FAULT=N: SIGKILL before the Nth durable step, uploads among them.
+    r = copy(src, bucket.repo, one, env=dict(bucket.env, DISKSNAP_FAULT=str(step)), check=False)
+    assert r.code == -9, f"step {step} was not reached: {r.err}"
+    listed = {s["SnapshotId"]: s["Status"] for s in bucket.run("list", "--json").json()}
+    assert listed.get(one) in (None, "failed"), listed
+    assert bucket.run("check", "--json").json()["Problems"] == []
+    assert copy(src, bucket.repo, one, env=bucket.env).json()["Snapshots"][0]["Copied"]
+    assert restored(bucket, one, tmp_path / "one.img") == sha256(test_disk["v1"])
+    assert bucket.run("check", "--read-data", "--json").json()["Problems"] == []

@@ -221,8 +221,11 @@ print(total)
 def test_gc_and_repair_in_a_bucket_free_what_deleted_snapshots_held_and_keep_the_rest(server, tmp_path, test_disk):
     a = Bucket(server, tmp_path)
     one = a.create(test_disk["v1"], "one")
+    old = a.create(test_disk["v2"], "old")
     two = a.create(test_disk["v2"], "two")
     a.run("delete", one)
+    pruned = a.run("prune", "--keep-last", "1", "--disk", test_disk["v2"], "--json").json()
+    assert pruned["Deleted"] == [old], pruned
     before = pack_bytes(a)
     r = a.run("gc", "--live-threshold", "1", "--json").json()
     assert r["PacksRemoved"] > 0 and r.get("Deferred") is None, r

@@ -22,6 +22,18 @@ typedef struct {
 /// Called with each piece of the response body when given (streaming reads); returns 0 to go on.
 typedef int (*ds_http_sink)(void *context, const unsigned char *bytes, size_t length);
 
+/// A caller's buffer the body goes into (`ds_http_into` as the sink): no copy in between.
+typedef struct {
+    unsigned char *bytes;
+    size_t capacity;
+    size_t length;
+    /// Set when more arrived than fits: the transfer was stopped (curl_code 23).
+    int overflow;
+} ds_http_target;
+
+/// A sink that appends to a `ds_http_target`.
+int ds_http_into(void *target, const unsigned char *bytes, size_t length);
+
 /// Loads libcurl (dlopen) once; 0, or -1 with the reason. Call before anything below.
 int ds_http_load(char *reason, size_t reason_size);
 /// A new handle (NULL if libcurl is not loaded or out of memory).
