@@ -166,7 +166,6 @@ public struct Copier {
             record.completionTime = original.completionTime ?? ISOTime.now()
             record.copyTime = ISOTime.now()
             try catalog.save(record)
-            TestHooks.pause(at: "copy-after-commit")
             outcome.record = record
             outcome.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
             outcome.diskAdded = added ? disk.diskId : nil

@@ -11,7 +11,7 @@ def test_crash_at_durable_steps_loses_nothing(tmp_path):
                            "--work", str(tmp_path)], capture_output=True, text=True, timeout=900)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for op in ("create", "incremental", "delete", "prune", "gc", "restore", "inplace"):
+    for op in ("create", "incremental", "delete", "prune", "gc", "restore", "inplace", "copy"):
         line = next(l for l in proc.stdout.splitlines() if l.startswith(op + ":"))
         steps = int(line.split()[1])
         assert steps >= 3, f"{op} has suspiciously few durable steps: {line}"
