@@ -62,6 +62,13 @@ public struct Catalog: Sendable {
         return failed
     }
 
+    /// The disk's latest accomplished snapshot of that chunk size among `records`: the
+    /// reference an incremental (a create, a copy) compares its entries with.
+    public static func latestAccomplished(of disk: DiskID?, chunkSize: Int, among records: [SnapshotRecord]) -> SnapshotRecord? {
+        records.filter { $0.sourceDiskId == disk && $0.status == .accomplished && $0.chunkSize == chunkSize }
+            .max { $0.creationTime < $1.creationTime }
+    }
+
     /// Finds a snapshot by id or by name. A name shared by several snapshots is ambiguous.
     public func find(_ reference: String) throws -> SnapshotRecord {
         if let id = SnapshotID(reference) { return try record(id) }

@@ -94,10 +94,10 @@ public struct Copier {
             .sorted { ($0.creationTime, $0.snapshotId) < ($1.creationTime, $1.snapshotId) }
         let index = try ChunkLocator.open(source)
         let packs = PackFiles(repository: source, index: index)
-        let disks = DiskRegistry(repository: source)
+        let disks = try DiskRegistry(repository: source).disks()
         var outcomes: [CopyOutcome] = []
         for record in records {
-            let sourceDisk = try record.sourceDiskId.flatMap { id in try disks.disks().first { $0.diskId == id } }
+            let sourceDisk = disks.first { $0.diskId == record.sourceDiskId }
             let outcome = try copyOne(record, request: request, index: index, packs: packs, sourceDisk: sourceDisk)
             each(outcome)
             outcomes.append(outcome)
@@ -160,7 +160,8 @@ public struct Copier {
         try target.removeFixedIndex(original.snapshotId.rawValue)
         let started = DispatchTime.now().uptimeNanoseconds
         do {
-            var outcome = try copyData(snapshot, into: &record, request: request, index: index, packs: packs)
+            let previous = Catalog.latestAccomplished(of: diskID, chunkSize: record.chunkSize, among: live)
+            var outcome = try copyData(snapshot, into: &record, previous: previous, request: request, index: index, packs: packs)
             record.status = .accomplished
             record.progress = "100%"
             record.completionTime = original.completionTime ?? ISOTime.now()
@@ -225,17 +226,15 @@ public struct Copier {
 
     /// Stores the chunks the target lacks, in rounds of at most `checkpointBytes` (each
     /// published before the next starts), then publishes the fixed index.
-    private func copyData(_ snapshot: OpenedSnapshot, into record: inout SnapshotRecord, request: CopyRequest,
-                          index: ChunkLocator, packs: PackFiles) throws -> CopyOutcome {
+    /// `previous`: the target's latest accomplished snapshot of the disk; a digest equal to
+    /// its entry at the same position is stored there already, and needs no lookup.
+    private func copyData(_ snapshot: OpenedSnapshot, into record: inout SnapshotRecord, previous: SnapshotRecord?,
+                          request: CopyRequest, index: ChunkLocator, packs: PackFiles) throws -> CopyOutcome {
         // Read after this copy's record was published (as a create does): a gc that condemned
         // packs before then does not wait for it, so their chunks must not count as present.
         let condemned = Set((try target.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
-        // The target's latest accomplished snapshot of the disk: a digest equal to its entry at
-        // the same position is stored there already, and needs no lookup.
-        let previous = try Catalog(repository: target).records().records
-            .filter { $0.sourceDiskId == record.sourceDiskId && $0.status == .accomplished && $0.chunkSize == record.chunkSize }
-            .max { $0.creationTime < $1.creationTime }
-            .flatMap { try? FixedIndexReader(path: target.fixedIndexPath($0.snapshotId)) }
+        // A previous snapshot whose fixed index does not verify is not used (check reports it).
+        let previousIndex = previous.flatMap { try? FixedIndexReader(path: target.fixedIndexPath($0.snapshotId)) }
         let chunkSize = snapshot.chunkSize
         let runs = WorkPlan.runs(dataRanges: snapshot.size > 0 ? [ByteRange(start: 0, end: snapshot.size)] : [],
                                  chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
@@ -252,7 +251,7 @@ public struct Copier {
             let writer = ChunkWriter(repository: target, store: store, area: area, expectedChunks: snapshot.fixed.header.chunkCount)
             let round = Array(runs[done...])
             let queue = WorkQueue(count: round.count)
-            let work = CopyWork(snapshot: snapshot, index: index, packs: packs, writer: writer, previous: previous,
+            let work = CopyWork(snapshot: snapshot, index: index, packs: packs, writer: writer, previous: previousIndex,
                                 verifyPrevious: !condemned.isEmpty, runs: round, compression: target.config.compression,
                                 sameCompression: source.config.compression == target.config.compression,
                                 counters: counters, progress: progress,

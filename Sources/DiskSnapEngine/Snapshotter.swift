@@ -224,8 +224,7 @@ public struct Snapshotter {
         defer { area.remove() }
         // The disk's latest accomplished snapshot: the fast path's reference, and the base
         // of change tracking.
-        let previous = live.filter { $0.sourceDiskId == disk.diskId && $0.status == .accomplished && $0.chunkSize == record.chunkSize }
-            .max { $0.creationTime < $1.creationTime }
+        let previous = Catalog.latestAccomplished(of: disk.diskId, chunkSize: record.chunkSize, among: live)
         var view: (any LiveDiskView)?
         var clone: ReflinkClone?
         defer { clone?.remove() }

@@ -218,9 +218,7 @@ public final class S3BlobStore: BlobStore {
             let answer = try send("GET", objectKey: object, headers: [("Range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")], into: buffer)
             if answer.status == 206 && !answer.response.overflowed { return answer.response.received }
         }
-        let bytes = try read(key, range: range)
-        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        return bytes.count
+        return try readCopying(key, range: range, into: buffer)
     }
 
     public func info(_ key: BlobKey) throws -> BlobInfo? {

@@ -53,6 +53,12 @@ public protocol BlobStore: Sendable {
 extension BlobStore {
     /// Through `read(_:range:)` and a copy.
     public func read(_ key: BlobKey, range: Range<UInt64>, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try readCopying(key, range: range, into: buffer)
+    }
+
+    /// `read(_:range:into:)` done as `read(_:range:)` and a copy: the default, and what a
+    /// backend with a faster way falls back to.
+    public func readCopying(_ key: BlobKey, range: Range<UInt64>, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         precondition(UInt64(buffer.count) >= UInt64(range.count), "the buffer holds the range")
         let bytes = try read(key, range: range)
         bytes.withUnsafeBytes { if $0.count > 0 { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }

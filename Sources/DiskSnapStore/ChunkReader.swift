@@ -55,13 +55,17 @@ public final class ChunkReader {
         guard Int(location.rawLength) == output.count else {
             throw StoreError(.chunkCorrupt, "chunk \(digest) in pack \(pack) is \(location.rawLength) bytes, expected \(output.count)")
         }
-        let file: any PackData
-        do {
-            file = try packs.file(location.pack)
-        } catch let error as any CodedError where error.code == "IO.NotFound" || error.code == "BlobStore.NotFound" {
-            throw StoreError(.chunkMissing, "pack \(pack) holding chunk \(digest) is missing")
-        }
+        let file = try openPack(location.pack, holding: "chunk \(digest)")
         try decoder.read(digest: digest, location: location, pack: pack, file: file, into: output)
+    }
+
+    /// The open pack; a pack that is gone is `Chunk.Missing`, naming what it held.
+    private func openPack(_ ordinal: UInt32, holding what: String) throws -> any PackData {
+        do {
+            return try packs.file(ordinal)
+        } catch let error as any CodedError where error.code == "IO.NotFound" || error.code == "BlobStore.NotFound" {
+            throw StoreError(.chunkMissing, "pack \(packs.packID(ordinal)) holding \(what) is missing")
+        }
     }
 
     /// Where each request costs a round trip (a pack in a bucket): reads the block of
@@ -73,12 +77,7 @@ public final class ChunkReader {
         guard let first = ahead.first else { return }
         let pack = packs.packID(first.pack)
         guard !decoder.holds(pack, offset: first.offset, count: Int(first.storedLength)) else { return }
-        let file: any PackData
-        do {
-            file = try packs.file(first.pack)
-        } catch let error as any CodedError where error.code == "IO.NotFound" || error.code == "BlobStore.NotFound" {
-            throw StoreError(.chunkMissing, "pack \(pack) is missing")
-        }
+        let file = try openPack(first.pack, holding: "blocks to read")
         guard file.eachReadIsCostly else { return }
         var end = first.offset + UInt64(first.storedLength), blocks = 1
         for next in ahead.dropFirst() {
@@ -102,12 +101,7 @@ public final class ChunkReader {
     /// chunks finds it decoded already.
     public func withBlock<T>(at location: ChunkLocation, _ body: (_ stored: UnsafeRawBufferPointer, _ decoded: UnsafeRawBufferPointer) throws -> T) throws -> T {
         let pack = packs.packID(location.pack)
-        let file: any PackData
-        do {
-            file = try packs.file(location.pack)
-        } catch let error as any CodedError where error.code == "IO.NotFound" || error.code == "BlobStore.NotFound" {
-            throw StoreError(.chunkMissing, "pack \(pack) is missing")
-        }
+        let file = try openPack(location.pack, holding: "a block to copy")
         return try decoder.withBlock(at: location, pack: pack, file: file, body)
     }
 }

@@ -212,19 +212,14 @@ public final class PackBuilder {
                 encoding = .zstd
             }
         }
-        if current == nil { try openPack() }
-        let offset = current!.size
-        try stage(stored)
-        current!.blockBytes += UInt64(stored.count)
-        var blockOffset = 0
-        for chunk in pending {
-            current!.entries.append(PackEntry(digest: chunk.digest, offset: offset, storedLength: UInt32(stored.count),
-                                              rawLength: UInt32(chunk.bytes.count), encoding: encoding, blockOffset: UInt32(blockOffset)))
-            blockOffset += chunk.bytes.count
+        var blockOffset: UInt32 = 0
+        let chunks = pending.map { chunk in
+            defer { blockOffset += UInt32(chunk.bytes.count) }
+            return (digest: chunk.digest, rawLength: UInt32(chunk.bytes.count), blockOffset: blockOffset)
         }
+        try append(stored, encoding: encoding, chunks: chunks)
         pending.removeAll(keepingCapacity: true)
         pendingBytes = 0
-        if current!.size >= writer.packTargetSize || current!.entries.count >= PackFormat.maximumEntriesPerPack { try close() }
     }
 
     /// Appends a block another repository stored, as it is (`copy`: no compression again):
@@ -234,6 +229,13 @@ public final class PackBuilder {
                                chunks: [(digest: ChunkDigest, rawLength: UInt32, blockOffset: UInt32)]) throws {
         precondition(!chunks.isEmpty && stored.count > 0, "a stored block holds chunks")
         try endBlock()
+        try append(stored, encoding: encoding, chunks: chunks)
+    }
+
+    /// Appends one block (its stored bytes) and the entries of its chunks to the open pack,
+    /// opening one first if needed; closes the pack when it is full.
+    private func append(_ stored: UnsafeRawBufferPointer, encoding: ChunkEncoding,
+                        chunks: [(digest: ChunkDigest, rawLength: UInt32, blockOffset: UInt32)]) throws {
         if current == nil { try openPack() }
         let offset = current!.size
         try stage(stored)

@@ -88,25 +88,24 @@ public final class HTTPClient: Sendable {
             }
         }
         defer { ds_http_response_free(&response) }
-        if target.overflow != 0 {
-            ds_http_handle_free(box.pointer)  // the transfer was cut: its connection is not reused
-            let headerText = response.headers.map { String(decoding: UnsafeBufferPointer(start: UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self), count: response.headers_length), as: UTF8.self) } ?? ""
-            var cut = HTTPResponse(status: response.status, headers: HTTPResponse.parseHeaders(headerText), body: [])
-            cut.received = target.length
-            cut.overflowed = true
-            return cut
-        }
-        guard code == 0 else {
+        // A body larger than `into` stops the transfer (curl 23): an answer, `overflowed`.
+        let overflowed = target.overflow != 0
+        guard code == 0 || overflowed else {
             // A handle whose transfer failed may hold a broken connection: not reused.
             ds_http_handle_free(box.pointer)
             let message = withUnsafeBytes(of: response.error) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             throw HTTPTransportError(curlCode: code, message: message)
         }
-        idle.withLock { $0.append(box) }
+        if overflowed {
+            ds_http_handle_free(box.pointer)  // the transfer was cut: its connection is not reused
+        } else {
+            idle.withLock { $0.append(box) }
+        }
         let headerText = response.headers.map { String(decoding: UnsafeBufferPointer(start: UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self), count: response.headers_length), as: UTF8.self) } ?? ""
         let bodyBytes = response.body.map { Array(UnsafeBufferPointer(start: $0, count: response.body_length)) } ?? []
         var answer = HTTPResponse(status: response.status, headers: HTTPResponse.parseHeaders(headerText), body: bodyBytes)
         answer.received = target.length
+        answer.overflowed = overflowed
         return answer
     }
 }
