@@ -11,6 +11,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // The HTTP server of `disksnap serve` (SwiftNIO underneath).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // C: the only place that sees libzstd, libblkid, zlib, libfuse3, libnbd, ioctls and Linux-only constants.
@@ -53,16 +56,25 @@ let package = Package(
         ]),
         // Serving a snapshot to other programs: NBD export, FUSE mount.
         .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),
+        // The documents' HTTP APIs for the official cloud SDKs: request signatures, the
+        // operations of ECS (and, to come, ECD, SWAS, CSS) over the engine, and the server.
+        .target(name: "DiskSnapAPI", dependencies: [
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+        ]),
         // The command line: one file per subcommand.
         .executableTarget(name: "disksnap", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2", "DiskSnapS3",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2", "DiskSnapS3", "DiskSnapAPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Every decoder of a repository file under libFuzzer (tools/fuzz), or replaying the
         // corpus in Tests/Fuzz (a plain build).
         .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore"], path: "Sources/disksnap-fuzz"),
         .testTarget(name: "DiskSnapTests", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3", "DiskSnapAPI",
         ], exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]

@@ -11,7 +11,7 @@ public struct CopyRequest: Sendable {
     public var snapshots: [String]
     /// Every accomplished snapshot of the source (then `snapshots` is empty).
     public var all = false
-    public var showProgress = false
+    public var progress: (any ProgressObserver)?
     public var workers = Workers.defaultCount
     /// Raw bytes of chunks new to the target after which the copy publishes what it stored
     /// (its packs and an index segment naming them): a copy killed after that resumes from
@@ -238,7 +238,7 @@ public struct Copier {
         let chunkSize = snapshot.chunkSize
         let runs = WorkPlan.runs(dataRanges: snapshot.size > 0 ? [ByteRange(start: 0, end: snapshot.size)] : [],
                                  chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
-        let progress = Progress(label: "copy \(snapshot.record.snapshotId)", total: snapshot.size, visible: request.showProgress)
+        let progress = Progress(label: "copy \(snapshot.record.snapshotId)", total: snapshot.size, observer: request.progress)
         let counters = CopyCounters()
         let catalog = Catalog(repository: target)
         var outcome = CopyOutcome(record: record, copied: true)

@@ -9,7 +9,7 @@ public struct DiffRequest: Sendable {
     /// The newer side: a snapshot, or a disk (path, registered name or id) read live; nil is
     /// the first snapshot's disk as it is now.
     public var to: String?
-    public var showProgress = false
+    public var progress: (any ProgressObserver)?
     public var workers = Workers.defaultCount
 
     public init(from: String, to: String?) {
@@ -55,7 +55,7 @@ public struct Differ {
         defer { withExtendedLifetime((lock, readers)) {} }
         let catalog = Catalog(repository: repository)
         let from = try OpenedSnapshot.open(request.from, in: repository)
-        let started = Progress(label: "diff", total: 0, visible: false)
+        let started = Progress(label: "diff", total: 0, observer: nil)
         let target = request.to ?? from.record.sourcePath
         if (try? catalog.find(target)) != nil {
             let to = try OpenedSnapshot.open(target, in: repository)
@@ -78,7 +78,7 @@ public struct Differ {
         let source = try Source.open(path, format: nil)
         let index = try ChunkLocator.open(repository)
         let compared = ByteRange(start: 0, end: min(from.size, source.size))
-        let progress = Progress(label: "compare", total: compared.count, visible: request.showProgress)
+        let progress = Progress(label: "compare", total: compared.count, observer: request.progress)
         let work = InPlaceWork(snapshot: from, index: index, packs: PackFiles(repository: repository, index: index), file: source.file,
                                writer: nil, isBlockDevice: source.kind == .blockDevice, range: compared, progress: progress, collect: true,
                                qcow2: source.qcow2)

@@ -58,7 +58,7 @@ public struct GarbageCollector {
             throw EngineError(code: "Repository.GCRunning", "another gc, or the index compaction that ends a create, is running on \(repository.location); try again", exitStatus: .busy)
         }
         defer { withExtendedLifetime(gcLock) {} }
-        let clock = Progress(label: "gc", total: 0, visible: false)
+        let clock = Progress(label: "gc", total: 0, observer: nil)
         var result = try collect(request)
         if !request.dryRun {
             // The segment count stays bounded (gc.lock is held: nothing else replaces segments).

@@ -35,18 +35,26 @@ final class WorkQueue: Sendable {
     var firstError: (any Error)? { failure.withLock { $0 } }
 }
 
-/// Bytes done against a total, drawn on a terminal as bytes, rate and ETA.
+/// Who hears how a long step advances (the CLI draws it on a terminal; the API server keeps
+/// it in the snapshot's record, which the engine writes anyway). Called from one thread at a
+/// time, every 250 ms or so while the step runs, and once when it ends.
+public protocol ProgressObserver: Sendable {
+    func update(label: String, done: UInt64, total: UInt64, elapsedSeconds: Double)
+    func finished(label: String)
+}
+
+/// Bytes done against a total, told to an observer.
 final class Progress: Sendable {
     let total: UInt64
     let label: String
     let done = Atomic<UInt64>(0)
     private let start = DispatchTime.now().uptimeNanoseconds
-    private let visible: Bool
+    private let observer: (any ProgressObserver)?
 
-    init(label: String, total: UInt64, visible: Bool) {
+    init(label: String, total: UInt64, observer: (any ProgressObserver)?) {
         self.label = label
         self.total = total
-        self.visible = visible
+        self.observer = observer
     }
 
     func add(_ bytes: UInt64) { done.wrappingAdd(bytes, ordering: .relaxed) }
@@ -54,18 +62,10 @@ final class Progress: Sendable {
     var elapsedSeconds: Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
 
     func render() {
-        guard visible else { return }
-        let done = self.done.load(ordering: .relaxed), elapsed = max(elapsedSeconds, 0.001)
-        let rate = Double(done) / elapsed
-        let eta = rate > 0 && total > done ? Double(total - done) / rate : 0
-        let percent = total > 0 ? Double(done) * 100 / Double(total) : 100
-        let line = "\(label) \(ByteFormat.human(done)) / \(ByteFormat.human(total)) (\(Int(percent))%)  \(ByteFormat.human(UInt64(rate)))/s  ETA \(Int(eta.rounded()))s"
-        writeStandardError("\r\u{1B}[K" + line)
+        observer?.update(label: label, done: done.load(ordering: .relaxed), total: total, elapsedSeconds: elapsedSeconds)
     }
 
-    func finish() {
-        if visible { writeStandardError("\r\u{1B}[K") }
-    }
+    func finish() { observer?.finished(label: label) }
 }
 
 /// Runs `body(worker, queue)` on `workers` threads and waits, drawing `progress` meanwhile.
@@ -123,11 +123,6 @@ public enum ByteFormat {
         }
         return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
     }
-}
-
-func writeStandardError(_ text: String) {
-    var bytes = Array(text.utf8)
-    _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
 }
 
 /// Worker threads for a pipeline: one per core, bounded.

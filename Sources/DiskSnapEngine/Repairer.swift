@@ -31,7 +31,7 @@ public struct Repairer {
     public func repair(readData: Bool) throws -> RepairResult {
         let lock = try repository.lock(.exclusive, for: "check --repair")
         defer { withExtendedLifetime(lock) {} }
-        let clock = Progress(label: "repair", total: 0, visible: false)
+        let clock = Progress(label: "repair", total: 0, observer: nil)
         var result = RepairResult()
 
         // 1. Every readable pack's entries (with readData, only chunks whose bytes verify),

@@ -19,7 +19,7 @@ public struct RestoreRequest: Sendable {
     public var verify = false
     /// The new file's format: raw (default) or a sparse qcow2 v3 image.
     public var format: SourceFormat = .raw
-    public var showProgress = false
+    public var progress: (any ProgressObserver)?
     public var workers = Workers.restoreCount
 
     public init(snapshot: String, targetPath: String) {
@@ -87,7 +87,7 @@ public struct Restorer {
         }
         let target = try Target.open(request.targetPath, size: range.count, force: request.force, layout: layout)
         do {
-            let progress = Progress(label: "restore", total: range.count, visible: request.showProgress)
+            let progress = Progress(label: "restore", total: range.count, observer: request.progress)
             let chunkSize = snapshot.chunkSize
             let runs = WorkPlan.runs(dataRanges: range.count > 0 ? [range] : [],
                                      chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
@@ -118,7 +118,7 @@ public struct Restorer {
             throw EngineError(code: "InvalidParameter.Format", "\(request.targetPath) is a qcow2 image: --in-place writes raw disks (restore to a new qcow2 file with --format qcow2)", exitStatus: .invalidParameter)
         }
         let target = try InPlaceTarget.open(request.targetPath, size: range.count, force: request.force, dryRun: request.dryRun)
-        let progress = Progress(label: request.dryRun ? "compare" : "restore in place", total: range.count, visible: request.showProgress)
+        let progress = Progress(label: request.dryRun ? "compare" : "restore in place", total: range.count, observer: request.progress)
         let writer = request.dryRun ? nil : DirectWriter(file: target.file)
         let work = InPlaceWork(snapshot: snapshot, index: index, packs: packs, file: target.file, writer: writer,
                                isBlockDevice: target.isBlockDevice, range: range, progress: progress)
@@ -171,7 +171,7 @@ public struct Restorer {
                         index: ChunkLocator, packs: PackFiles, request: RestoreRequest) throws {
         file.dropCache()
         let check = InPlaceWork(snapshot: snapshot, index: index, packs: packs, file: file, writer: nil, isBlockDevice: isBlockDevice,
-                                range: range, progress: Progress(label: "verify", total: range.count, visible: request.showProgress))
+                                range: range, progress: Progress(label: "verify", total: range.count, observer: request.progress))
         try check.run(workers: request.workers)
         let bad = check.differingChunks.load(ordering: .relaxed)
         guard bad == 0 else {

@@ -24,7 +24,7 @@ public struct CreateRequest: Sendable {
     public var allowBacking = true
     /// Snapshot even when another disk now sits at the registered path.
     public var force = false
-    public var showProgress = false
+    public var progress: (any ProgressObserver)?
     public var workers = Workers.defaultCount
     /// Set for a disk a running QEMU has open: read its point-in-time view.
     public var qemu: QemuTarget?
@@ -95,7 +95,7 @@ public struct CreateResult: Sendable {
 /// buffer, and for each chunk: zero check -> SHA-256 -> claim in the store -> zstd -> append
 /// to a pack. Entries go to the fixed index file at their position. Memory is workers x
 /// (run buffer + compression buffer), whatever the disk's size.
-public struct Snapshotter {
+public struct Snapshotter: Sendable {
     /// Bytes one worker reads at once (rounded to whole chunks).
     public static let runBytes = 4 << 20
     /// Raw bytes of new chunks compressed together as one block (docs/PERFORMANCE.md,
@@ -115,10 +115,21 @@ public struct Snapshotter {
 
     public var rules: RuleSet { (Profile(rawValue: repository.config.profile ?? "ecs") ?? .ecs).rules }
 
+    /// Takes a snapshot: admits the request, then reads the disk.
     public func create(_ request: CreateRequest) throws -> CreateResult {
+        switch try admit(request) {
+        case .reused(let record): return CreateResult(record: record, reused: true)
+        case .admitted(let admitted): return try admitted.run()
+        }
+    }
+
+    /// Everything `create` checks before it reads a byte of data: the profile's rules, the
+    /// client token, the disk's lock, quotas, the disk's identity; then the snapshot's record,
+    /// `progressing`, which counts for every later rule check. The locks stay held by what it
+    /// returns until that has run (or is let go of, which marks the record failed).
+    public func admit(_ request: CreateRequest) throws -> Admission {
         let repositoryLock = try repository.lock(.shared, for: "create")
         PhaseTimer.mark("create: repository opened")
-        defer { withExtendedLifetime(repositoryLock) {} }
         let rules = self.rules
         // Every rule is checked before any data is read.
         try rules.validateName(request.name, automatic: request.automatic)
@@ -155,12 +166,11 @@ public struct Snapshotter {
             guard prior.requestFingerprint == request.fingerprint && prior.sourceDiskId == disk.diskId else {
                 throw CatalogError.invalid("IdempotentParameterMismatch", "client token '\(token)' was used for snapshot \(prior.snapshotId) with other parameters")
             }
-            return CreateResult(record: prior, reused: true)
+            return .reused(prior)
         }
         guard let diskLock = try repository.tryLock(name: "disk-\(disk.diskId.rawValue)") else {
             throw CatalogError.busy("IncorrectDiskStatus.CreatingSnapshot", "a snapshot of disk \(disk.diskId) (\(disk.diskName)) is being created; try again later")
         }
-        defer { withExtendedLifetime(diskLock) {} }
         let live = records.filter { $0.status != .failed }
         try QuotaPolicy.checkUniqueName(rules: rules, name: request.name, disk: disk, live: live)
         try QuotaPolicy.check(rules: rules, disk: disk, disks: try DiskRegistry(repository: repository).disks(),
@@ -169,39 +179,18 @@ public struct Snapshotter {
         // Is it still the same disk? (A few sectors of metadata, read before any data.) A disk
         // QEMU writes is probed through its point-in-time view instead, once it exists: its
         // file may be mid-update.
-        func checkIdentity(_ identity: DiskIdentity) throws -> String? {
-            var identityChange: String?
-            if let recorded = disk.identity {
-                switch IdentityPolicy.compare(recorded: recorded, now: identity) {
-                case .same: break
-                case .changed(let what): identityChange = what
-                case .different(let why) where !request.force:
-                    throw CatalogError(code: "DiskId.ValueNotSupported", message: "another disk now sits at \(disk.path), registered as \(disk.diskId) (\(disk.diskName)): \(why); pass --force to snapshot it anyway", exitStatus: .conflict, httpStatus: 403)
-                case .different(let why): identityChange = "replaced (--force): " + why
-                }
-            }
-            if disk.identity == nil || identityChange != nil {
-                var updated = disk
-                updated.identity = identity
-                try repository.writeDisk(RecordJSON.encode(updated), disk.diskId)
-            }
-            return identityChange
-        }
+        let identityCheck = IdentityCheck(repository: repository, disk: disk, force: request.force)
         var identity: DiskIdentity?
         var identityChange: String?
         if !throughView {
             let probed = try GuestProbe.identify(path: disk.path, qcow2: request.format.map { $0 == .qcow2 }, allowBacking: request.allowBacking)
-            identityChange = try checkIdentity(probed)
+            identityChange = try identityCheck.check(probed)
             identity = probed
         }
 
         let id = SnapshotID.generate()
         guard let creationLock = try repository.tryLock(name: Catalog.creationLockName(id)) else {
             throw CatalogError.busy("IncorrectSnapshotStatus", "snapshot id \(id) is locked")
-        }
-        defer {
-            try? FileSystem.removeIfExists(creationLock.path)
-            withExtendedLifetime(creationLock) {}
         }
         guard let sourceStatus = try FileSystem.statusIfExists(disk.path) else { throw EngineError.sourceNotFound(disk.path) }
         var record = SnapshotRecord(snapshotId: id, snapshotName: request.name, description: request.description,
@@ -218,222 +207,11 @@ public struct Snapshotter {
         try catalog.save(record)
         catalogLock = nil  // the record now counts for every later rule check
         _ = catalogLock
-
         PhaseTimer.mark("create: admitted (rules, locks, record)")
-        let area = try TemporaryArea(repository: repository)
-        defer { area.remove() }
-        // The disk's latest accomplished snapshot: the fast path's reference, and the base
-        // of change tracking.
-        let previous = Catalog.latestAccomplished(of: disk.diskId, chunkSize: record.chunkSize, among: live)
-        var view: (any LiveDiskView)?
-        var clone: ReflinkClone?
-        defer { clone?.remove() }
-        var abandoned: [String] = []
-        var source: Source?
-        /// The identity probe of an incremental through a view, while the pipeline runs.
-        var probing: Concurrent<DiskIdentity>?
-        var warnings: [String] = []
-        /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
-        /// read, a failure here is a warning, not a failed snapshot.
-        func closeView() {
-            source?.view?.close()
-            source = nil
-            do { try view?.close() } catch { warnings.append("tearing down the QEMU view: \(Self.describe(error))") }
-        }
-        do {
-            if throughView {
-                let base = previous.map {
-                    TrackingBase(snapshotID: $0.snapshotId.rawValue, bitmap: $0.changeTracking?.bitmap,
-                                 granularity: $0.changeTracking?.granularity, diskSize: $0.sourceSize)
-                }
-                let made: any LiveDiskView
-                var freezing = false
-                if let qemu = request.qemu {
-                    var viewRequest = ViewRequest(qmpSocket: qemu.qmpSocket, imagePath: disk.path, snapshotID: id.rawValue,
-                                                  repositoryID: repository.config.repositoryId,
-                                                  chunkSize: UInt64(record.chunkSize), scratchDirectory: area.directory)
-                    viewRequest.node = qemu.node
-                    viewRequest.nbdSocket = qemu.nbdSocket
-                    viewRequest.freezer = qemu.guestAgent.map { GuestFreezer(socketPath: $0, limit: qemu.freezeLimit) }
-                    freezing = qemu.guestAgent != nil
-                    // A libvirt checkpoint is not a base here (libvirt's QEMU is libvirt's to drive).
-                    let viaLibvirt = previous?.changeTracking?.method == "libvirt-checkpoint"
-                    viewRequest.base = base.map { viaLibvirt ? TrackingBase(snapshotID: $0.snapshotID, bitmap: nil, granularity: nil, diskSize: $0.diskSize) : $0 }
-                    made = try PointInTimeView.make(viewRequest)
-                } else {
-                    let handle = libvirtDisk!
-                    var viewRequest = LibvirtViewRequest(snapshotID: id.rawValue, repositoryID: repository.config.repositoryId,
-                                                         scratchDirectory: area.directory)
-                    // The base only if it was taken through libvirt, of this very domain disk.
-                    let tracked = previous?.changeTracking
-                    let sameDisk = tracked?.method == "libvirt-checkpoint" && tracked?.domain == handle.target.domain && tracked?.target == handle.disk.target
-                    viewRequest.base = base.map { sameDisk ? $0 : TrackingBase(snapshotID: $0.snapshotID, bitmap: nil, granularity: nil, diskSize: $0.diskSize) }
-                    viewRequest.wantedCheckpoints = Set(live.compactMap { $0.changeTracking?.method == "libvirt-checkpoint" ? $0.changeTracking?.bitmap : nil })
-                    if handle.target.freeze {
-                        viewRequest.freezer = GuestFreezer(target: .libvirt(uri: handle.target.uri, domain: handle.target.domain), limit: handle.target.freezeLimit)
-                        freezing = true
-                    }
-                    made = try LibvirtView.make(handle, viewRequest)
-                }
-                view = made
-
-                PhaseTimer.mark("create: point-in-time view made")
-                var opened = try Source.open(view: made, path: disk.path)
-                source = opened
-                PhaseTimer.mark("create: view opened (block status)")
-                let viewSource = opened
-                let probe: @Sendable () throws -> DiskIdentity = {
-                    try GuestProbe.identify(size: viewSource.size) { buffer, offset in try viewSource.readExactly(into: buffer, at: offset) }
-                }
-                if case .incremental = made.plan {
-                    // An incremental reads little: its identity probe (a few windows over NBD
-                    // and libblkid) runs beside the pipeline, checked before anything commits.
-                    probing = Concurrent(probe)
-                } else {
-                    let probed = try probe()
-                    record.identityChange = try checkIdentity(probed)
-                    record.identity = probed
-                    PhaseTimer.mark("create: identity probed")
-                }
-                record.consistencyMethod = made.method
-                if let frozen = made.frozen {
-                    record.guestFrozen = true
-                    record.frozenFilesystems = frozen.filesystems
-                    record.freezeMilliseconds = frozen.milliseconds
-                    if frozen.thawedByWatchdog { warnings.append("the guest agent did not confirm the thaw; the watchdog thawed the guest") }
-                } else if freezing {
-                    warnings.append("--freeze: QEMU has the image open read-only, so nothing in the guest writes it; the guest was not frozen")
-                }
-                var tracking: ChangeTrackingRecord
-                if let qemuView = made as? PointInTimeView {
-                    record.sourceFormat = qemuView.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
-                    tracking = ChangeTrackingRecord(node: qemuView.node.name, bitmap: qemuView.newBitmap, granularity: qemuView.newBitmap == nil ? nil : qemuView.granularity)
-                } else {
-                    let libvirtView = made as! LibvirtView
-                    record.sourceFormat = libvirtView.handle.disk.format == "qcow2" ? SourceFormat.qcow2.rawValue : nil
-                    tracking = ChangeTrackingRecord(node: nil, bitmap: libvirtView.checkpoint, granularity: nil)
-                    tracking.method = "libvirt-checkpoint"
-                    tracking.libvirtUri = libvirtView.handle.target.uri
-                    tracking.domain = libvirtView.handle.target.domain
-                    tracking.target = libvirtView.handle.disk.target
-                }
-                switch made.plan {
-                case .incremental:
-                    if let previous, previous.sourceSize != opened.size {
-                        // The bitmap says nothing of a resized disk's new bytes: all of it is read.
-                        opened.changedRanges = nil
-                        source = opened
-                        tracking.fullReadReason = "the disk's size changed from \(previous.sourceSize) to \(opened.size) bytes since \(previous.snapshotId)"
-                    } else {
-                        tracking.baseSnapshotId = previous?.snapshotId.rawValue
-                    }
-                case .full(let reason): tracking.fullReadReason = reason
-                }
-                record.changeTracking = tracking
-            } else {
-                var readPath = disk.path
-                if request.clone, sourceStatus.isRegularFile {
-                    abandoned = ReflinkClone.removeAbandoned(besides: disk.path).map { "clone \($0)" }
-                    // A qcow2 image a VM holds is not cloned (its metadata may be mid-update):
-                    // it is refused below, or read through --qmp.
-                    let heldQcow2 = request.format != .raw && Qcow2Image.isQcow2(disk.path)
-                        && ((try? Qcow2Image(path: disk.path, allowBacking: request.allowBacking))?.liveUse() != nil)
-                    do {
-                        // Only the disk's latest snapshot's clone is of use (other disks' are theirs).
-                        let wanted = Set(live.filter { $0.sourceDiskId != disk.diskId }.compactMap { $0.keptClone?.path } + [previous?.keptClone?.path].compactMap { $0 })
-                        notes += ReflinkClone.removeUnwantedKept(besides: disk.path, repositoryID: repository.config.repositoryId, wanted: wanted)
-                            .map { "removed the kept clone \($0): no snapshot of this repository uses it" }
-                    }
-                    if !heldQcow2, let made = try ReflinkClone.make(of: disk.path, tag: id.rawValue) {
-                        clone = made
-                        readPath = made.path
-                        record.consistencyMethod = "reflink-clone"
-                        TestHooks.pause(at: "create-after-clone")
-                    }
-                }
-                var opened = try Source.open(readPath, format: request.format, allowBacking: request.allowBacking)
-                if request.keepClone, let clone {
-                    var tracking = ChangeTrackingRecord(node: nil, bitmap: nil, granularity: nil)
-                    tracking.method = "reflink-extents"
-                    switch try Self.cloneChanges(previous: previous, clone: clone, raw: opened.qcow2 == nil, size: opened.size) {
-                    case .changed(let ranges):
-                        opened.changedRanges = ranges
-                        tracking.baseSnapshotId = previous?.snapshotId.rawValue
-                    case .full(let reason):
-                        tracking.fullReadReason = reason
-                    }
-                    record.changeTracking = tracking
-                }
-                source = opened
-                if let image = opened.qcow2 {
-                    record.sourceFormat = SourceFormat.qcow2.rawValue
-                    record.backingChain = image.backingChain.isEmpty ? nil : image.backingChain
-                    if let live = image.liveUse() {
-                        guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) \(live); a snapshot of it would not be one point in time (pass --qmp with the socket of the QEMU that runs it, shut the VM down, or pass --allow-live)") }
-                        record.crashConsistent = false
-                    }
-                }
-            }
-            let opened = source!
-            record.sourceKind = opened.kind
-            record.sourceSize = opened.size
-            record.chunkCount = FixedIndexHeader.chunkCount(diskSize: opened.size, chunkSize: UInt32(record.chunkSize))
-            if !request.allowLive, let mount = opened.writableMounts().first {
-                throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
-            }
-            try run(source: opened, request: request, record: &record, area: area, previous: previous)
-            PhaseTimer.mark("create: data read and stored")
-            if let running = probing {
-                probing = nil
-                let probed = try running.value()
-                record.identityChange = try checkIdentity(probed)
-                record.identity = probed
-            }
-            closeView()
-            PhaseTimer.mark("create: view closed")
-            if request.keepClone, let clone, record.sourceFormat == nil {
-
-                let keptPath = ReflinkClone.keptPath(besides: disk.path, repositoryID: repository.config.repositoryId, snapshotID: id.rawValue)
-                let status = try clone.keep(as: keptPath)
-                record.keptClone = KeptCloneRecord(path: keptPath, inode: status.inode,
-                                                   changeTime: "\(status.changeTime.seconds).\(status.changeTime.nanoseconds)", size: status.size)
-            } else if request.keepClone {
-                warnings.append(clone == nil ? "--keep-clone: no reflink clone could be made of \(disk.path) (its filesystem cannot clone, or its directory is not writable)"
-                                             : "--keep-clone: the clone of a qcow2 image is not kept (its extents are not guest offsets)")
-            }
-            record.status = .accomplished
-            record.progress = "100%"
-            record.completionTime = ISOTime.now()
-            try catalog.save(record)
-            TestHooks.pause(at: "create-after-commit")
-            PhaseTimer.mark("create: committed")
-            if let old = previous?.keptClone {
-                // Committed: the previous snapshot's clone is no longer the newest.
-                if let freed = ReflinkClone.removeKept(path: old.path, inode: old.inode) { notes.append("removed the previous snapshot's kept clone, which held \(freed) bytes of its own") }
-            }
-            if let view {
-                // Committed: the previous snapshot's bitmap is of no more use.
-                do { try view.commit() } catch { warnings.append("removing the previous snapshot's bitmap (the next create removes it): \(Self.describe(error))") }
-            }
-            var result = CreateResult(record: record, reused: false)
-            result.warnings = warnings
-            result.notes = notes
-            let place = view is LibvirtView ? "in libvirt" : "in QEMU"
-            result.removedStale = (view?.removedStale.map { "\($0) \(place)" } ?? []) + abandoned
-            compactIndex(into: &result)
-            PhaseTimer.mark("create: index compacted")
-            return result
-        } catch {
-            _ = try? probing?.value()  // it reads through the view
-            closeView()
-            view?.abandon()
-            if let kept = record.keptClone { try? FileSystem.removeIfExists(kept.path) }
-            record.status = .failed
-            record.failureReason = Self.describe(error)
-            record.completionTime = ISOTime.now()
-            try? catalog.save(record)
-            throw error
-        }
+        return .admitted(AdmittedCreate(
+            snapshotter: self, request: request, record: record, disk: disk, libvirtDisk: libvirtDisk,
+            live: live, notes: notes, sourceStatus: sourceStatus, identityCheck: identityCheck,
+            locks: [repositoryLock, diskLock, creationLock]))
     }
 
     enum CloneChanges { case changed([ByteRange]), full(String) }
@@ -468,7 +246,7 @@ public struct Snapshotter {
     /// Keeps the index's segment count bounded (`CompactionPolicy`) once the snapshot is
     /// committed, unless a gc holds the index (it compacts at its end). A failure leaves the
     /// segments as they were (docs/DESIGN.md, "Chunk index") and is reported, not thrown.
-    private func compactIndex(into result: inout CreateResult) {
+    func compactIndex(into result: inout CreateResult) {
         guard let gcLock = try? repository.tryLock(name: "gc") else { return }
         defer { withExtendedLifetime(gcLock) {} }
         do {
@@ -480,7 +258,7 @@ public struct Snapshotter {
         }
     }
 
-    private func run(source: Source, request: CreateRequest, record: inout SnapshotRecord, area: TemporaryArea,
+    func run(source: Source, request: CreateRequest, record: inout SnapshotRecord, area: TemporaryArea,
                      previous: SnapshotRecord?) throws {
         let chunkSize = UInt64(repository.config.chunkSize.bytes)
         // Read after this snapshot's record was published: a gc that condemned packs before
@@ -510,7 +288,7 @@ public struct Snapshotter {
         let runs = WorkPlan.runs(dataRanges: toRead, chunkSize: chunkSize,
                                  maxChunks: UInt64(max(1, Self.runBytes / Int(chunkSize))))
         let totalToRead = runs.reduce(UInt64(0)) { $0 + min($1.end * chunkSize, source.size) - $1.first * chunkSize }
-        let progress = Progress(label: "snapshot", total: totalToRead, visible: request.showProgress)
+        let progress = Progress(label: "snapshot", total: totalToRead, observer: request.progress)
         let pipeline = Pipeline(source: source, writer: writer, fixed: fixed, previous: previousIndex, verifyPrevious: !condemned.isEmpty,
                                 runs: runs, chunkSize: chunkSize,
                                 compression: repository.config.compression, counters: counters, progress: progress,
@@ -708,5 +486,322 @@ private struct Pipeline: Sendable {
         try entries.withUnsafeBytes { try fixed.write(entries: UnsafeRawBufferPointer(rebasing: $0[..<(Int(run.end - run.first) * 32)]), firstChunk: run.first) }
         cache?.release(i, offset: start, length: span.count)
         progress.add(end - start)
+    }
+}
+
+/// What `Snapshotter.admit` decided: an earlier request with the same client token made the
+/// snapshot already, or this one is admitted and holds its locks until it has run.
+public enum Admission: Sendable {
+    case reused(SnapshotRecord)
+    case admitted(AdmittedCreate)
+}
+
+/// A create past its admission: its record is saved `progressing` and it holds the
+/// repository's shared lock, the disk's lock and the snapshot's creation lock. `run` reads
+/// the disk (on any thread, once); dropped without running, it marks the record failed.
+public final class AdmittedCreate: @unchecked Sendable {
+    // @unchecked: used by one thread at a time (the caller that admitted it, or the one it
+    // handed it to); nothing in it is shared.
+    let snapshotter: Snapshotter
+    let request: CreateRequest
+    public let record: SnapshotRecord
+    let disk: DiskRecord
+    let libvirtDisk: LibvirtDiskHandle?
+    let live: [SnapshotRecord]
+    let notes: [String]
+    let sourceStatus: FileStatus
+    let identityCheck: IdentityCheck
+    private var locks: [HeldLock]
+    private var ran = false
+
+    init(snapshotter: Snapshotter, request: CreateRequest, record: SnapshotRecord, disk: DiskRecord,
+         libvirtDisk: LibvirtDiskHandle?, live: [SnapshotRecord], notes: [String], sourceStatus: FileStatus,
+         identityCheck: IdentityCheck, locks: [HeldLock]) {
+        self.snapshotter = snapshotter
+        self.request = request
+        self.record = record
+        self.disk = disk
+        self.libvirtDisk = libvirtDisk
+        self.live = live
+        self.notes = notes
+        self.sourceStatus = sourceStatus
+        self.identityCheck = identityCheck
+        self.locks = locks
+    }
+
+    deinit {
+        guard !ran else { return }
+        var failed = record
+        failed.status = .failed
+        failed.failureReason = "admitted, but never run"
+        failed.completionTime = ISOTime.now()
+        try? Catalog(repository: snapshotter.repository).save(failed)
+        release()
+    }
+
+    /// Lets go of the locks, the last taken first: the creation lock (its file removed
+    /// first: its name is used once), the disk's, the repository's.
+    private func release() {
+        if let creation = locks.last { try? FileSystem.removeIfExists(creation.path) }
+        while !locks.isEmpty { _ = locks.removeLast() }
+    }
+
+    /// Reads the disk and commits the snapshot (or marks it failed); the locks are let go
+    /// of at the end. Runs once.
+    public func run() throws -> CreateResult {
+        precondition(!ran, "an admitted create runs once")
+        ran = true
+        defer { release() }
+        let repository = snapshotter.repository
+        let catalog = Catalog(repository: repository)
+        let request = self.request, disk = self.disk, live = self.live, sourceStatus = self.sourceStatus
+        let identityCheck = self.identityCheck
+        let libvirtDisk = self.libvirtDisk
+        var notes = self.notes
+        var record = self.record
+        let id = record.snapshotId
+        let throughView = request.qemu != nil || libvirtDisk != nil
+        let area = try TemporaryArea(repository: repository)
+        defer { area.remove() }
+        // The disk's latest accomplished snapshot: the fast path's reference, and the base
+        // of change tracking.
+        let previous = Catalog.latestAccomplished(of: disk.diskId, chunkSize: record.chunkSize, among: live)
+        var view: (any LiveDiskView)?
+        var clone: ReflinkClone?
+        defer { clone?.remove() }
+        var abandoned: [String] = []
+        var source: Source?
+        /// The identity probe of an incremental through a view, while the pipeline runs.
+        var probing: Concurrent<DiskIdentity>?
+        var warnings: [String] = []
+        /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
+        /// read, a failure here is a warning, not a failed snapshot.
+        func closeView() {
+            source?.view?.close()
+            source = nil
+            do { try view?.close() } catch { warnings.append("tearing down the QEMU view: \(Snapshotter.describe(error))") }
+        }
+        do {
+            if throughView {
+                let base = previous.map {
+                    TrackingBase(snapshotID: $0.snapshotId.rawValue, bitmap: $0.changeTracking?.bitmap,
+                                 granularity: $0.changeTracking?.granularity, diskSize: $0.sourceSize)
+                }
+                let made: any LiveDiskView
+                var freezing = false
+                if let qemu = request.qemu {
+                    var viewRequest = ViewRequest(qmpSocket: qemu.qmpSocket, imagePath: disk.path, snapshotID: id.rawValue,
+                                                  repositoryID: repository.config.repositoryId,
+                                                  chunkSize: UInt64(record.chunkSize), scratchDirectory: area.directory)
+                    viewRequest.node = qemu.node
+                    viewRequest.nbdSocket = qemu.nbdSocket
+                    viewRequest.freezer = qemu.guestAgent.map { GuestFreezer(socketPath: $0, limit: qemu.freezeLimit) }
+                    freezing = qemu.guestAgent != nil
+                    // A libvirt checkpoint is not a base here (libvirt's QEMU is libvirt's to drive).
+                    let viaLibvirt = previous?.changeTracking?.method == "libvirt-checkpoint"
+                    viewRequest.base = base.map { viaLibvirt ? TrackingBase(snapshotID: $0.snapshotID, bitmap: nil, granularity: nil, diskSize: $0.diskSize) : $0 }
+                    made = try PointInTimeView.make(viewRequest)
+                } else {
+                    let handle = libvirtDisk!
+                    var viewRequest = LibvirtViewRequest(snapshotID: id.rawValue, repositoryID: repository.config.repositoryId,
+                                                         scratchDirectory: area.directory)
+                    // The base only if it was taken through libvirt, of this very domain disk.
+                    let tracked = previous?.changeTracking
+                    let sameDisk = tracked?.method == "libvirt-checkpoint" && tracked?.domain == handle.target.domain && tracked?.target == handle.disk.target
+                    viewRequest.base = base.map { sameDisk ? $0 : TrackingBase(snapshotID: $0.snapshotID, bitmap: nil, granularity: nil, diskSize: $0.diskSize) }
+                    viewRequest.wantedCheckpoints = Set(live.compactMap { $0.changeTracking?.method == "libvirt-checkpoint" ? $0.changeTracking?.bitmap : nil })
+                    if handle.target.freeze {
+                        viewRequest.freezer = GuestFreezer(target: .libvirt(uri: handle.target.uri, domain: handle.target.domain), limit: handle.target.freezeLimit)
+                        freezing = true
+                    }
+                    made = try LibvirtView.make(handle, viewRequest)
+                }
+                view = made
+
+                PhaseTimer.mark("create: point-in-time view made")
+                var opened = try Source.open(view: made, path: disk.path)
+                source = opened
+                PhaseTimer.mark("create: view opened (block status)")
+                let viewSource = opened
+                let probe: @Sendable () throws -> DiskIdentity = {
+                    try GuestProbe.identify(size: viewSource.size) { buffer, offset in try viewSource.readExactly(into: buffer, at: offset) }
+                }
+                if case .incremental = made.plan {
+                    // An incremental reads little: its identity probe (a few windows over NBD
+                    // and libblkid) runs beside the pipeline, checked before anything commits.
+                    probing = Concurrent(probe)
+                } else {
+                    let probed = try probe()
+                    record.identityChange = try identityCheck.check(probed)
+                    record.identity = probed
+                    PhaseTimer.mark("create: identity probed")
+                }
+                record.consistencyMethod = made.method
+                if let frozen = made.frozen {
+                    record.guestFrozen = true
+                    record.frozenFilesystems = frozen.filesystems
+                    record.freezeMilliseconds = frozen.milliseconds
+                    if frozen.thawedByWatchdog { warnings.append("the guest agent did not confirm the thaw; the watchdog thawed the guest") }
+                } else if freezing {
+                    warnings.append("--freeze: QEMU has the image open read-only, so nothing in the guest writes it; the guest was not frozen")
+                }
+                var tracking: ChangeTrackingRecord
+                if let qemuView = made as? PointInTimeView {
+                    record.sourceFormat = qemuView.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
+                    tracking = ChangeTrackingRecord(node: qemuView.node.name, bitmap: qemuView.newBitmap, granularity: qemuView.newBitmap == nil ? nil : qemuView.granularity)
+                } else {
+                    let libvirtView = made as! LibvirtView
+                    record.sourceFormat = libvirtView.handle.disk.format == "qcow2" ? SourceFormat.qcow2.rawValue : nil
+                    tracking = ChangeTrackingRecord(node: nil, bitmap: libvirtView.checkpoint, granularity: nil)
+                    tracking.method = "libvirt-checkpoint"
+                    tracking.libvirtUri = libvirtView.handle.target.uri
+                    tracking.domain = libvirtView.handle.target.domain
+                    tracking.target = libvirtView.handle.disk.target
+                }
+                switch made.plan {
+                case .incremental:
+                    if let previous, previous.sourceSize != opened.size {
+                        // The bitmap says nothing of a resized disk's new bytes: all of it is read.
+                        opened.changedRanges = nil
+                        source = opened
+                        tracking.fullReadReason = "the disk's size changed from \(previous.sourceSize) to \(opened.size) bytes since \(previous.snapshotId)"
+                    } else {
+                        tracking.baseSnapshotId = previous?.snapshotId.rawValue
+                    }
+                case .full(let reason): tracking.fullReadReason = reason
+                }
+                record.changeTracking = tracking
+            } else {
+                var readPath = disk.path
+                if request.clone, sourceStatus.isRegularFile {
+                    abandoned = ReflinkClone.removeAbandoned(besides: disk.path).map { "clone \($0)" }
+                    // A qcow2 image a VM holds is not cloned (its metadata may be mid-update):
+                    // it is refused below, or read through --qmp.
+                    let heldQcow2 = request.format != .raw && Qcow2Image.isQcow2(disk.path)
+                        && ((try? Qcow2Image(path: disk.path, allowBacking: request.allowBacking))?.liveUse() != nil)
+                    do {
+                        // Only the disk's latest snapshot's clone is of use (other disks' are theirs).
+                        let wanted = Set(live.filter { $0.sourceDiskId != disk.diskId }.compactMap { $0.keptClone?.path } + [previous?.keptClone?.path].compactMap { $0 })
+                        notes += ReflinkClone.removeUnwantedKept(besides: disk.path, repositoryID: repository.config.repositoryId, wanted: wanted)
+                            .map { "removed the kept clone \($0): no snapshot of this repository uses it" }
+                    }
+                    if !heldQcow2, let made = try ReflinkClone.make(of: disk.path, tag: id.rawValue) {
+                        clone = made
+                        readPath = made.path
+                        record.consistencyMethod = "reflink-clone"
+                        TestHooks.pause(at: "create-after-clone")
+                    }
+                }
+                var opened = try Source.open(readPath, format: request.format, allowBacking: request.allowBacking)
+                if request.keepClone, let clone {
+                    var tracking = ChangeTrackingRecord(node: nil, bitmap: nil, granularity: nil)
+                    tracking.method = "reflink-extents"
+                    switch try Snapshotter.cloneChanges(previous: previous, clone: clone, raw: opened.qcow2 == nil, size: opened.size) {
+                    case .changed(let ranges):
+                        opened.changedRanges = ranges
+                        tracking.baseSnapshotId = previous?.snapshotId.rawValue
+                    case .full(let reason):
+                        tracking.fullReadReason = reason
+                    }
+                    record.changeTracking = tracking
+                }
+                source = opened
+                if let image = opened.qcow2 {
+                    record.sourceFormat = SourceFormat.qcow2.rawValue
+                    record.backingChain = image.backingChain.isEmpty ? nil : image.backingChain
+                    if let live = image.liveUse() {
+                        guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) \(live); a snapshot of it would not be one point in time (pass --qmp with the socket of the QEMU that runs it, shut the VM down, or pass --allow-live)") }
+                        record.crashConsistent = false
+                    }
+                }
+            }
+            let opened = source!
+            record.sourceKind = opened.kind
+            record.sourceSize = opened.size
+            record.chunkCount = FixedIndexHeader.chunkCount(diskSize: opened.size, chunkSize: UInt32(record.chunkSize))
+            if !request.allowLive, let mount = opened.writableMounts().first {
+                throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
+            }
+            try snapshotter.run(source: opened, request: request, record: &record, area: area, previous: previous)
+            PhaseTimer.mark("create: data read and stored")
+            if let running = probing {
+                probing = nil
+                let probed = try running.value()
+                record.identityChange = try identityCheck.check(probed)
+                record.identity = probed
+            }
+            closeView()
+            PhaseTimer.mark("create: view closed")
+            if request.keepClone, let clone, record.sourceFormat == nil {
+
+                let keptPath = ReflinkClone.keptPath(besides: disk.path, repositoryID: repository.config.repositoryId, snapshotID: id.rawValue)
+                let status = try clone.keep(as: keptPath)
+                record.keptClone = KeptCloneRecord(path: keptPath, inode: status.inode,
+                                                   changeTime: "\(status.changeTime.seconds).\(status.changeTime.nanoseconds)", size: status.size)
+            } else if request.keepClone {
+                warnings.append(clone == nil ? "--keep-clone: no reflink clone could be made of \(disk.path) (its filesystem cannot clone, or its directory is not writable)"
+                                             : "--keep-clone: the clone of a qcow2 image is not kept (its extents are not guest offsets)")
+            }
+            record.status = .accomplished
+            record.progress = "100%"
+            record.completionTime = ISOTime.now()
+            try catalog.save(record)
+            TestHooks.pause(at: "create-after-commit")
+            PhaseTimer.mark("create: committed")
+            if let old = previous?.keptClone {
+                // Committed: the previous snapshot's clone is no longer the newest.
+                if let freed = ReflinkClone.removeKept(path: old.path, inode: old.inode) { notes.append("removed the previous snapshot's kept clone, which held \(freed) bytes of its own") }
+            }
+            if let view {
+                // Committed: the previous snapshot's bitmap is of no more use.
+                do { try view.commit() } catch { warnings.append("removing the previous snapshot's bitmap (the next create removes it): \(Snapshotter.describe(error))") }
+            }
+            var result = CreateResult(record: record, reused: false)
+            result.warnings = warnings
+            result.notes = notes
+            let place = view is LibvirtView ? "in libvirt" : "in QEMU"
+            result.removedStale = (view?.removedStale.map { "\($0) \(place)" } ?? []) + abandoned
+            snapshotter.compactIndex(into: &result)
+            PhaseTimer.mark("create: index compacted")
+            return result
+        } catch {
+            _ = try? probing?.value()  // it reads through the view
+            closeView()
+            view?.abandon()
+            if let kept = record.keptClone { try? FileSystem.removeIfExists(kept.path) }
+            record.status = .failed
+            record.failureReason = Snapshotter.describe(error)
+            record.completionTime = ISOTime.now()
+            try? catalog.save(record)
+            throw error
+        }
+        }
+}
+
+/// Whether the disk at a registered path is still the one registered (docs/DESIGN.md, "Disk
+/// identity"): a changed identity is recorded, a different disk refused unless forced.
+struct IdentityCheck: Sendable {
+    let repository: Repository
+    let disk: DiskRecord
+    let force: Bool
+
+    /// What changed (nil: nothing); updates the disk's registered identity when it did.
+    func check(_ identity: DiskIdentity) throws -> String? {
+        var identityChange: String?
+        if let recorded = disk.identity {
+            switch IdentityPolicy.compare(recorded: recorded, now: identity) {
+            case .same: break
+            case .changed(let what): identityChange = what
+            case .different(let why) where !force:
+                throw CatalogError(code: "DiskId.ValueNotSupported", message: "another disk now sits at \(disk.path), registered as \(disk.diskId) (\(disk.diskName)): \(why); pass --force to snapshot it anyway", exitStatus: .conflict, httpStatus: 403)
+            case .different(let why): identityChange = "replaced (--force): " + why
+            }
+        }
+        if disk.identity == nil || identityChange != nil {
+            var updated = disk
+            updated.identity = identity
+            try repository.writeDisk(RecordJSON.encode(updated), disk.diskId)
+        }
+        return identityChange
     }
 }

@@ -38,7 +38,7 @@ struct Auto: ParsableCommand {
             for old in room { try catalog.delete(old) }
             var request = CreateRequest(source: target.diskId.rawValue, name: AutoPolicy.name(at: Date()))
             request.automatic = true
-            request.showProgress = Output.stderrIsTerminal
+            request.progress = TerminalProgress.ifTerminal
             let made = try snapshotter.create(request).record
             let after = try catalog.records().records.filter { $0.status != .failed }
             let expired = AutoPolicy.expired(disk: target, live: after, keep: keep, retentionDays: retentionDays,

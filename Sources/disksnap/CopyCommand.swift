@@ -27,7 +27,7 @@ struct Copy: ParsableCommand {
             let source = try global.openRepository()
             let target = try GlobalOptions.openRepository(at: to)
             var request = CopyRequest(snapshots: snapshots, all: all)
-            request.showProgress = Output.stderrIsTerminal && !json
+            request.progress = json ? nil : TerminalProgress.ifTerminal
             // One worker per core, from a bucket too: each holds ~20 MiB (a run, two pack staging
             // buffers, a block); 295 MiB copied back from SeaweedFS took 1.73 s with 2 workers
             // (79 MiB peak), 1.49 s with 3 (99 MiB), 1.55 s with 4 (120 MiB).

@@ -114,7 +114,7 @@ struct Create: ParsableCommand {
             } else if freeze || guestAgent != nil {
                 throw CatalogError.invalid("InvalidParameter.Freeze", "--freeze freezes a running VM's guest around QEMU's point-in-time view: it needs --qmp or --domain")
             }
-            request.showProgress = Output.stderrIsTerminal
+            request.progress = TerminalProgress.ifTerminal
             let repository = try global.openOrInitializeRepository()
             let result = try Snapshotter(repository: repository).create(request)
             if let problem = result.compactionError { Output.warning("index compaction after the snapshot failed (the snapshot is complete): \(problem)") }

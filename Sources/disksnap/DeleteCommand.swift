@@ -1,5 +1,6 @@
 import ArgumentParser
 import DiskSnapCatalog
+import DiskSnapEngine
 
 struct Delete: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Delete snapshots (their chunks stay until gc).")
@@ -17,18 +18,11 @@ struct Delete: ParsableCommand {
     func run() throws {
         try runReporting(json: json) {
             let repository = try global.openRepository()
-            let lock = try repository.lock(.shared, for: "delete")
-            defer { withExtendedLifetime(lock) {} }
-            let catalog = Catalog(repository: repository)
-            // Every name is resolved before anything is deleted: a typo deletes nothing.
-            let records = try snapshots.map { try catalog.find($0) }
-            var deleted: [String] = []
-            for record in records where !deleted.contains(record.snapshotId.rawValue) {
-                try catalog.delete(record)
-                deleted.append(record.snapshotId.rawValue)
-                if !json { Output.line("deleted \(record.snapshotId) (\(record.snapshotName))") }
+            let deleted = try Deleter(repository: repository).delete(snapshots)
+            if !json {
+                for record in deleted { Output.line("deleted \(record.snapshotId) (\(record.snapshotName))") }
             }
-            if json { Output.json(DeleteResponse(deleted: deleted)) }
+            if json { Output.json(DeleteResponse(deleted: deleted.map(\.snapshotId.rawValue))) }
         }
     }
 }

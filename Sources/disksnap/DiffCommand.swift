@@ -19,7 +19,7 @@ struct Diff: ParsableCommand {
     func run() throws {
         try runReporting(json: json) {
             var request = DiffRequest(from: from, to: to)
-            request.showProgress = Output.stderrIsTerminal
+            request.progress = TerminalProgress.ifTerminal
             let result = try Differ(repository: try global.openRepository()).diff(request)
             let response = DiffResponse(result)
             if json {

@@ -3,6 +3,7 @@ import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapS3
+import DiskSnapEngine
 
 @main
 struct DiskSnap: ParsableCommand {
@@ -11,7 +12,7 @@ struct DiskSnap: ParsableCommand {
         abstract: "Point-in-time snapshots of disks into a deduplicated, compressed store.",
         discussion: "Exit statuses: 0 success, 1 check found problems, 2 invalid parameter, 3 not found, 4 conflict, 5 busy, 6 repository corrupt, 7 I/O error, 8 quota exceeded, 70 internal error, 64 usage. See docs/CLI.md.",
         version: "0.1.0",
-        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Copy.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, GuestThawWatchdog.self]
+        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Copy.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, Serve.self, GuestThawWatchdog.self]
     )
 
     /// Lets `--repo` stand before the subcommand as well as after it.
@@ -117,6 +118,8 @@ enum Output {
     static func line(_ text: String) { write(text + "\n", to: 1) }
     static func error(_ text: String) { write("Error: " + text + "\n", to: 2) }
     static func warning(_ text: String) { write("disksnap: warning: " + text + "\n", to: 2) }
+    /// Rewrites the line standard error's cursor is on (a terminal's progress line).
+    static func partialLine(_ text: String) { write("\r\u{1B}[K" + text, to: 2) }
     static func log(_ text: String) { write("disksnap: " + text + "\n", to: 2) }
 
     static func json<T: Encodable>(_ value: T) { write(RecordJSON.encode(value), to: 1) }
@@ -129,4 +132,19 @@ enum Output {
     }
 
     static var stderrIsTerminal: Bool { FileSystem.isTerminal(2) }
+}
+
+/// The engine's progress drawn on standard error, one line rewritten in place: bytes, rate, ETA.
+struct TerminalProgress: ProgressObserver {
+    /// An observer when standard error is a terminal, else none.
+    static var ifTerminal: TerminalProgress? { Output.stderrIsTerminal ? TerminalProgress() : nil }
+
+    func update(label: String, done: UInt64, total: UInt64, elapsedSeconds: Double) {
+        let rate = Double(done) / max(elapsedSeconds, 0.001)
+        let eta = rate > 0 && total > done ? Double(total - done) / rate : 0
+        let percent = total > 0 ? Double(done) * 100 / Double(total) : 100
+        Output.partialLine("\(label) \(ByteFormat.human(done)) / \(ByteFormat.human(total)) (\(Int(percent))%)  \(ByteFormat.human(UInt64(rate)))/s  ETA \(Int(eta.rounded()))s")
+    }
+
+    func finished(label: String) { Output.partialLine("") }
 }

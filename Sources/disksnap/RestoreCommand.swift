@@ -39,7 +39,7 @@ struct Restore: ParsableCommand {
                 throw ValidationError("--format is raw or qcow2")
             }
             request.format = parsed
-            request.showProgress = Output.stderrIsTerminal
+            request.progress = TerminalProgress.ifTerminal
             // From a bucket too, the local count: on loopback SeaweedFS a 276 MiB restore took
             // 1.35 s with 4, 8 or 16 workers (the server's CPU is the limit), and each worker
             // holds about 7 MiB (64, 96, 152 MiB peak).

@@ -1,0 +1,204 @@
+import Foundation
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+import DiskSnapCatalog
+import DiskSnapEngine
+
+/// ECS (API version 2014-05-26): the snapshot operations of its documents over the
+/// repository. docs/API.md lists the parameters served and where they differ from the cloud.
+struct ECSOperations {
+    static let version = "2014-05-26"
+    let service: APIService
+    var repository: Repository { service.repository }
+
+    func perform(_ action: String, _ parameters: Parameters) async throws -> APIValue {
+        switch action {
+        case "CreateSnapshot": return try await createSnapshot(parameters)
+        case "DescribeSnapshots": return try await describeSnapshots(parameters)
+        case "DeleteSnapshot": return try await deleteSnapshot(parameters)
+        case "DescribeDisks": return try await describeDisks(parameters)
+        default: throw APIError.unsupportedOperation(action, Self.version)
+        }
+    }
+
+    func checkRegion(_ parameters: Parameters, required: Bool) throws(APIError) {
+        guard let region = parameters["RegionId"], !region.isEmpty else {
+            if required { throw APIError.missing("RegionId") }
+            return
+        }
+        guard region == service.settings.region else {
+            throw APIError("InvalidRegionId.NotFound", "the region \(region) does not exist here; this server is region \(service.settings.region)", status: 404)
+        }
+    }
+
+    /// A registered disk by its id; a client names no paths.
+    func disk(_ id: String) throws -> DiskRecord {
+        guard let diskID = DiskID(id), let disk = try DiskRegistry(repository: repository).disks().first(where: { $0.diskId == diskID }) else {
+            throw APIError("InvalidDiskId.NotFound", "the disk \(id) does not exist", status: 404)
+        }
+        return disk
+    }
+
+    // MARK: CreateSnapshot
+
+    func createSnapshot(_ parameters: Parameters) async throws -> APIValue {
+        try checkRegion(parameters, required: false)
+        let disk = try disk(try parameters.required("DiskId"))
+        var request = CreateRequest(source: disk.diskId.rawValue, name: try parameters.required("SnapshotName"))
+        request.description = parameters["Description"] ?? ""
+        request.tags = try parameters.tags().map { try Tag(key: $0.key, value: $0.value) }
+        if let token = parameters["ClientToken"], !token.isEmpty { request.clientToken = try ClientToken(token) }
+        let snapshotter = Snapshotter(repository: repository), admitting = request
+        let admission = try await service.blocking { try snapshotter.admit(admitting) }
+        let id: SnapshotID
+        switch admission {
+        case .reused(let record): id = record.snapshotId
+        case .admitted(let admitted):
+            id = admitted.record.snapshotId
+            service.runInBackground(admitted)
+        }
+        return .object([("SnapshotId", .string(id.rawValue))])
+    }
+
+    // MARK: DescribeSnapshots
+
+    func describeSnapshots(_ parameters: Parameters) async throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
+        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        let maxResults = try parameters.int("MaxResults", default: 10, range: 10...100)
+        let ids = try parameters.jsonList("SnapshotIds")
+        let tags = try parameters.tags()
+        let repository = self.repository
+        var records = try await service.blocking { try Catalog(repository: repository).records(markingDeadFailed: true).records }
+        if let diskID = parameters["DiskId"], !diskID.isEmpty { records = records.filter { $0.sourceDiskId?.rawValue == diskID } }
+        if let instance = parameters["InstanceId"], !instance.isEmpty {
+            let disks = Set(try DiskRegistry(repository: repository).disks().filter { $0.instance == instance }.map(\.diskId))
+            records = records.filter { $0.sourceDiskId.map(disks.contains) == true }
+        }
+        if let ids { records = records.filter { ids.contains($0.snapshotId.rawValue) } }
+        if let name = parameters["SnapshotName"], !name.isEmpty { records = records.filter { $0.snapshotName == name } }
+        if let status = parameters["Status"], !status.isEmpty, status != "all" {
+            guard ["progressing", "accomplished", "failed"].contains(status) else {
+                throw APIError.invalid("Status", "is '\(status)'; it must be progressing, accomplished, failed or all")
+            }
+            records = records.filter { $0.status.rawValue == status }
+        }
+        if let type = parameters["SnapshotType"], !type.isEmpty, type != "all" {
+            guard type == "auto" || type == "user" else { throw APIError.invalid("SnapshotType", "is '\(type)'; it must be auto, user or all") }
+            records = records.filter { $0.automatic == (type == "auto") }
+        }
+        if let type = parameters["SourceDiskType"], !type.isEmpty {
+            guard ["system", "data"].contains(type.lowercased()) else { throw APIError.invalid("SourceDiskType", "is '\(type)'; it must be System or Data") }
+            records = records.filter { $0.sourceDiskType?.lowercased() == type.lowercased() }
+        }
+        for tag in tags { records = records.filter { $0.tags.contains { $0.key == tag.key && (tag.value.isEmpty || $0.value == tag.value) } } }
+        // Newest first, as the cloud lists them.
+        records.sort { ($0.creationTime, $0.snapshotId.rawValue) > ($1.creationTime, $1.snapshotId.rawValue) }
+        let total = records.count
+        var page: ArraySlice<SnapshotRecord>
+        var nextToken = ""
+        var members: [(String, APIValue)] = []
+        if parameters["NextToken"] != nil || parameters["MaxResults"] != nil {
+            // Token paging: the token is the offset of the next item, as text.
+            let start: Int
+            if let token = parameters["NextToken"], !token.isEmpty {
+                guard let offset = Int(token), offset >= 0, offset <= total else { throw APIError("InvalidParameter.NextToken", "NextToken '\(token)' is not one this server gave", status: 400) }
+                start = offset
+            } else { start = 0 }
+            page = records[start..<min(total, start + maxResults)]
+            if start + maxResults < total { nextToken = String(start + maxResults) }
+            members = [("TotalCount", .int(total)), ("NextToken", .string(nextToken))]
+        } else {
+            let start = min(total, (pageNumber - 1) * pageSize)
+            page = records[start..<min(total, start + pageSize)]
+            members = [("TotalCount", .int(total)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)), ("NextToken", .string(""))]
+        }
+        members.append(("Snapshots", .object([("Snapshot", .array(page.map(snapshot)))])))
+        return .object(members)
+    }
+
+    func snapshot(_ record: SnapshotRecord) -> APIValue {
+        let status = record.status == .damaged ? "failed" : record.status.rawValue
+        return .object([
+            ("SnapshotId", .string(record.snapshotId.rawValue)),
+            ("SnapshotName", .string(record.snapshotName)),
+            ("Description", .string(record.description)),
+            ("Status", .string(status)),
+            ("Progress", .string(record.status == .accomplished ? "100%" : record.progress)),
+            ("Available", .bool(record.status == .accomplished)),
+            ("CreationTime", .string(Self.cloudTime(record.creationTime))),
+            ("LastModifiedTime", .string(Self.cloudTime(record.completionTime ?? record.creationTime))),
+            ("SourceDiskId", .string(record.sourceDiskId?.rawValue ?? "")),
+            ("SourceDiskSize", .string(String((record.sourceSize + (1 << 30) - 1) >> 30))),
+            ("SourceDiskType", .string(record.sourceDiskType.map { $0.prefix(1).uppercased() + $0.dropFirst() } ?? "")),
+            ("SourceStorageType", .string("disk")),
+            ("SnapshotType", .string(record.automatic ? "auto" : "user")),
+            ("Category", .string("standard")),
+            ("Encrypted", .bool(false)),
+            ("Usage", .string("none")),
+            ("RegionId", .string(service.settings.region)),
+            ("RemainTime", .int(0)),
+            ("Tags", .object([("Tag", .array(record.tags.map { .object([("TagKey", .string($0.key)), ("TagValue", .string($0.value))]) }))])),
+        ])
+    }
+
+    /// The cloud's times: UTC to the second (`2026-12-05T12:00:00Z`).
+    static func cloudTime(_ text: String) -> String {
+        guard let date = ISOTime.parse(text) else { return text }
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+
+    // MARK: DeleteSnapshot
+
+    func deleteSnapshot(_ parameters: Parameters) async throws -> APIValue {
+        let id = try parameters.required("SnapshotId")
+        guard SnapshotID(id) != nil else {
+            throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) does not exist", status: 404)
+        }
+        _ = try parameters.bool("Force")
+        let repository = self.repository
+        _ = try await service.blocking { try Deleter(repository: repository).delete([id]) }
+        return .object([])
+    }
+
+    // MARK: DescribeDisks
+
+    func describeDisks(_ parameters: Parameters) async throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
+        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        let ids = try parameters.jsonList("DiskIds")
+        let repository = self.repository
+        var disks = try await service.blocking { try DiskRegistry(repository: repository).disks() }
+        if let ids { disks = disks.filter { ids.contains($0.diskId.rawValue) } }
+        if let instance = parameters["InstanceId"], !instance.isEmpty { disks = disks.filter { $0.instance == instance } }
+        if let type = parameters["DiskType"], !type.isEmpty, type != "all" {
+            guard type == "system" || type == "data" else { throw APIError.invalid("DiskType", "is '\(type)'; it must be system, data or all") }
+            disks = disks.filter { $0.diskType == type }
+        }
+        let total = disks.count
+        let start = min(total, (pageNumber - 1) * pageSize)
+        let page = disks[start..<min(total, start + pageSize)]
+        return .object([
+            ("TotalCount", .int(total)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
+            ("Disks", .object([("Disk", .array(page.map { disk in
+                let size = (try? FileSystem.statusIfExists(disk.path))??.size
+                return .object([
+                    ("DiskId", .string(disk.diskId.rawValue)),
+                    ("DiskName", .string(disk.diskName)),
+                    ("Type", .string(disk.diskType)),
+                    ("Size", .int(size.map { Int(($0 + (1 << 30) - 1) >> 30) } ?? 0)),
+                    ("Status", .string(size == nil ? "Unavailable" : (disk.instance == nil ? "Available" : "In_use"))),
+                    ("InstanceId", .string(disk.instance ?? "")),
+                    ("RegionId", .string(service.settings.region)),
+                    ("Category", .string("local")),
+                    ("CreationTime", .string(Self.cloudTime(disk.creationTime))),
+                ])
+            }))])),
+        ])
+    }
+}

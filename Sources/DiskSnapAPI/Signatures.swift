@@ -1,0 +1,148 @@
+import Foundation
+import Crypto
+import DiskSnapFormat
+
+/// Who signed a request, and with what: what the verifiers of the three signature schemes
+/// the official SDKs use agree on. Verification is pure: the keys come in, a decision comes
+/// out; the replay window is `ReplayGuard`'s.
+public struct SignedCaller: Sendable, Equatable {
+    public var accessKeyId: String
+    /// The nonce the signature covers (none for Huawei's scheme, whose date is its only
+    /// freshness).
+    public var nonce: String?
+    public var date: Date
+}
+
+public enum RequestSignature {
+    /// How far a request's signed time may be from the server's clock: the documents' 15
+    /// minutes.
+    public static let allowedSkew: TimeInterval = 15 * 60
+
+    // MARK: Alibaba Cloud ACS3-HMAC-SHA256 (the tea SDKs: alibabacloud-*)
+
+    /// `Authorization: ACS3-HMAC-SHA256 Credential=ID,SignedHeaders=a;b,Signature=HEX`
+    /// over the canonical request (method, path, sorted query, signed headers, the body's
+    /// SHA-256 in `x-acs-content-sha256`).
+    public static func verifyACS3(_ request: APIRequest, secret: (String) -> String?) throws(APIError) -> SignedCaller {
+        guard let authorization = request.header("authorization") else {
+            throw APIError("IncompleteSignature", "the request carries no Authorization header", status: 400)
+        }
+        let algorithm = "ACS3-HMAC-SHA256"
+        guard authorization.hasPrefix(algorithm + " ") else {
+            throw APIError("IncompleteSignature", "the Authorization header's algorithm is not \(algorithm) (ACS3-HMAC-SM3 and ACS3-RSA-SHA256 are not served)", status: 400)
+        }
+        var fields: [String: String] = [:]
+        for part in authorization.dropFirst(algorithm.count + 1).split(separator: ",") {
+            let pair = part.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1).map(String.init)
+            if pair.count == 2 { fields[pair[0]] = pair[1] }
+        }
+        guard let accessKeyId = fields["Credential"], !accessKeyId.isEmpty,
+              let signedHeadersText = fields["SignedHeaders"], let signature = fields["Signature"] else {
+            throw APIError("IncompleteSignature", "the Authorization header lacks Credential, SignedHeaders or Signature", status: 400)
+        }
+        let signedHeaders = signedHeadersText.split(separator: ";").map { $0.lowercased() }
+        for required in ["host", "x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256", "x-acs-action", "x-acs-version"]
+            where !signedHeaders.contains(required) {
+            throw APIError("IncompleteSignature", "the signature does not cover the \(required) header", status: 400)
+        }
+        guard signedHeaders == signedHeaders.sorted(by: { $0.precedesInCodePoints($1) }) else {
+            throw APIError("IncompleteSignature", "SignedHeaders is not in sorted order", status: 400)
+        }
+        let bodyHash = SHA256.hash(data: request.body).hex
+        guard request.header("x-acs-content-sha256")?.lowercased() == bodyHash else {
+            throw APIError("SignatureDoesNotMatch", "x-acs-content-sha256 is not the SHA-256 of the body received", status: 400)
+        }
+        var canonicalHeaders = ""
+        for name in signedHeaders {
+            let values = request.headerValues(name)
+            guard !values.isEmpty else {
+                throw APIError("IncompleteSignature", "the signed header \(name) is not in the request", status: 400)
+            }
+            canonicalHeaders += name + ":" + values.map { $0.trimmingCharacters(in: .whitespaces) }.sorted(by: { $0.precedesInCodePoints($1) }).joined(separator: ",") + "\n"
+        }
+        let query = request.queryItems.sorted { $0.0.precedesInCodePoints($1.0) }
+            .map { $0.0 + "=" + FormEncoding.percentEncode($0.1) }.joined(separator: "&")
+        let path = request.path.isEmpty ? "/" : request.path
+        let canonical = [request.method, path, query, canonicalHeaders, signedHeaders.joined(separator: ";"), bodyHash].joined(separator: "\n")
+        let stringToSign = algorithm + "\n" + SHA256.hash(data: Array(canonical.utf8)).hex
+        guard let key = secret(accessKeyId) else {
+            throw APIError("InvalidAccessKeyId.NotFound", "the AccessKeyId \(accessKeyId) is not one of this server's keys", status: 404)
+        }
+        let expected = HMAC<SHA256>.authenticationCode(for: Array(stringToSign.utf8), using: SymmetricKey(data: Array(key.utf8)))
+        guard constantTimeEqual(Array(signature.lowercased().utf8), Array(Data(expected).hex.utf8)) else {
+            throw APIError("SignatureDoesNotMatch", "the request signature does not match the one computed with the secret of \(accessKeyId)", status: 400)
+        }
+        guard let dateText = request.header("x-acs-date"), let date = parseUTC(dateText) else {
+            throw APIError("InvalidTimeStamp.Format", "x-acs-date is not a UTC time such as 2026-12-05T12:00:00Z", status: 400)
+        }
+        return SignedCaller(accessKeyId: accessKeyId, nonce: request.header("x-acs-signature-nonce"), date: date)
+    }
+
+    // MARK: Alibaba Cloud RPC signature version 1.0 (aliyun-python-sdk-core; tea's "v2")
+
+    /// `Signature=` among the parameters: base64 HMAC-SHA1, keyed by `SECRET&`, over
+    /// `METHOD&%2F&` and the percent-encoded, sorted parameters (query and form body).
+    public static func verifyRPC(_ request: APIRequest, secret: (String) -> String?) throws(APIError) -> SignedCaller {
+        let parameters = request.parameters
+        func value(_ name: String) -> String? { parameters.first { $0.0 == name }?.1 }
+        guard let signature = value("Signature"), let accessKeyId = value("AccessKeyId"),
+              let nonce = value("SignatureNonce"), let timestamp = value("Timestamp") else {
+            throw APIError("IncompleteSignature", "the request lacks Signature, AccessKeyId, SignatureNonce or Timestamp", status: 400)
+        }
+        guard value("SignatureMethod") == "HMAC-SHA1" else {
+            throw APIError("IncompleteSignature", "SignatureMethod '\(value("SignatureMethod") ?? "")' is not served; use HMAC-SHA1", status: 400)
+        }
+        guard value("SignatureVersion") == "1.0" else {
+            throw APIError("IncompleteSignature", "SignatureVersion '\(value("SignatureVersion") ?? "")' is not 1.0", status: 400)
+        }
+        let canonical = parameters.filter { $0.0 != "Signature" }
+            .sorted { $0.0.precedesInCodePoints($1.0) }
+            .map { FormEncoding.percentEncode($0.0) + "=" + FormEncoding.percentEncode($0.1) }
+            .joined(separator: "&")
+        let stringToSign = request.method + "&%2F&" + FormEncoding.percentEncode(canonical)
+        guard let key = secret(accessKeyId) else {
+            throw APIError("InvalidAccessKeyId.NotFound", "the AccessKeyId \(accessKeyId) is not one of this server's keys", status: 404)
+        }
+        let expected = HMAC<Insecure.SHA1>.authenticationCode(for: Array(stringToSign.utf8), using: SymmetricKey(data: Array((key + "&").utf8)))
+        guard constantTimeEqual(Array(signature.utf8), Array(Data(expected).base64EncodedString().utf8)) else {
+            throw APIError("SignatureDoesNotMatch", "the request signature does not match the one computed with the secret of \(accessKeyId)", status: 400)
+        }
+        guard let date = parseUTC(timestamp) else {
+            throw APIError("InvalidTimeStamp.Format", "Timestamp '\(timestamp)' is not a UTC time such as 2026-12-05T12:00:00Z", status: 400)
+        }
+        return SignedCaller(accessKeyId: accessKeyId, nonce: nonce, date: date)
+    }
+
+    /// `2026-12-05T12:00:00Z` (fractions of a second allowed).
+    static func parseUTC(_ text: String) -> Date? {
+        guard text.hasSuffix("Z") else { return nil }
+        return ISOTime.parse(text)
+    }
+
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for i in a.indices { difference |= a[i] ^ b[i] }
+        return difference == 0
+    }
+}
+
+extension Sequence where Element == UInt8 {
+    var hex: String {
+        let digits = Array("0123456789abcdef".unicodeScalars)
+        var out = ""
+        for byte in self {
+            out.unicodeScalars.append(digits[Int(byte >> 4)])
+            out.unicodeScalars.append(digits[Int(byte & 15)])
+        }
+        return out
+    }
+}
+
+extension SHA256Digest {
+    var hex: String { Array(self).hex }
+}
+
+extension Data {
+    var hex: String { Array(self).hex }
+}

@@ -1,0 +1,75 @@
+import Foundation
+import Synchronization
+import ArgumentParser
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapAPI
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Answer the cloud documents' HTTP APIs for this repository, for the official SDKs (docs/API.md).",
+        discussion: "Every request must be signed with a key pair of the repository's credentials file (--new-key makes one). Loopback only: a non-loopback --listen is refused.")
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: ArgumentHelp("Address to listen on (port 0: any free port, printed when listening).", valueName: "host:port"))
+    var listen = "127.0.0.1:8080"
+    @Option(help: "The region the Alibaba Cloud clients name (RegionId); another region is not found.")
+    var region = "local"
+    @Option(help: "The project id the Huawei Cloud clients name in their paths.")
+    var projectId = "local"
+    @Flag(help: "Add a new key pair to the credentials file, print it, and exit.")
+    var newKey = false
+    @Option(help: ArgumentHelp("Remove this key pair from the credentials file and exit.", valueName: "access-key-id"))
+    var removeKey: String?
+    @Flag(help: "With --new-key: print {\"AccessKeyId\", \"AccessKeySecret\"} as JSON.")
+    var json = false
+
+    func run() throws {
+        try runReporting(json: json) {
+            let repository = try global.openRepository()
+            if newKey || removeKey != nil {
+                guard !(newKey && removeKey != nil) else {
+                    throw APIError("InvalidParameter.Key", "--new-key and --remove-key are separate calls", status: 400)
+                }
+                var credentials = try APICredentials.load(repositoryRoot: repository.root)
+                if let removeKey {
+                    guard credentials.keys.contains(where: { $0.accessKeyId == removeKey }) else {
+                        throw APIError("InvalidAccessKeyId.NotFound", "no key \(removeKey) in \(APICredentials.path(repositoryRoot: repository.root))", status: 404)
+                    }
+                    credentials.keys.removeAll { $0.accessKeyId == removeKey }
+                    try credentials.save(repositoryRoot: repository.root)
+                    Output.line("removed \(removeKey)")
+                    return
+                }
+                let key = APICredentials.generateKey()
+                credentials.keys.append(key)
+                try credentials.save(repositoryRoot: repository.root)
+                if json {
+                    Output.json(NewKeyResponse(accessKeyId: key.accessKeyId, accessKeySecret: key.accessKeySecret))
+                } else {
+                    Output.line("AccessKeyId:     \(key.accessKeyId)\nAccessKeySecret: \(key.accessKeySecret)")
+                }
+                return
+            }
+            let service = try APIService(repository: repository, settings: .init(region: region, projectID: projectId))
+            let server = try APIServer(service: service, listen: listen)
+            let finished = DispatchSemaphore(value: 0)
+            let failure = Mutex<(any Error)?>(nil)
+            Task {
+                do {
+                    try await server.run { address in Output.log("serving \(repository.location) on http://\(address)") }
+                } catch {
+                    failure.withLock { $0 = error }
+                }
+                finished.signal()
+            }
+            finished.wait()
+            if let error = failure.withLock({ $0 }) { throw error }
+        }
+    }
+}
+
+struct NewKeyResponse: Encodable {
+    var accessKeyId: String
+    var accessKeySecret: String
+}
