@@ -7,20 +7,24 @@ public struct APIError: CodedError, Equatable {
     public let code: String
     public let message: String
     public let httpStatus: Int
+    /// Set where the CLI's class differs from the HTTP status's (a server's own setup).
+    let exit: ExitStatus?
 
-    public init(_ code: String, _ message: String, status: Int) {
+    public init(_ code: String, _ message: String, status: Int, exit: ExitStatus? = nil) {
         self.code = code
         self.message = message
         self.httpStatus = status
+        self.exit = exit
     }
 
     public var exitStatus: ExitStatus {
+        if let exit { return exit }
         switch httpStatus {
-        case 404: .notFound
-        case 403: .quota
-        case 409: .conflict
-        case 500...: .internalError
-        default: .invalidParameter
+        case 404: return .notFound
+        case 403: return .quota
+        case 409: return .conflict
+        case 500...: return .internalError
+        default: return .invalidParameter
         }
     }
 

@@ -12,6 +12,11 @@ import DiskSnapSys
 public struct APIServer: Sendable {
     public static let maxBodyBytes = 1 << 20
     public static let maxConnections = 512
+    /// A connection that sends nothing for this long is closed (`DISKSNAP_SERVE_IDLE_SECONDS`
+    /// shortens it for tests).
+    static var idleSeconds: Int64 {
+        FileSystem.environment("DISKSNAP_SERVE_IDLE_SECONDS").flatMap { Int64($0) }.map { max(1, $0) } ?? 30
+    }
 
     let service: APIService
     let host: String
@@ -44,7 +49,7 @@ public struct APIServer: Sendable {
         let decoder = HTTP1Channel.Configuration.DecoderConfiguration(maxHeaderFieldSize: 8 << 10, maxHeaderListSize: 16 << 10, maxHeaderFieldCount: 100)
         let app = Application(
             responder: responder,
-            server: .http1(configuration: .init(idleTimeout: .seconds(30), httpDecoderConfiguration: decoder)),
+            server: .http1(configuration: .init(idleTimeout: .seconds(Self.idleSeconds), httpDecoderConfiguration: decoder)),
             configuration: .init(address: .hostname(host, port: port), serverName: "disksnap",
                                  availableConnectionsDelegate: MaximumAvailableConnections(Self.maxConnections)),
             onServerRunning: { channel in

@@ -29,11 +29,11 @@ public struct APICredentials: Sendable, Equatable {
         let path = path(repositoryRoot: repositoryRoot)
         guard let status = try FileSystem.statusIfExists(path) else { return APICredentials(keys: []) }
         guard status.mode & 0o077 == 0 else {
-            throw APIError("Credentials.Unsafe", "\(path) can be read by others (mode \(String(status.mode & 0o777, radix: 8))); chmod 600 it", status: 500)
+            throw APIError("Credentials.Unsafe", "\(path) can be read by others (mode \(String(status.mode & 0o777, radix: 8))); chmod 600 it", status: 500, exit: .ioError)
         }
         let file = try RecordJSON.decode(File.self, from: try FileSystem.readFile(path), file: path)
         guard file.formatVersion == formatVersion else {
-            throw APIError("Credentials.Unsupported", "\(path) has format version \(file.formatVersion); this disksnap reads \(formatVersion)", status: 500)
+            throw APIError("Credentials.Unsupported", "\(path) has format version \(file.formatVersion); this disksnap reads \(formatVersion)", status: 500, exit: .corrupt)
         }
         return APICredentials(keys: file.keys)
     }
