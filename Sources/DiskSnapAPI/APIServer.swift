@@ -1,12 +1,13 @@
 import Foundation
 import Hummingbird
 import HummingbirdCore
+import HummingbirdTLS
 import HTTPTypes
 import NIOCore
 import DiskSnapSys
 
-/// `disksnap serve`'s HTTP server: Hummingbird (SwiftNIO) carries requests to `APIService`,
-/// with the bounds that keep a slow or hostile client from holding it: headers at most
+/// `disksnap serve`'s HTTP server: Hummingbird (SwiftNIO; TLS by swift-nio-ssl) carries
+/// requests to `APIService`, with the bounds that keep a slow or hostile client from holding it: headers at most
 /// 16 KiB in 100 fields, bodies at most 1 MiB, a connection idle for 30 s closed, at most
 /// 512 connections at once.
 public struct APIServer: Sendable {
@@ -18,27 +19,62 @@ public struct APIServer: Sendable {
         FileSystem.environment("DISKSNAP_SERVE_IDLE_SECONDS").flatMap { Int64($0) }.map { max(1, $0) } ?? 30
     }
 
+    /// A certificate chain and its private key (PEM files).
+    public struct TLSFiles: Sendable {
+        public var certificateChain: String
+        public var privateKey: String
+        public init(certificateChain: String, privateKey: String) {
+            self.certificateChain = certificateChain
+            self.privateKey = privateKey
+        }
+    }
+
     let service: APIService
     let host: String
     let port: Int
+    let tls: TLSConfiguration?
 
-    public init(service: APIService, listen: String) throws {
+    /// Refuses a host that is not loopback without TLS, and TLS files that do not load.
+    public init(service: APIService, listen: String, tls files: TLSFiles?) throws {
         (host, port) = try Self.parseListen(listen)
+        if !Self.isLoopback(host), files == nil {
+            throw APIError("Serve.TLSRequired", "--listen \(listen) is not a loopback address: serving beyond this host needs TLS (--tls-cert and --tls-key)", status: 400)
+        }
         self.service = service
+        tls = try files.map(Self.configuration)
     }
 
-    /// `HOST:PORT` (`[V6]:PORT`); only a loopback host is served without TLS, which this
-    /// version does not have yet: another host is refused (docs/API.md, "Security").
+    static func configuration(_ files: TLSFiles) throws -> TLSConfiguration {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(files.certificateChain)
+            guard !chain.isEmpty else { throw APIError("Serve.TLSFiles", "no certificate in \(files.certificateChain)", status: 400) }
+        } catch let error as APIError {
+            throw error
+        } catch {
+            throw APIError("Serve.TLSFiles", "the certificate chain \(files.certificateChain) does not load as PEM: \(error)", status: 400)
+        }
+        do {
+            key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
+        } catch {
+            throw APIError("Serve.TLSFiles", "the private key \(files.privateKey) does not load as PEM: \(error)", status: 400)
+        }
+        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = .tlsv12
+        return configuration
+    }
+
+    static func isLoopback(_ host: String) -> Bool { host == "::1" || host.hasPrefix("127.") }
+
+    /// `HOST:PORT` (`[V6]:PORT`; `localhost` is 127.0.0.1).
     static func parseListen(_ text: String) throws -> (String, Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
             throw APIError("InvalidParameter.Listen", "--listen '\(text)' is not HOST:PORT", status: 400)
         }
         var host = String(text[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        let loopback = host == "localhost" || host == "::1" || host.hasPrefix("127.")
-        guard loopback else {
-            throw APIError("Serve.TLSRequired", "--listen \(text) is not a loopback address: serving beyond this host needs TLS, which this disksnap does not offer yet; listen on 127.0.0.1 and put a TLS proxy in front", status: 400)
-        }
+        guard !host.isEmpty else { throw APIError("InvalidParameter.Listen", "--listen '\(text)' names no host", status: 400) }
         return (host == "localhost" ? "127.0.0.1" : host, port)
     }
 
@@ -47,13 +83,15 @@ public struct APIServer: Sendable {
     public func run(ready: @escaping @Sendable (String) -> Void) async throws {
         let responder = Responder(service: service)
         let decoder = HTTP1Channel.Configuration.DecoderConfiguration(maxHeaderFieldSize: 8 << 10, maxHeaderListSize: 16 << 10, maxHeaderFieldCount: 100)
+        let http1 = HTTPServerBuilder.http1(configuration: .init(idleTimeout: .seconds(Self.idleSeconds), httpDecoderConfiguration: decoder))
         let app = Application(
             responder: responder,
-            server: .http1(configuration: .init(idleTimeout: .seconds(Self.idleSeconds), httpDecoderConfiguration: decoder)),
+            server: try tls.map { try .tls(http1, tlsConfiguration: $0) } ?? http1,
             configuration: .init(address: .hostname(host, port: port), serverName: "disksnap",
                                  availableConnectionsDelegate: MaximumAvailableConnections(Self.maxConnections)),
             onServerRunning: { channel in
-                ready(channel.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)")
+                let scheme = tls == nil ? "http" : "https"
+                ready(scheme + "://" + (channel.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"))
             })
         try await app.runService()
     }

@@ -8,7 +8,7 @@ import DiskSnapAPI
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Answer the cloud documents' HTTP APIs for this repository, for the official SDKs (docs/API.md).",
-        discussion: "Every request must be signed with a key pair of the repository's credentials file (--new-key makes one). Loopback only: a non-loopback --listen is refused.")
+        discussion: "Every request must be signed with a key pair of the repository's credentials file (--new-key makes one). An address beyond loopback needs --tls-cert and --tls-key.")
 
     @OptionGroup var global: GlobalOptions
     @Option(help: ArgumentHelp("Address to listen on (port 0: any free port, printed when listening).", valueName: "host:port"))
@@ -21,6 +21,10 @@ struct Serve: ParsableCommand {
     var newKey = false
     @Option(help: ArgumentHelp("Remove this key pair from the credentials file and exit.", valueName: "access-key-id"))
     var removeKey: String?
+    @Option(help: ArgumentHelp("Serve HTTPS with this certificate chain (PEM); needed to listen beyond loopback.", valueName: "file"))
+    var tlsCert: String?
+    @Option(help: ArgumentHelp("The certificate's private key (PEM).", valueName: "file"))
+    var tlsKey: String?
     @Flag(help: "With --new-key: print {\"AccessKeyId\", \"AccessKeySecret\"} as JSON.")
     var json = false
 
@@ -52,12 +56,16 @@ struct Serve: ParsableCommand {
                 return
             }
             let service = try APIService(repository: repository, settings: .init(region: region, projectID: projectId))
-            let server = try APIServer(service: service, listen: listen)
+            guard (tlsCert == nil) == (tlsKey == nil) else {
+                throw APIError("InvalidParameter.TLS", "--tls-cert and --tls-key go together", status: 400)
+            }
+            let tls = tlsCert.map { APIServer.TLSFiles(certificateChain: $0, privateKey: tlsKey!) }
+            let server = try APIServer(service: service, listen: listen, tls: tls)
             let finished = DispatchSemaphore(value: 0)
             let failure = Mutex<(any Error)?>(nil)
             Task {
                 do {
-                    try await server.run { address in Output.log("serving \(repository.location) on http://\(address)") }
+                    try await server.run { address in Output.log("serving \(repository.location) on \(address)") }
                 } catch {
                     failure.withLock { $0 = error }
                 }

@@ -37,9 +37,11 @@ class Server:
             if not line:
                 break
             seen.append(line)
-            found = re.search(r"on http://([0-9.]+:[0-9]+)", line)
+            found = re.search(r"on (https?)://([0-9.]+):([0-9]+)", line)
             if found:
-                self.endpoint = found.group(1)
+                self.scheme = found.group(1)
+                host = "127.0.0.1" if found.group(2) == "0.0.0.0" else found.group(2)
+                self.endpoint = f"{host}:{found.group(3)}"
                 break
         if self.endpoint is None:
             self.proc.kill()
@@ -56,12 +58,14 @@ class Server:
         return self.proc.returncode
 
 
-def ecs_client(endpoint, key, algorithm=None, secret=None, key_id=None):
+def ecs_client(endpoint, key, algorithm=None, secret=None, key_id=None, protocol="http", ca=None):
     """alibabacloud-ecs20140526: ACS3-HMAC-SHA256 by default, RPC HMAC-SHA1 with algorithm="v2"."""
     config = Config(access_key_id=key_id or key["AccessKeyId"], access_key_secret=secret or key["AccessKeySecret"],
-                    endpoint=endpoint, protocol="http", region_id="local")
+                    endpoint=endpoint, protocol=protocol, region_id="local")
     if algorithm:
         config.signature_algorithm = algorithm
+    if ca:
+        config.ca = ca
     return EcsClient(config)
 
 

@@ -41,8 +41,8 @@ class Env:
         self.key = self.ds.run("serve", "--new-key", "--json").json()
         self.servers = []
 
-    def serve(self, env=None):
-        server = Server(BIN, self.ds.repo, env=env)
+    def serve(self, env=None, extra=()):
+        server = Server(BIN, self.ds.repo, env=env, extra=extra)
         self.servers.append(server)
         return server
 
@@ -183,9 +183,27 @@ def test_signatures_refused(api):
     assert describe(ecs_client(server.endpoint, api.key)).body.total_count == 0
 
 
+def test_tls_beyond_loopback(api, tmp_path):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = api.serve(extra=["--listen", "0.0.0.0:0", "--tls-cert", cert, "--tls-key", key])
+    assert server.scheme == "https"
+    client = ecs_client(server.endpoint, api.key, protocol="https", ca=cert)
+    made = client.create_snapshot(ecs.CreateSnapshotRequest(disk_id=api.disks[0][0], snapshot_name="over-tls")).body.snapshot_id
+    assert wait_accomplished(client, made).status == "accomplished"
+    # Plain HTTP to the TLS port gets no answer of ours.
+    with pytest.raises(Exception):
+        urllib.request.urlopen(f"http://{server.endpoint}/", timeout=10).read()
+    bad = api.ds.run("serve", "--listen", "127.0.0.1:0", "--tls-cert", key, "--tls-key", key, "--json", check=False)
+    assert bad.code == 2 and json.loads(bad.out)["Code"] == "Serve.TLSFiles"
+
+
 def test_serve_refuses_unsafe_setups(api, tmp_path):
     result = api.ds.run("serve", "--listen", "0.0.0.0:8080", "--json", check=False)
     assert result.code == 2 and json.loads(result.out)["Code"] == "Serve.TLSRequired"
+    result = api.ds.run("serve", "--listen", "0.0.0.0:8080", "--tls-cert", "/nonexistent", "--json", check=False)
+    assert result.code == 2 and json.loads(result.out)["Code"] == "InvalidParameter.TLS"
     credentials = os.path.join(api.ds.repo, "api", "credentials.json")
     assert stat.S_IMODE(os.stat(credentials).st_mode) == 0o600
     os.chmod(credentials, 0o644)
