@@ -18,6 +18,8 @@ struct ECSOperations {
         case "DescribeSnapshots": return try await describeSnapshots(parameters)
         case "DeleteSnapshot": return try await deleteSnapshot(parameters)
         case "DescribeDisks": return try await describeDisks(parameters)
+        case "ModifySnapshotAttribute": return try await modifySnapshotAttribute(parameters)
+        case "DescribeSnapshotsUsage": return try await describeSnapshotsUsage(parameters)
         default: throw APIError.unsupportedOperation(action, Self.version)
         }
     }
@@ -71,7 +73,7 @@ struct ECSOperations {
         let ids = try parameters.jsonList("SnapshotIds")
         let tags = try parameters.tags()
         let repository = self.repository
-        var records = try await service.blocking { try Catalog(repository: repository).records(markingDeadFailed: true).records }
+        var records = try await service.blocking { try Catalog(repository: repository).records().records }
         if let diskID = parameters["DiskId"], !diskID.isEmpty { records = records.filter { $0.sourceDiskId?.rawValue == diskID } }
         if let instance = parameters["InstanceId"], !instance.isEmpty {
             let disks = Set(try DiskRegistry(repository: repository).disks().filter { $0.instance == instance }.map(\.diskId))
@@ -155,14 +157,43 @@ struct ECSOperations {
     // MARK: DeleteSnapshot
 
     func deleteSnapshot(_ parameters: Parameters) async throws -> APIValue {
-        let id = try parameters.required("SnapshotId")
-        guard SnapshotID(id) != nil else {
-            throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) does not exist", status: 404)
-        }
+        let id = try snapshotID(parameters)
         _ = try parameters.bool("Force")
         let repository = self.repository
         _ = try await service.blocking { try Deleter(repository: repository).delete([id]) }
         return .object([])
+    }
+
+    // MARK: ModifySnapshotAttribute
+
+    func modifySnapshotAttribute(_ parameters: Parameters) async throws -> APIValue {
+        let id = try snapshotID(parameters)
+        let name = parameters["SnapshotName"].flatMap { $0.isEmpty ? nil : $0 }
+        let description = parameters["Description"]
+        let repository = self.repository
+        _ = try await service.blocking { try Editor(repository: repository).modify(id, name: name, description: description) }
+        return .object([])
+    }
+
+    /// `SnapshotId`, which must be an id (a name is not an id in the cloud's APIs).
+    func snapshotID(_ parameters: Parameters) throws(APIError) -> String {
+        let id = try parameters.required("SnapshotId")
+        guard SnapshotID(id) != nil else {
+            throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) does not exist", status: 404)
+        }
+        return id
+    }
+
+    // MARK: DescribeSnapshotsUsage
+
+    /// How many snapshots there are and the bytes they stored (each chunk counted once, by
+    /// the snapshot that stored it first).
+    func describeSnapshotsUsage(_ parameters: Parameters) async throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        let repository = self.repository
+        let records = try await service.blocking { try Catalog(repository: repository).records().records }
+        let live = records.filter { $0.status == .accomplished || $0.status == .progressing }
+        return .object([("SnapshotCount", .int(live.count)), ("SnapshotSize", .int(live.reduce(UInt64(0)) { $0 + $1.bytesStoredNew }))])
     }
 
     // MARK: DescribeDisks

@@ -12,7 +12,7 @@ struct DiskSnap: ParsableCommand {
         abstract: "Point-in-time snapshots of disks into a deduplicated, compressed store.",
         discussion: "Exit statuses: 0 success, 1 check found problems, 2 invalid parameter, 3 not found, 4 conflict, 5 busy, 6 repository corrupt, 7 I/O error, 8 quota exceeded, 70 internal error, 64 usage. See docs/CLI.md.",
         version: "0.1.0",
-        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Copy.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, Serve.self, GuestThawWatchdog.self]
+        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Copy.self, Modify.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, Serve.self, GuestThawWatchdog.self]
     )
 
     /// Lets `--repo` stand before the subcommand as well as after it.

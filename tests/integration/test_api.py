@@ -328,3 +328,29 @@ def test_load_parallel_describes_and_creates(api, tmp_path):
         print(f"\nload: 200 DescribeSnapshots in parallel with 20 CreateSnapshot on 4 disks: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; {len(accepted)} creates accepted, {len(refused)} refused (disk busy)")
     finally:
         env.close()
+
+
+def test_ecs_modify_and_usage(api):
+    server = api.serve()
+    client = ecs_client(server.endpoint, api.key)
+    disk_id = api.disks[0][0]
+    first = client.create_snapshot(ecs.CreateSnapshotRequest(disk_id=disk_id, snapshot_name="before")).body.snapshot_id
+    wait_accomplished(client, first)
+    other = client.create_snapshot(ecs.CreateSnapshotRequest(disk_id=disk_id, snapshot_name="taken")).body.snapshot_id
+    wait_accomplished(client, other)
+    client.modify_snapshot_attribute(ecs.ModifySnapshotAttributeRequest(snapshot_id=first, snapshot_name="after", description="renamed"))
+    snap = wait_accomplished(client, first)
+    assert (snap.snapshot_name, snap.description) == ("after", "renamed")
+    assert api.ds.show(first)["SnapshotName"] == "after"
+    modify = lambda **kw: client.modify_snapshot_attribute(ecs.ModifySnapshotAttributeRequest(snapshot_id=first, **kw))
+    assert error_of(lambda: modify(snapshot_name="taken")) == ("InvalidSnapshotName.Duplicate", 400)
+    assert error_of(lambda: modify(snapshot_name="auto-x")) == ("InvalidSnapshotName.Malformed", 400)
+    assert error_of(lambda: client.modify_snapshot_attribute(ecs.ModifySnapshotAttributeRequest(snapshot_id="s-nosuchsnapshot0000", snapshot_name="x1"))) == ("InvalidSnapshotId.NotFound", 404)
+    # The CLI takes the same path.
+    assert api.ds.run("modify", first, "--name", "taken", check=False).code == 2
+    api.ds.run("modify", first, "--description", "")
+    assert api.ds.show(first)["Description"] == ""
+    usage = client.describe_snapshots_usage(ecs.DescribeSnapshotsUsageRequest(region_id="local")).body
+    assert usage.snapshot_count == 2
+    stored = sum(api.ds.show(s)["BytesStoredNew"] for s in (first, other))
+    assert usage.snapshot_size == stored and stored > 0
