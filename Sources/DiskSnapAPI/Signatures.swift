@@ -70,7 +70,7 @@ public enum RequestSignature {
         }
         let expected = HMAC<SHA256>.authenticationCode(for: Array(stringToSign.utf8), using: SymmetricKey(data: Array(key.utf8)))
         guard constantTimeEqual(Array(signature.lowercased().utf8), Array(Data(expected).hex.utf8)) else {
-            throw APIError("SignatureDoesNotMatch", "the request signature does not match the one computed with the secret of \(accessKeyId)", status: 400)
+            throw mismatch(stringToSign)
         }
         guard let dateText = request.header("x-acs-date"), let date = parseUTC(dateText) else {
             throw APIError("InvalidTimeStamp.Format", "x-acs-date is not a UTC time such as 2026-12-05T12:00:00Z", status: 400)
@@ -105,12 +105,19 @@ public enum RequestSignature {
         }
         let expected = HMAC<Insecure.SHA1>.authenticationCode(for: Array(stringToSign.utf8), using: SymmetricKey(data: Array((key + "&").utf8)))
         guard constantTimeEqual(Array(signature.utf8), Array(Data(expected).base64EncodedString().utf8)) else {
-            throw APIError("SignatureDoesNotMatch", "the request signature does not match the one computed with the secret of \(accessKeyId)", status: 400)
+            throw mismatch(stringToSign)
         }
         guard let date = parseUTC(timestamp) else {
             throw APIError("InvalidTimeStamp.Format", "Timestamp '\(timestamp)' is not a UTC time such as 2026-12-05T12:00:00Z", status: 400)
         }
         return SignedCaller(accessKeyId: accessKeyId, nonce: nonce, date: date)
+    }
+
+    /// Alibaba's own words, ending with the string the server signed: a client can tell a
+    /// wrong secret (its string is the same) from a request changed on the way (the legacy
+    /// SDK says `InvalidAccessKeySecret` in the first case). The string holds no secret.
+    static func mismatch(_ stringToSign: String) -> APIError {
+        APIError("SignatureDoesNotMatch", "Specified signature is not matched with our calculation. server string to sign is:" + stringToSign, status: 400)
     }
 
     /// `2026-12-05T12:00:00Z` (fractions of a second allowed).

@@ -79,3 +79,13 @@ def wait_accomplished(client, snapshot_id, timeout=120):
             return found[0]
         time.sleep(0.2)
     raise AssertionError(f"{snapshot_id} still progressing after {timeout} s")
+
+
+def legacy_call(endpoint, key, request, secret=None):
+    """aliyun-python-sdk-core's AcsClient (RPC, HMAC-SHA1 `Signature=`): the answer as JSON,
+    or the SDK's ServerException."""
+    from aliyunsdkcore.client import AcsClient
+    client = AcsClient(key["AccessKeyId"], secret or key["AccessKeySecret"], "local", auto_retry=False)
+    request.set_endpoint(endpoint)
+    request.set_protocol_type("http")
+    return json.loads(client.do_action_with_exception(request))

@@ -215,7 +215,7 @@ def rpc_request(endpoint, key, params, method="GET", nonce=None, timestamp=None,
     """An RPC call signed here, independently of the SDKs (signature version 1.0, HMAC-SHA1),
     so that a test can replay it, age it or tamper with it."""
     import base64, hashlib, hmac, urllib.parse, uuid, datetime
-    signed = dict(params, Format="JSON", Version="2014-05-26", AccessKeyId=key["AccessKeyId"],
+    signed = dict({"Format": "JSON"}, **params, Version="2014-05-26", AccessKeyId=key["AccessKeyId"],
                   SignatureMethod="HMAC-SHA1", SignatureVersion="1.0", SignatureNonce=nonce or str(uuid.uuid4()),
                   Timestamp=timestamp or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     enc = lambda s: urllib.parse.quote(str(s), safe="~")
@@ -354,3 +354,46 @@ def test_ecs_modify_and_usage(api):
     assert usage.snapshot_count == 2
     stored = sum(api.ds.show(s)["BytesStoredNew"] for s in (first, other))
     assert usage.snapshot_size == stored and stored > 0
+
+
+def test_legacy_sdk_and_xml(api):
+    from aliyunsdkcore.acs_exception.exceptions import ServerException
+    from aliyunsdkecs.request.v20140526.CreateSnapshotRequest import CreateSnapshotRequest
+    from aliyunsdkecs.request.v20140526.DescribeSnapshotsRequest import DescribeSnapshotsRequest
+    from aliyunsdkecs.request.v20140526.DeleteSnapshotRequest import DeleteSnapshotRequest
+    from api_clients import legacy_call
+    server = api.serve()
+    create = CreateSnapshotRequest()
+    create.set_DiskId(api.disks[0][0])
+    create.set_SnapshotName("legacy-1")
+    create.set_Tags([{"Key": "via", "Value": "legacy"}])
+    snapshot_id = legacy_call(server.endpoint, api.key, create)["SnapshotId"]
+    snap = wait_accomplished(ecs_client(server.endpoint, api.key), snapshot_id)
+    assert [(t.tag_key, t.tag_value) for t in snap.tags.tag] == [("via", "legacy")]
+    describe = DescribeSnapshotsRequest()
+    describe.set_SnapshotIds(json.dumps([snapshot_id]))
+    listed = legacy_call(server.endpoint, api.key, describe)
+    assert listed["TotalCount"] == 1 and listed["Snapshots"]["Snapshot"][0]["Status"] == "accomplished"
+    with pytest.raises(ServerException) as caught:
+        legacy_call(server.endpoint, api.key, describe, secret="wrong")
+    # The server's string to sign is the SDK's own, so the SDK can say the secret is wrong.
+    assert (caught.value.get_error_code(), caught.value.get_http_status()) == ("InvalidAccessKeySecret", 400)
+    delete = DeleteSnapshotRequest()
+    delete.set_SnapshotId(snapshot_id)
+    legacy_call(server.endpoint, api.key, delete)
+    with pytest.raises(ServerException) as caught:
+        legacy_call(server.endpoint, api.key, delete)
+    assert (caught.value.get_error_code(), caught.value.get_http_status()) == ("InvalidSnapshotId.NotFound", 404)
+    # This version of the legacy core always sends Format=JSON; a client that asks XML gets it,
+    # errors included.
+    import xml.etree.ElementTree as ET
+    request = rpc_request(server.endpoint, api.key, {"Action": "DescribeSnapshots", "RegionId": "local", "Format": "XML"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.headers["Content-Type"].startswith("text/xml")
+        root = ET.fromstring(answer.read())
+    assert root.tag == "DescribeSnapshotsResponse" and root.find("TotalCount").text == "0"
+    request = rpc_request(server.endpoint, api.key, {"Action": "DeleteSnapshot", "SnapshotId": snapshot_id, "Format": "XML"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    root = ET.fromstring(caught.value.read())
+    assert root.tag == "Error" and root.find("Code").text == "InvalidSnapshotId.NotFound"
