@@ -10,7 +10,7 @@ import DiskSnapEngine
 struct ECSOperations {
     static let version = "2014-05-26"
     let service: APIService
-    var repository: Repository { service.repository }
+    var core: SnapshotOperations { SnapshotOperations(service: service) }
 
     func perform(_ action: String, _ parameters: Parameters) async throws -> APIValue {
         switch action {
@@ -20,6 +20,7 @@ struct ECSOperations {
         case "DescribeDisks": return try await describeDisks(parameters)
         case "ModifySnapshotAttribute": return try await modifySnapshotAttribute(parameters)
         case "DescribeSnapshotsUsage": return try await describeSnapshotsUsage(parameters)
+        case "ResetDisk": return try await resetDisk(parameters)
         default: throw APIError.unsupportedOperation(action, Self.version)
         }
     }
@@ -34,32 +35,16 @@ struct ECSOperations {
         }
     }
 
-    /// A registered disk by its id; a client names no paths.
-    func disk(_ id: String) throws -> DiskRecord {
-        guard let diskID = DiskID(id), let disk = try DiskRegistry(repository: repository).disks().first(where: { $0.diskId == diskID }) else {
-            throw APIError("InvalidDiskId.NotFound", "the disk \(id) does not exist", status: 404)
-        }
-        return disk
-    }
-
     // MARK: CreateSnapshot
 
     func createSnapshot(_ parameters: Parameters) async throws -> APIValue {
         try checkRegion(parameters, required: false)
-        let disk = try disk(try parameters.required("DiskId"))
+        let disk = try core.disk(try parameters.required("DiskId"))
         var request = CreateRequest(source: disk.diskId.rawValue, name: try parameters.required("SnapshotName"))
         request.description = parameters["Description"] ?? ""
         request.tags = try parameters.tags().map { try Tag(key: $0.key, value: $0.value) }
         if let token = parameters["ClientToken"], !token.isEmpty { request.clientToken = try ClientToken(token) }
-        let snapshotter = Snapshotter(repository: repository), admitting = request
-        let admission = try await service.blocking { try snapshotter.admit(admitting) }
-        let id: SnapshotID
-        switch admission {
-        case .reused(let record): id = record.snapshotId
-        case .admitted(let admitted):
-            id = admitted.record.snapshotId
-            service.runInBackground(admitted)
-        }
+        let id = try await core.create(request)
         return .object([("SnapshotId", .string(id.rawValue))])
     }
 
@@ -72,11 +57,10 @@ struct ECSOperations {
         let maxResults = try parameters.int("MaxResults", default: 10, range: 10...100)
         let ids = try parameters.jsonList("SnapshotIds")
         let tags = try parameters.tags()
-        let repository = self.repository
-        var records = try await service.blocking { try Catalog(repository: repository).records().records }
+        var records = try await core.snapshots()
         if let diskID = parameters["DiskId"], !diskID.isEmpty { records = records.filter { $0.sourceDiskId?.rawValue == diskID } }
         if let instance = parameters["InstanceId"], !instance.isEmpty {
-            let disks = Set(try DiskRegistry(repository: repository).disks().filter { $0.instance == instance }.map(\.diskId))
+            let disks = Set(try await core.disks().filter { $0.instance == instance }.map(\.diskId))
             records = records.filter { $0.sourceDiskId.map(disks.contains) == true }
         }
         if let ids { records = records.filter { ids.contains($0.snapshotId.rawValue) } }
@@ -96,8 +80,6 @@ struct ECSOperations {
             records = records.filter { $0.sourceDiskType?.lowercased() == type.lowercased() }
         }
         for tag in tags { records = records.filter { $0.tags.contains { $0.key == tag.key && (tag.value.isEmpty || $0.value == tag.value) } } }
-        // Newest first, as the cloud lists them.
-        records.sort { ($0.creationTime, $0.snapshotId.rawValue) > ($1.creationTime, $1.snapshotId.rawValue) }
         let total = records.count
         var page: ArraySlice<SnapshotRecord>
         var nextToken = ""
@@ -113,8 +95,7 @@ struct ECSOperations {
             if start + maxResults < total { nextToken = String(start + maxResults) }
             members = [("TotalCount", .int(total)), ("NextToken", .string(nextToken))]
         } else {
-            let start = min(total, (pageNumber - 1) * pageSize)
-            page = records[start..<min(total, start + pageSize)]
+            page = DiskSnapAPI.page(records, number: pageNumber, size: pageSize)
             members = [("TotalCount", .int(total)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)), ("NextToken", .string(""))]
         }
         members.append(("Snapshots", .object([("Snapshot", .array(page.map(snapshot)))])))
@@ -130,10 +111,10 @@ struct ECSOperations {
             ("Status", .string(status)),
             ("Progress", .string(record.status == .accomplished ? "100%" : record.progress)),
             ("Available", .bool(record.status == .accomplished)),
-            ("CreationTime", .string(Self.cloudTime(record.creationTime))),
-            ("LastModifiedTime", .string(Self.cloudTime(record.completionTime ?? record.creationTime))),
+            ("CreationTime", .string(cloudTime(record.creationTime))),
+            ("LastModifiedTime", .string(cloudTime(record.completionTime ?? record.creationTime))),
             ("SourceDiskId", .string(record.sourceDiskId?.rawValue ?? "")),
-            ("SourceDiskSize", .string(String((record.sourceSize + (1 << 30) - 1) >> 30))),
+            ("SourceDiskSize", .string(String(gibibytes(record.sourceSize)))),
             ("SourceDiskType", .string(record.sourceDiskType.map { $0.prefix(1).uppercased() + $0.dropFirst() } ?? "")),
             ("SourceStorageType", .string("disk")),
             ("SnapshotType", .string(record.automatic ? "auto" : "user")),
@@ -146,42 +127,28 @@ struct ECSOperations {
         ])
     }
 
-    /// The cloud's times: UTC to the second (`2026-12-05T12:00:00Z`).
-    static func cloudTime(_ text: String) -> String {
-        guard let date = ISOTime.parse(text) else { return text }
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.string(from: date)
-    }
-
     // MARK: DeleteSnapshot
 
     func deleteSnapshot(_ parameters: Parameters) async throws -> APIValue {
-        let id = try snapshotID(parameters)
         _ = try parameters.bool("Force")
-        let repository = self.repository
-        _ = try await service.blocking { try Deleter(repository: repository).delete([id]) }
+        try await core.delete([try parameters.required("SnapshotId")])
         return .object([])
     }
 
     // MARK: ModifySnapshotAttribute
 
     func modifySnapshotAttribute(_ parameters: Parameters) async throws -> APIValue {
-        let id = try snapshotID(parameters)
         let name = parameters["SnapshotName"].flatMap { $0.isEmpty ? nil : $0 }
-        let description = parameters["Description"]
-        let repository = self.repository
-        _ = try await service.blocking { try Editor(repository: repository).modify(id, name: name, description: description) }
+        try await core.modify(try parameters.required("SnapshotId"), name: name, description: parameters["Description"])
         return .object([])
     }
 
-    /// `SnapshotId`, which must be an id (a name is not an id in the cloud's APIs).
-    func snapshotID(_ parameters: Parameters) throws(APIError) -> String {
-        let id = try parameters.required("SnapshotId")
-        guard SnapshotID(id) != nil else {
-            throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) does not exist", status: 404)
-        }
-        return id
+    // MARK: ResetDisk
+
+    func resetDisk(_ parameters: Parameters) async throws -> APIValue {
+        try await core.reset(diskID: try parameters.required("DiskId"), snapshotID: try parameters.required("SnapshotId"),
+                             dryRun: try parameters.bool("DryRun") ?? false)
+        return .object([])
     }
 
     // MARK: DescribeSnapshotsUsage
@@ -190,8 +157,7 @@ struct ECSOperations {
     /// the snapshot that stored it first).
     func describeSnapshotsUsage(_ parameters: Parameters) async throws -> APIValue {
         try checkRegion(parameters, required: true)
-        let repository = self.repository
-        let records = try await service.blocking { try Catalog(repository: repository).records().records }
+        let records = try await core.snapshots()
         let live = records.filter { $0.status == .accomplished || $0.status == .progressing }
         return .object([("SnapshotCount", .int(live.count)), ("SnapshotSize", .int(live.reduce(UInt64(0)) { $0 + $1.bytesStoredNew }))])
     }
@@ -203,31 +169,28 @@ struct ECSOperations {
         let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
         let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
         let ids = try parameters.jsonList("DiskIds")
-        let repository = self.repository
-        var disks = try await service.blocking { try DiskRegistry(repository: repository).disks() }
+        var disks = try await core.disks()
         if let ids { disks = disks.filter { ids.contains($0.diskId.rawValue) } }
         if let instance = parameters["InstanceId"], !instance.isEmpty { disks = disks.filter { $0.instance == instance } }
         if let type = parameters["DiskType"], !type.isEmpty, type != "all" {
             guard type == "system" || type == "data" else { throw APIError.invalid("DiskType", "is '\(type)'; it must be system, data or all") }
             disks = disks.filter { $0.diskType == type }
         }
-        let total = disks.count
-        let start = min(total, (pageNumber - 1) * pageSize)
-        let page = disks[start..<min(total, start + pageSize)]
         return .object([
-            ("TotalCount", .int(total)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
-            ("Disks", .object([("Disk", .array(page.map { disk in
-                let size = (try? FileSystem.statusIfExists(disk.path))??.size
+            ("TotalCount", .int(disks.count)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
+            ("Disks", .object([("Disk", .array(page(disks, number: pageNumber, size: pageSize).map { disk in
+                let (status, size, failure) = service.diskStatus(disk)
                 return .object([
                     ("DiskId", .string(disk.diskId.rawValue)),
                     ("DiskName", .string(disk.diskName)),
                     ("Type", .string(disk.diskType)),
-                    ("Size", .int(size.map { Int(($0 + (1 << 30) - 1) >> 30) } ?? 0)),
-                    ("Status", .string(size == nil ? "Unavailable" : (disk.instance == nil ? "Available" : "In_use"))),
+                    ("Size", .int(size.map(gibibytes) ?? 0)),
+                    ("Status", .string(status)),
                     ("InstanceId", .string(disk.instance ?? "")),
                     ("RegionId", .string(service.settings.region)),
                     ("Category", .string("local")),
-                    ("CreationTime", .string(Self.cloudTime(disk.creationTime))),
+                    ("CreationTime", .string(cloudTime(disk.creationTime))),
+                    ("OperationLocks", .object([("OperationLock", .array(failure.map { [.object([("LockReason", .string("reset-failed: " + $0))])] } ?? []))])),
                 ])
             }))])),
         ])

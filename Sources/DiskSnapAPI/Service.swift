@@ -32,6 +32,7 @@ public final class APIService: Sendable {
     private let keys: Mutex<(credentials: APICredentials, stamp: FileStatus?)>
     /// Creates admitted and running in the background (their record says how far each is).
     let running = Atomic<Int>(0)
+    let resets = Mutex(ResetState())
 
     public init(repository: Repository, settings: Settings) throws {
         self.repository = repository

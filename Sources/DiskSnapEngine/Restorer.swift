@@ -46,6 +46,39 @@ public struct RestoreResult: Sendable {
     public var verified = false
 }
 
+/// An in-place restore admitted (`Restorer.admitInPlace`): it holds the repository's locks
+/// and the target, open exclusively, until `run` ends. Used by one thread at a time.
+public final class AdmittedRestore: @unchecked Sendable {
+    let restorer: Restorer
+    let request: RestoreRequest
+    let snapshot: OpenedSnapshot
+    let range: ByteRange
+    let target: InPlaceTarget
+    let index: ChunkLocator
+    let packs: PackFiles
+    private var locks: [HeldLock]
+
+    public var record: SnapshotRecord { snapshot.record }
+
+    init(restorer: Restorer, request: RestoreRequest, snapshot: OpenedSnapshot, range: ByteRange, target: InPlaceTarget,
+         index: ChunkLocator, packs: PackFiles, locks: [HeldLock]) {
+        self.restorer = restorer
+        self.request = request
+        self.snapshot = snapshot
+        self.range = range
+        self.target = target
+        self.index = index
+        self.packs = packs
+        self.locks = locks
+    }
+
+    /// Compares and writes what differs; then the locks are let go of. Runs once.
+    public func run() throws -> RestoreResult {
+        defer { while !locks.isEmpty { _ = locks.removeLast() } }
+        return try restorer.restoreInPlace(request, snapshot: snapshot, range: range, target: target, index: index, packs: packs)
+    }
+}
+
 /// Writes a snapshot's bytes to a file or block device, in parallel, verifying every chunk.
 ///
 /// A file target is built under a temporary name in the target's directory and renamed
@@ -59,6 +92,7 @@ public struct Restorer {
     public init(repository: Repository) { self.repository = repository }
 
     public func restore(_ request: RestoreRequest) throws -> RestoreResult {
+        if request.inPlace { return try admitInPlace(request).run() }
         let lock = try repository.lock(.shared, for: "restore")
         let readers = try repository.readersLock()
         defer { withExtendedLifetime((lock, readers)) {} }
@@ -67,7 +101,6 @@ public struct Restorer {
         let index = try ChunkLocator.open(repository)
         TestHooks.pause(at: "restore-after-index")
         let packs = PackFiles(repository: repository, index: index)
-        if request.inPlace { return try restoreInPlace(request, snapshot: snapshot, range: range, index: index, packs: packs) }
         guard !request.dryRun else {
             throw EngineError(code: "InvalidParameter.DryRun", "--dry-run compares an existing disk: it needs --in-place", exitStatus: .invalidParameter)
         }
@@ -112,12 +145,27 @@ public struct Restorer {
         }
     }
 
-    private func restoreInPlace(_ request: RestoreRequest, snapshot: OpenedSnapshot, range: ByteRange,
-                                index: ChunkLocator, packs: PackFiles) throws -> RestoreResult {
+    /// An in-place restore up to the point where it writes: the locks, the snapshot, the
+    /// chunk index, and the target opened exclusively (a disk in use is refused here,
+    /// `Target.InUse`). `run` then compares and writes; a caller can answer in between.
+    public func admitInPlace(_ request: RestoreRequest) throws -> AdmittedRestore {
+        let lock = try repository.lock(.shared, for: "restore")
+        let readers = try repository.readersLock()
+        let snapshot = try OpenedSnapshot.open(request.snapshot, in: repository)
+        let range = try snapshot.byteRange(partition: request.partition)
         guard !Qcow2Image.isQcow2(request.targetPath) else {
             throw EngineError(code: "InvalidParameter.Format", "\(request.targetPath) is a qcow2 image: --in-place writes raw disks (restore to a new qcow2 file with --format qcow2)", exitStatus: .invalidParameter)
         }
         let target = try InPlaceTarget.open(request.targetPath, size: range.count, force: request.force, dryRun: request.dryRun)
+        let index = try ChunkLocator.open(repository)
+        TestHooks.pause(at: "restore-after-index")
+        let packs = PackFiles(repository: repository, index: index)
+        return AdmittedRestore(restorer: self, request: request, snapshot: snapshot, range: range, target: target,
+                               index: index, packs: packs, locks: [lock, readers])
+    }
+
+    fileprivate func restoreInPlace(_ request: RestoreRequest, snapshot: OpenedSnapshot, range: ByteRange, target: InPlaceTarget,
+                                    index: ChunkLocator, packs: PackFiles) throws -> RestoreResult {
         let progress = Progress(label: request.dryRun ? "compare" : "restore in place", total: range.count, observer: request.progress)
         let writer = request.dryRun ? nil : DirectWriter(file: target.file)
         let work = InPlaceWork(snapshot: snapshot, index: index, packs: packs, file: target.file, writer: writer,

@@ -397,3 +397,45 @@ def test_legacy_sdk_and_xml(api):
         urllib.request.urlopen(request, timeout=30)
     root = ET.fromstring(caught.value.read())
     assert root.tag == "Error" and root.find("Code").text == "InvalidSnapshotId.NotFound"
+
+
+def wait_disk_settled(client, disk_id, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        disk = client.describe_disks(ecs.DescribeDisksRequest(region_id="local", disk_ids=json.dumps([disk_id]))).body.disks.disk[0]
+        if disk.status != "ReIniting":
+            return disk
+        time.sleep(0.2)
+    raise AssertionError(f"{disk_id} still ReIniting after {timeout} s")
+
+
+def test_ecs_reset_disk_rolls_back_in_place(api):
+    server = api.serve()
+    client = ecs_client(server.endpoint, api.key)
+    disk_id, image = api.disks[0]
+    before = sha256(image)
+    snapshot_id = client.create_snapshot(ecs.CreateSnapshotRequest(disk_id=disk_id, snapshot_name="good")).body.snapshot_id
+    wait_accomplished(client, snapshot_id)
+    other = client.create_snapshot(ecs.CreateSnapshotRequest(disk_id=api.disks[1][0], snapshot_name="other")).body.snapshot_id
+    wait_accomplished(client, other)
+    # A mistake: the disk's blocks overwritten.
+    with open(image, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(os.urandom(4 << 20))
+    assert sha256(image) != before
+    reset = lambda **kw: client.reset_disk(ecs.ResetDiskRequest(**kw))
+    assert error_of(lambda: reset(disk_id=disk_id, snapshot_id=snapshot_id, dry_run=True)) == ("DryRunOperation", 400)
+    assert error_of(lambda: reset(disk_id=disk_id, snapshot_id=other)) == ("InvalidSnapshotId.NotFound", 404)
+    assert error_of(lambda: reset(disk_id="d-nosuchdisk00000000", snapshot_id=snapshot_id)) == ("InvalidDiskId.NotFound", 404)
+    # A disk in use (here: backing a loop device) is not written.
+    loop = subprocess.run(["losetup", "-f", "--show", image], check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        assert error_of(lambda: reset(disk_id=disk_id, snapshot_id=snapshot_id)) == ("IncorrectInstanceStatus", 403)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+    assert sha256(image) != before
+    reset(disk_id=disk_id, snapshot_id=snapshot_id)
+    disk = wait_disk_settled(client, disk_id)
+    assert disk.status == "In_use" and disk.operation_locks.operation_lock == []
+    assert sha256(image) == before
+    subprocess.run(["e2fsck", "-fn", image], check=True, capture_output=True)

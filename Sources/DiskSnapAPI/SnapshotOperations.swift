@@ -1,0 +1,167 @@
+import Foundation
+import Synchronization
+import DiskSnapSys
+import DiskSnapFormat
+import DiskSnapStore
+import DiskSnapCatalog
+import DiskSnapEngine
+
+/// What every API family does to snapshots and disks, whatever its names and shapes: each
+/// operation is the engine's path that the CLI takes too, run off the event loops. The
+/// families (`ECSOperations`, `ECDOperations`, `SWASOperations`) only translate.
+struct SnapshotOperations {
+    let service: APIService
+    var repository: Repository { service.repository }
+
+    /// A registered disk by its id; a client names no paths.
+    func disk(_ id: String) throws -> DiskRecord {
+        guard let diskID = DiskID(id), let disk = try DiskRegistry(repository: repository).disks().first(where: { $0.diskId == diskID }) else {
+            throw APIError("InvalidDiskId.NotFound", "the disk \(id) does not exist", status: 404)
+        }
+        return disk
+    }
+
+    func disks() async throws -> [DiskRecord] {
+        let repository = self.repository
+        return try await service.blocking { try DiskRegistry(repository: repository).disks() }
+    }
+
+    /// Every snapshot, newest first (a dead creator's `progressing` record reads `failed`).
+    func snapshots() async throws -> [SnapshotRecord] {
+        let repository = self.repository
+        return try await service.blocking { try Catalog(repository: repository).records().records }
+            .sorted { ($0.creationTime, $0.snapshotId.rawValue) > ($1.creationTime, $1.snapshotId.rawValue) }
+    }
+
+    /// Admits a create and runs it in the background; the id at once (an earlier request's,
+    /// for a client token seen before).
+    func create(_ request: CreateRequest) async throws -> SnapshotID {
+        let snapshotter = Snapshotter(repository: repository)
+        switch try await service.blocking({ try snapshotter.admit(request) }) {
+        case .reused(let record): return record.snapshotId
+        case .admitted(let admitted):
+            service.runInBackground(admitted)
+            return admitted.record.snapshotId
+        }
+    }
+
+    func delete(_ ids: [String]) async throws {
+        for id in ids where SnapshotID(id) == nil {
+            throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) does not exist", status: 404)
+        }
+        let repository = self.repository
+        _ = try await service.blocking { try Deleter(repository: repository).delete(ids) }
+    }
+
+    func modify(_ id: String, name: String?, description: String?) async throws {
+        guard SnapshotID(id) != nil else { throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) does not exist", status: 404) }
+        let repository = self.repository
+        _ = try await service.blocking { try Editor(repository: repository).modify(id, name: name, description: description) }
+    }
+
+    /// Rolls a disk back to one of its snapshots, in place: admitted now (the snapshot is the
+    /// disk's and accomplished, the disk's lock is free, the disk is not in use), written in
+    /// the background while the disk's lock is held: `DescribeDisks` says `ReIniting`
+    /// meanwhile, and a failure stays in the disk's `OperationLocks` until a reset succeeds.
+    /// With `dryRun`, everything is checked and nothing written.
+    func reset(diskID: String, snapshotID: String, dryRun: Bool) async throws {
+        let disk = try disk(diskID)
+        guard let id = SnapshotID(snapshotID) else {
+            throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(snapshotID) does not exist", status: 404)
+        }
+        let repository = self.repository
+        let admitted: (AdmittedRestore, HeldLock) = try await service.blocking {
+            let record = try Catalog(repository: repository).record(id)
+            guard record.sourceDiskId == disk.diskId else {
+                throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) was not taken of disk \(disk.diskId); a disk is reset from its own snapshots", status: 404)
+            }
+            guard let diskLock = try repository.tryLock(name: "disk-\(disk.diskId.rawValue)") else {
+                throw APIError("IncorrectDiskStatus", "disk \(disk.diskId) is being snapshotted or reset; try again later", status: 403)
+            }
+            var request = RestoreRequest(snapshot: id.rawValue, targetPath: disk.path)
+            request.inPlace = true
+            request.dryRun = dryRun
+            do {
+                return (try Restorer(repository: repository).admitInPlace(request), diskLock)
+            } catch let error as any CodedError where error.code == "Target.InUse" {
+                throw APIError("IncorrectInstanceStatus", "\(error.message); stop what uses the disk first", status: 403)
+            }
+        }
+        if dryRun {
+            throw APIError("DryRunOperation", "the request would succeed: the disk can be reset from \(id) (DryRun: nothing written)", status: 400)
+        }
+        service.resetInBackground(disk.diskId, admitted.0, holding: admitted.1)
+    }
+}
+
+/// What the server knows of the resets it runs.
+struct ResetState: Sendable {
+    var running: Set<DiskID> = []
+    /// The last reset of a disk that failed, and why (until one succeeds).
+    var failed: [DiskID: String] = [:]
+}
+
+extension APIService {
+    func resetInBackground(_ disk: DiskID, _ admitted: AdmittedRestore, holding lock: HeldLock) {
+        resets.withLock { $0.running.insert(disk) }
+        Thread.detachNewThread {
+            let outcome = Result { try admitted.run() }
+            withExtendedLifetime(lock) {}
+            self.resets.withLock { state in
+                state.running.remove(disk)
+                switch outcome {
+                case .success: state.failed[disk] = nil
+                case .failure(let error):
+                    state.failed[disk] = (error as? any CodedError)?.description ?? "\(error)"
+                }
+            }
+        }
+    }
+
+    /// `ReIniting` while a reset writes the disk, else from its path and instance.
+    func diskStatus(_ disk: DiskRecord) -> (status: String, size: UInt64?, failure: String?) {
+        let size = (try? FileSystem.statusIfExists(disk.path))??.size
+        let (resetting, failure) = resets.withLock { ($0.running.contains(disk.diskId), $0.failed[disk.diskId]) }
+        let status = resetting ? "ReIniting" : (size == nil ? "Unavailable" : (disk.instance == nil ? "Available" : "In_use"))
+        return (status, size, failure)
+    }
+}
+
+extension Parameters {
+    /// A list given as JSON (`["s-1","s-2"]`), or comma-separated (as SWAS's documents allow).
+    func jsonOrCommaList(_ name: String, limit: Int = 100) throws(APIError) -> [String]? {
+        guard let text = self[name], !text.isEmpty else { return nil }
+        if text.hasPrefix("[") { return try jsonList(name, limit: limit) }
+        let list = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard list.count <= limit else { throw APIError.invalid(name, "lists \(list.count) items; at most \(limit)") }
+        return list
+    }
+
+    /// A repeat list: `SnapshotId.1`, `SnapshotId.2`, ... in N's order.
+    func repeatList(_ name: String, limit: Int = 100) throws(APIError) -> [String] {
+        var byIndex: [(Int, String)] = []
+        for (key, value) in items where key.hasPrefix(name + ".") {
+            guard let n = Int(key.dropFirst(name.count + 1)), n >= 1 else { throw APIError.invalid(key, "is not \(name).N with N from 1") }
+            byIndex.append((n, value))
+        }
+        guard byIndex.count <= limit else { throw APIError.invalid(name, "lists \(byIndex.count) items; at most \(limit)") }
+        return byIndex.sorted { $0.0 < $1.0 }.map(\.1)
+    }
+}
+
+/// A page of `items`: `PageNumber` (from 1) and `PageSize`.
+func page<T>(_ items: [T], number: Int, size: Int) -> ArraySlice<T> {
+    let start = min(items.count, (number - 1) * size)
+    return items[start..<min(items.count, start + size)]
+}
+
+/// The cloud's times: UTC to the second (`2026-12-05T12:00:00Z`).
+func cloudTime(_ text: String) -> String {
+    guard let date = ISOTime.parse(text) else { return text }
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime]
+    return formatter.string(from: date)
+}
+
+/// Bytes as whole GiB, rounded up (the clouds give disk sizes so).
+func gibibytes(_ bytes: UInt64) -> Int { Int((bytes + (1 << 30) - 1) >> 30) }
