@@ -26,13 +26,7 @@ struct ECSOperations {
     }
 
     func checkRegion(_ parameters: Parameters, required: Bool) throws(APIError) {
-        guard let region = parameters["RegionId"], !region.isEmpty else {
-            if required { throw APIError.missing("RegionId") }
-            return
-        }
-        guard region == service.settings.region else {
-            throw APIError("InvalidRegionId.NotFound", "the region \(region) does not exist here; this server is region \(service.settings.region)", status: 404)
-        }
+        try core.checkRegion(parameters, required: required)
     }
 
     // MARK: CreateSnapshot

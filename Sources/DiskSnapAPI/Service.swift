@@ -86,10 +86,14 @@ public final class APIService: Sendable {
             switch version {
             case ECSOperations.version:
                 body = try await ECSOperations(service: self).perform(action, parameters)
+            case ECDOperations.version:
+                body = try await ECDOperations(service: self).perform(action, parameters)
+            case SWASOperations.version:
+                body = try await SWASOperations(service: self).perform(action, parameters)
             case "":
                 throw APIError.missing("Version")
             default:
-                throw APIError("InvalidVersion", "API version \(version) is not served here (ECS \(ECSOperations.version) is; docs/API.md)", status: 400)
+                throw APIError("InvalidVersion", "API version \(version) is not served here (ECS \(ECSOperations.version), ECD \(ECDOperations.version) and SWAS \(SWASOperations.version) are; docs/API.md)", status: 400)
             }
             var members: [(String, APIValue)] = [("RequestId", .string(requestID))]
             if case .object(let rest) = body { members += rest }

@@ -13,6 +13,22 @@ struct SnapshotOperations {
     let service: APIService
     var repository: Repository { service.repository }
 
+    /// `RegionId` (or `regionId`) is the server's `--region`.
+    func checkRegion(_ parameters: Parameters, required: Bool) throws(APIError) {
+        guard let region = parameters["RegionId"] ?? parameters["regionId"], !region.isEmpty else {
+            if required { throw APIError.missing("RegionId") }
+            return
+        }
+        guard region == service.settings.region else {
+            throw APIError("InvalidRegionId.NotFound", "the region \(region) does not exist here; this server is region \(service.settings.region)", status: 404)
+        }
+    }
+
+    /// The tags of a create, under the rules.
+    func tags(_ parameters: Parameters) throws -> [Tag] {
+        try parameters.tags().map { try Tag(key: $0.key, value: $0.value) }
+    }
+
     /// A registered disk by its id; a client names no paths.
     func disk(_ id: String) throws -> DiskRecord {
         guard let diskID = DiskID(id), let disk = try DiskRegistry(repository: repository).disks().first(where: { $0.diskId == diskID }) else {

@@ -89,3 +89,14 @@ def legacy_call(endpoint, key, request, secret=None):
     request.set_endpoint(endpoint)
     request.set_protocol_type("http")
     return json.loads(client.do_action_with_exception(request))
+
+
+def alibaba_client(module, endpoint, key, algorithm=None):
+    """A tea client of another product (alibabacloud_swas_open20200601, alibabacloud_ecd20200930)."""
+    import importlib
+    client_class = importlib.import_module(module + ".client").Client
+    config = Config(access_key_id=key["AccessKeyId"], access_key_secret=key["AccessKeySecret"],
+                    endpoint=endpoint, protocol="http", region_id="local")
+    if algorithm:
+        config.signature_algorithm = algorithm
+    return client_class(config)

@@ -439,3 +439,116 @@ def test_ecs_reset_disk_rolls_back_in_place(api):
     assert disk.status == "In_use" and disk.operation_locks.operation_lock == []
     assert sha256(image) == before
     subprocess.run(["e2fsck", "-fn", image], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("algorithm", [None, "v2"])
+def test_swas_snapshots_and_quota(tmp_path, algorithm):
+    from alibabacloud_swas_open20200601 import models as swas
+    from api_clients import alibaba_client
+    env = Env(tmp_path, disks=2, profile="swas")
+    try:
+        server = env.serve()
+        client = alibaba_client("alibabacloud_swas_open20200601", server.endpoint, env.key, algorithm)
+        disk_id, image = env.disks[0]
+        made = []
+        for i in range(2):
+            made.append(client.create_snapshot(swas.CreateSnapshotRequest(
+                region_id="local", disk_id=disk_id, snapshot_name=f"swas-{i}", client_token=f"t-{i}",
+                tag=[swas.CreateSnapshotRequestTag(key="n", value=str(i))])).body.snapshot_id)
+            wait_accomplished(ecs_client(server.endpoint, env.key), made[-1])
+        made.append(client.create_snapshot(swas.CreateSnapshotRequest(region_id="local", disk_id=env.disks[1][0], snapshot_name="swas-data")).body.snapshot_id)
+        wait_accomplished(ecs_client(server.endpoint, env.key), made[-1])
+        # Three per server (instance): the fourth is refused with the document's code.
+        assert error_of(lambda: client.create_snapshot(swas.CreateSnapshotRequest(region_id="local", disk_id=disk_id, snapshot_name="swas-4"))) == ("SnapshotLimitExceed", 403)
+        listed = client.list_snapshots(swas.ListSnapshotsRequest(region_id="local", instance_id="i-one", page_size=2)).body
+        assert listed.total_count == 3 and len(listed.snapshots) == 2 and listed.page_size == 2
+        assert all(s.status == "Accomplished" and s.instance_id == "i-one" for s in listed.snapshots)
+        by_ids = client.list_snapshots(swas.ListSnapshotsRequest(region_id="local", snapshot_ids=json.dumps(made[:2]))).body.snapshots
+        assert sorted(s.snapshot_id for s in by_ids) == sorted(made[:2])
+        assert sorted((t.key, t.value) for s in by_ids for t in s.tags) == [("n", "0"), ("n", "1")]
+        disks = client.list_disks(swas.ListDisksRequest(region_id="local", instance_id="i-one")).body
+        assert disks.total_count == 2 and {d.disk_type for d in disks.disks} == {"system", "data"}
+        client.update_snapshot_attribute(swas.UpdateSnapshotAttributeRequest(region_id="local", snapshot_id=made[0], remark="kept"))
+        assert env.ds.show(made[0])["Description"] == "kept"
+        # Roll the system disk back.
+        before = sha256(image)
+        with open(image, "r+b") as f:
+            f.seek(1 << 20)
+            f.write(os.urandom(1 << 20))
+        client.reset_disk(swas.ResetDiskRequest(region_id="local", disk_id=disk_id, snapshot_id=made[1]))
+        deadline = time.time() + 60
+        while client.list_disks(swas.ListDisksRequest(region_id="local", disk_ids=json.dumps([disk_id]))).body.disks[0].status == "ReIniting":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert sha256(image) == before
+        client.delete_snapshots(swas.DeleteSnapshotsRequest(region_id="local", snapshot_ids=json.dumps(made[:2])))
+        client.delete_snapshot(swas.DeleteSnapshotRequest(region_id="local", snapshot_id=made[2]))
+        assert client.list_snapshots(swas.ListSnapshotsRequest(region_id="local")).body.total_count == 0
+        assert error_of(lambda: client.delete_snapshot(swas.DeleteSnapshotRequest(region_id="local", snapshot_id=made[2]))) == ("InvalidSnapshotId.NotFound", 404)
+    finally:
+        env.close()
+
+
+def test_swas_legacy_sdk(tmp_path):
+    from aliyunsdkcore.acs_exception.exceptions import ServerException
+    from aliyunsdkswas_open.request.v20200601.CreateSnapshotRequest import CreateSnapshotRequest
+    from aliyunsdkswas_open.request.v20200601.ListSnapshotsRequest import ListSnapshotsRequest
+    from api_clients import legacy_call
+    env = Env(tmp_path, disks=1, profile="swas")
+    try:
+        server = env.serve()
+        create = CreateSnapshotRequest()
+        create.set_DiskId(env.disks[0][0])
+        create.set_SnapshotName("legacy-swas")
+        snapshot_id = legacy_call(server.endpoint, env.key, create)["SnapshotId"]
+        wait_accomplished(ecs_client(server.endpoint, env.key), snapshot_id)
+        listed = legacy_call(server.endpoint, env.key, ListSnapshotsRequest())
+        assert listed["TotalCount"] == 1 and listed["Snapshots"][0]["SnapshotId"] == snapshot_id
+        bad = CreateSnapshotRequest()
+        bad.set_DiskId(env.disks[0][0])
+        bad.set_SnapshotName("1-starts-with-a-digit")
+        with pytest.raises(ServerException) as caught:
+            legacy_call(server.endpoint, env.key, bad)
+        assert (caught.value.get_error_code(), caught.value.get_http_status()) == ("InvalidSnapshotName.ValueNotSupported", 400)
+    finally:
+        env.close()
+
+
+def test_ecd_desktop_snapshots(tmp_path):
+    from alibabacloud_ecd20200930 import models as ecd
+    from api_clients import alibaba_client
+    env = Env(tmp_path, disks=2, profile="wuying")
+    try:
+        server = env.serve()
+        client = alibaba_client("alibabacloud_ecd20200930", server.endpoint, env.key)
+        made = {}
+        for kind in ("system", "data"):
+            made[kind] = client.create_snapshot(ecd.CreateSnapshotRequest(
+                region_id="local", desktop_id="i-one", source_disk_type=kind, snapshot_name=f"desk-{kind}", description=kind)).body.snapshot_id
+            wait_accomplished(ecs_client(server.endpoint, env.key), made[kind])
+        assert env.ds.show(made["system"])["SourceDiskId"] == env.disks[0][0]
+        assert env.ds.show(made["data"])["SourceDiskId"] == env.disks[1][0]
+        listed = client.describe_snapshots(ecd.DescribeSnapshotsRequest(region_id="local", desktop_id="i-one", max_results=1)).body
+        assert len(listed.snapshots) == 1 and listed.next_token == "1"
+        rest = client.describe_snapshots(ecd.DescribeSnapshotsRequest(region_id="local", desktop_id="i-one", next_token=listed.next_token)).body
+        assert rest.next_token == "" and {s.snapshot_id for s in listed.snapshots + rest.snapshots} == set(made.values())
+        system = client.describe_snapshots(ecd.DescribeSnapshotsRequest(region_id="local", source_disk_type="SYSTEM")).body.snapshots
+        assert [(s.snapshot_id, s.status, s.source_disk_type, s.desktop_id) for s in system] == [(made["system"], "ACCOMPLISHED", "SYSTEM", "i-one")]
+        create = lambda **kw: client.create_snapshot(ecd.CreateSnapshotRequest(region_id="local", snapshot_name="desk-x", **kw))
+        assert error_of(lambda: create(desktop_id="ecd-none", source_disk_type="system")) == ("InvalidDesktopId.NotFound", 404)
+        assert error_of(lambda: create(desktop_id="i-one", source_disk_type="swap")) == ("InvalidParameter", 400)
+        assert error_of(lambda: client.describe_snapshots(ecd.DescribeSnapshotsRequest())) == ("MissingParameter", 400)
+        image = env.disks[1][1]
+        before = sha256(image)
+        with open(image, "r+b") as f:
+            f.seek(1 << 20)
+            f.write(os.urandom(1 << 20))
+        client.reset_snapshot(ecd.ResetSnapshotRequest(region_id="local", snapshot_id=made["data"], stop_desktop=True))
+        deadline = time.time() + 60
+        while sha256(image) != before:
+            assert time.time() < deadline
+            time.sleep(0.2)
+        client.delete_snapshot(ecd.DeleteSnapshotRequest(region_id="local", snapshot_id=list(made.values())))
+        assert client.describe_snapshots(ecd.DescribeSnapshotsRequest(region_id="local")).body.snapshots == []
+    finally:
+        env.close()
