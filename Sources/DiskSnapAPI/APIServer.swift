@@ -93,6 +93,9 @@ public struct APIServer: Sendable {
                 let scheme = tls == nil ? "http" : "https"
                 ready(scheme + "://" + (channel.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"))
             })
+        // The automatic-snapshot policies run while the server does.
+        let schedules = Task { await service.runSchedules() }
+        defer { schedules.cancel() }
         try await app.runService()
     }
 

@@ -21,6 +21,12 @@ struct ECSOperations {
         case "ModifySnapshotAttribute": return try await modifySnapshotAttribute(parameters)
         case "DescribeSnapshotsUsage": return try await describeSnapshotsUsage(parameters)
         case "ResetDisk": return try await resetDisk(parameters)
+        case "CreateAutoSnapshotPolicy": return try createAutoSnapshotPolicy(parameters)
+        case "ModifyAutoSnapshotPolicyEx": return try modifyAutoSnapshotPolicy(parameters)
+        case "ApplyAutoSnapshotPolicy": return try await applyAutoSnapshotPolicy(parameters)
+        case "CancelAutoSnapshotPolicy": return try cancelAutoSnapshotPolicy(parameters)
+        case "DescribeAutoSnapshotPolicyEx": return try describeAutoSnapshotPolicies(parameters)
+        case "DeleteAutoSnapshotPolicy": return try deleteAutoSnapshotPolicy(parameters)
         default: throw APIError.unsupportedOperation(action, Self.version)
         }
     }
@@ -170,6 +176,10 @@ struct ECSOperations {
             guard type == "system" || type == "data" else { throw APIError.invalid("DiskType", "is '\(type)'; it must be system, data or all") }
             disks = disks.filter { $0.diskType == type }
         }
+        var policyOf: [String: String] = [:]
+        for policy in try service.policies.withLock({ _ in try service.policyStore.load() }) {
+            for disk in policy.diskIds { policyOf[disk] = policy.autoSnapshotPolicyId }
+        }
         return .object([
             ("TotalCount", .int(disks.count)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
             ("Disks", .object([("Disk", .array(page(disks, number: pageNumber, size: pageSize).map { disk in
@@ -184,7 +194,155 @@ struct ECSOperations {
                     ("RegionId", .string(service.settings.region)),
                     ("Category", .string("local")),
                     ("CreationTime", .string(cloudTime(disk.creationTime))),
+                    ("AutoSnapshotPolicyId", .string(policyOf[disk.diskId.rawValue] ?? "")),
+                    ("EnableAutoSnapshot", .bool(policyOf[disk.diskId.rawValue] != nil)),
                     ("OperationLocks", .object([("OperationLock", .array(failure.map { [.object([("LockReason", .string("reset-failed: " + $0))])] } ?? []))])),
+                ])
+            }))])),
+        ])
+    }
+
+    // MARK: Automatic-snapshot policies (their parameters are lower camel case; the legacy
+    // client sends RegionId: both are read)
+
+    static let maxPolicies = 100
+
+    func policyFields(_ parameters: Parameters, into policy: inout AutoSnapshotPolicy) throws(APIError) {
+        if let name = parameters["autoSnapshotPolicyName"] {
+            guard (2...128).contains(name.count), let first = name.unicodeScalars.first, CharacterSet.letters.contains(first),
+                  !name.lowercased().hasPrefix("http://"), !name.lowercased().hasPrefix("https://") else {
+                throw APIError("InvalidAutoSnapshotPolicyName.Malformed", "policy name '\(name)' must be 2 to 128 characters starting with a letter", status: 400)
+            }
+            policy.autoSnapshotPolicyName = name
+        }
+        if parameters["timePoints"] != nil {
+            let hours = try parameters.jsonList("timePoints", limit: 24) ?? []
+            guard !hours.isEmpty, hours.allSatisfy({ Int($0).map { (0...23).contains($0) } == true }) else {
+                throw APIError("InvalidTimePoints.Malformed", "timePoints must be a JSON array of hours \"0\" to \"23\"", status: 400)
+            }
+            policy.timePoints = Array(Set(hours.compactMap { Int($0) })).sorted()
+        }
+        if parameters["repeatWeekdays"] != nil {
+            let days = try parameters.jsonList("repeatWeekdays", limit: 7) ?? []
+            guard !days.isEmpty, days.allSatisfy({ Int($0).map { (1...7).contains($0) } == true }) else {
+                throw APIError("InvalidRepeatWeekdays.Malformed", "repeatWeekdays must be a JSON array of days \"1\" (Monday) to \"7\" (Sunday)", status: 400)
+            }
+            policy.repeatWeekdays = Array(Set(days.compactMap { Int($0) })).sorted()
+        }
+        if let text = parameters["retentionDays"] {
+            guard let days = Int(text), days == -1 || (1...65536).contains(days) else {
+                throw APIError("InvalidRetentionDays.Malformed", "retentionDays '\(text)' must be -1 (keep) or 1 to 65536", status: 400)
+            }
+            policy.retentionDays = days
+        }
+    }
+
+    func withPolicies<T>(_ body: (inout [AutoSnapshotPolicy]) throws -> T) throws -> T {
+        try service.policies.withLock { _ in
+            var all = try service.policyStore.load()
+            let before = all
+            let result = try body(&all)
+            if all != before { try service.policyStore.save(all) }
+            return result
+        }
+    }
+
+    func policyIndex(_ all: [AutoSnapshotPolicy], _ parameters: Parameters) throws -> Int {
+        guard let id = parameters["autoSnapshotPolicyId"] ?? parameters["AutoSnapshotPolicyId"], !id.isEmpty else { throw APIError.missing("autoSnapshotPolicyId") }
+        guard let i = all.firstIndex(where: { $0.autoSnapshotPolicyId == id }) else {
+            throw APIError("InvalidAutoSnapshotPolicyId.NotFound", "the automatic snapshot policy \(id) does not exist", status: 404)
+        }
+        return i
+    }
+
+    func createAutoSnapshotPolicy(_ parameters: Parameters) throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        for name in ["timePoints", "repeatWeekdays", "retentionDays"] where parameters[name] == nil { throw APIError.missing(name) }
+        var policy = AutoSnapshotPolicy(autoSnapshotPolicyId: "sp-" + String(SnapshotID.generate().rawValue.dropFirst(2)),
+                                        autoSnapshotPolicyName: "", timePoints: [], repeatWeekdays: [], retentionDays: -1,
+                                        creationTime: ISOTime.now())
+        try policyFields(parameters, into: &policy)
+        return try withPolicies { all in
+            guard all.count < Self.maxPolicies else {
+                throw APIError("QuotaExceed.AutoSnapshotPolicy", "there are \(all.count) automatic snapshot policies; at most \(Self.maxPolicies)", status: 403)
+            }
+            all.append(policy)
+            return .object([("AutoSnapshotPolicyId", .string(policy.autoSnapshotPolicyId))])
+        }
+    }
+
+    func modifyAutoSnapshotPolicy(_ parameters: Parameters) throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        return try withPolicies { all in
+            let i = try policyIndex(all, parameters)
+            try policyFields(parameters, into: &all[i])
+            return .object([])
+        }
+    }
+
+    /// A disk has one policy at most: applying another moves it. From now on: the time points
+    /// already past are not run late.
+    func applyAutoSnapshotPolicy(_ parameters: Parameters) async throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        guard let ids = try parameters.jsonList("diskIds") ?? parameters.jsonList("DiskIds"), !ids.isEmpty else { throw APIError.missing("diskIds") }
+        for id in ids { _ = try core.disk(id) }
+        return try withPolicies { all in
+            let i = try policyIndex(all, parameters)
+            let start = ISOTime.format(AutoSchedule.now())
+            for j in all.indices where j != i { all[j].diskIds.removeAll { ids.contains($0) } }
+            for id in ids where !all[i].diskIds.contains(id) {
+                all[i].diskIds.append(id)
+                all[i].lastRun[id] = start
+            }
+            return .object([])
+        }
+    }
+
+    func cancelAutoSnapshotPolicy(_ parameters: Parameters) throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        guard let ids = try parameters.jsonList("diskIds") ?? parameters.jsonList("DiskIds"), !ids.isEmpty else { throw APIError.missing("diskIds") }
+        return try withPolicies { all in
+            for j in all.indices {
+                all[j].diskIds.removeAll { ids.contains($0) }
+                for id in ids { all[j].lastRun[id] = nil; all[j].lastError[id] = nil }
+            }
+            return .object([])
+        }
+    }
+
+    func deleteAutoSnapshotPolicy(_ parameters: Parameters) throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        return try withPolicies { all in
+            all.remove(at: try policyIndex(all, parameters))
+            return .object([])
+        }
+    }
+
+    func describeAutoSnapshotPolicies(_ parameters: Parameters) throws -> APIValue {
+        try checkRegion(parameters, required: true)
+        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
+        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        var all = try service.policies.withLock { _ in try service.policyStore.load() }
+        if let id = parameters["AutoSnapshotPolicyId"], !id.isEmpty { all = all.filter { $0.autoSnapshotPolicyId == id } }
+        if let name = parameters["AutoSnapshotPolicyName"], !name.isEmpty { all = all.filter { $0.autoSnapshotPolicyName == name } }
+        func jsonStrings(_ values: [Int]) -> String { "[" + values.map { "\"\($0)\"" }.joined(separator: ",") + "]" }
+        return .object([
+            ("TotalCount", .int(all.count)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
+            ("AutoSnapshotPolicies", .object([("AutoSnapshotPolicy", .array(page(all, number: pageNumber, size: pageSize).map { policy in
+                .object([
+                    ("AutoSnapshotPolicyId", .string(policy.autoSnapshotPolicyId)),
+                    ("AutoSnapshotPolicyName", .string(policy.autoSnapshotPolicyName)),
+                    ("RegionId", .string(service.settings.region)),
+                    ("TimePoints", .string(jsonStrings(policy.timePoints))),
+                    ("RepeatWeekdays", .string(jsonStrings(policy.repeatWeekdays))),
+                    ("RetentionDays", .int(policy.retentionDays)),
+                    ("DiskNums", .int(policy.diskIds.count)),
+                    ("VolumeNums", .int(0)),
+                    ("Status", .string("Normal")),
+                    ("CreationTime", .string(cloudTime(policy.creationTime))),
+                    ("EnableCrossRegionCopy", .bool(false)),
+                    ("Type", .string("Custom")),
+                    ("Tags", .object([("Tag", .array([]))])),
                 ])
             }))])),
         ])

@@ -33,6 +33,16 @@ public final class APIService: Sendable {
     /// Creates admitted and running in the background (their record says how far each is).
     let running = Atomic<Int>(0)
     let resets = Mutex(ResetState())
+    /// Serializes changes of the automatic-snapshot policies (the scheduler's among them).
+    let policies = Mutex(())
+    var policyStore: PolicyStore { PolicyStore(root: repository.root) }
+
+    /// A problem of background work (a create, a reset, a schedule) that has no client to
+    /// answer: one line on standard error; the records say the rest.
+    func logProblem(_ text: String) {
+        var bytes = Array(("disksnap: " + text + "\n").utf8)
+        _ = bytes.withUnsafeMutableBytes { FileSystem.writeRaw(descriptor: 2, $0) }
+    }
 
     public init(repository: Repository, settings: Settings) throws {
         self.repository = repository

@@ -24,27 +24,10 @@ struct Auto: ParsableCommand {
     func run() throws {
         try runReporting(json: json) {
             let repository = try global.openOrInitializeRepository()
-            let snapshotter = Snapshotter(repository: repository)
-            let catalog = Catalog(repository: repository)
-            let registry = DiskRegistry(repository: repository)
-            let target: DiskRecord = try {
-                let lock = try repository.lockCatalog()
-                defer { withExtendedLifetime(lock) {} }
-                return try registry.resolveOrRegister(disk)
-            }()
-            let live = try catalog.records().records.filter { $0.status != .failed }
-            let room = try AutoPolicy.makeRoom(rules: snapshotter.rules, disk: target, disks: try registry.disks(),
-                                               live: live, repositoryCap: repository.config.maxSnapshots)
-            for old in room { try catalog.delete(old) }
-            var request = CreateRequest(source: target.diskId.rawValue, name: AutoPolicy.name(at: Date()))
-            request.automatic = true
-            request.progress = TerminalProgress.ifTerminal
-            let made = try snapshotter.create(request).record
-            let after = try catalog.records().records.filter { $0.status != .failed }
-            let expired = AutoPolicy.expired(disk: target, live: after, keep: keep, retentionDays: retentionDays,
-                                             now: Date(), justMade: made.snapshotId)
-            for old in expired { try catalog.delete(old) }
-            let deleted = (room + expired).map(\.snapshotId.rawValue)
+            let result = try AutoRunner(repository: repository).run(disk: disk, keep: keep, retentionDays: retentionDays,
+                                                                    progress: TerminalProgress.ifTerminal)
+            let made = result.snapshot
+            let deleted = result.deleted.map(\.snapshotId.rawValue)
             if json {
                 Output.json(AutoResponse(snapshotId: made.snapshotId.rawValue, snapshotName: made.snapshotName,
                                          deletedSnapshotIds: deleted, requestId: RandomUUID.generate()))

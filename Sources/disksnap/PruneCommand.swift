@@ -1,6 +1,7 @@
 import ArgumentParser
 import DiskSnapFormat
 import DiskSnapCatalog
+import DiskSnapEngine
 
 struct Prune: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,23 +26,10 @@ struct Prune: ParsableCommand {
 
     func run() throws {
         try runReporting(json: json) {
-            let repository = try global.openRepository()
-            let lock = try repository.lock(.shared, for: "prune")
-            defer { withExtendedLifetime(lock) {} }
-            let catalog = Catalog(repository: repository)
-            var records = try catalog.records().records
-            if let disk {
-                let found = try DiskRegistry(repository: repository).get(disk)
-                records = records.filter { $0.sourceDiskId == found.diskId }
-            }
-            let plan = PrunePolicy.plan(records, rule: .init(keepLast: keepLast, keepDaily: keepDaily, keepWeekly: keepWeekly, keepMonthly: keepMonthly))
-            var deleted: [String] = []
-            if !dryRun {
-                for decision in plan where !decision.keep {
-                    try catalog.delete(decision.record)
-                    deleted.append(decision.record.snapshotId.rawValue)
-                }
-            }
+            let plan = try Pruner(repository: try global.openRepository())
+                .prune(rule: .init(keepLast: keepLast, keepDaily: keepDaily, keepWeekly: keepWeekly, keepMonthly: keepMonthly),
+                       disk: disk, dryRun: dryRun)
+            let deleted = dryRun ? [] : plan.filter { !$0.keep }.map(\.record.snapshotId.rawValue)
             if json {
                 Output.json(PruneResponse(dryRun: dryRun, deleted: deleted, plan: plan.map {
                     .init(snapshotId: $0.record.snapshotId.rawValue, snapshotName: $0.record.snapshotName,

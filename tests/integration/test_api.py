@@ -552,3 +552,45 @@ def test_ecd_desktop_snapshots(tmp_path):
         assert client.describe_snapshots(ecd.DescribeSnapshotsRequest(region_id="local")).body.snapshots == []
     finally:
         env.close()
+
+
+def test_ecs_automatic_snapshot_policies_run_by_the_server(api):
+    # A schedule hour lasts 2 s here (DISKSNAP_SERVE_HOUR_SECONDS), so time points come fast.
+    server = api.serve(env={"DISKSNAP_SERVE_HOUR_SECONDS": "2"})
+    client = ecs_client(server.endpoint, api.key)
+    disk_id, other = api.disks[0][0], api.disks[1][0]
+    create = lambda **kw: client.create_auto_snapshot_policy(ecs.CreateAutoSnapshotPolicyRequest(region_id="local", **kw))
+    every_hour = json.dumps([str(h) for h in range(24)])
+    every_day = json.dumps([str(d) for d in range(1, 8)])
+    assert error_of(lambda: create(auto_snapshot_policy_name="p1", time_points='["24"]', repeat_weekdays=every_day, retention_days=7)) == ("InvalidTimePoints.Malformed", 400)
+    assert error_of(lambda: create(auto_snapshot_policy_name="p1", time_points=every_hour, repeat_weekdays='["0"]', retention_days=7)) == ("InvalidRepeatWeekdays.Malformed", 400)
+    assert error_of(lambda: create(auto_snapshot_policy_name="p1", time_points=every_hour, repeat_weekdays=every_day, retention_days=0)) == ("InvalidRetentionDays.Malformed", 400)
+    policy_id = create(auto_snapshot_policy_name="hourly", time_points=every_hour, repeat_weekdays=every_day, retention_days=-1).body.auto_snapshot_policy_id
+    client.apply_auto_snapshot_policy(ecs.ApplyAutoSnapshotPolicyRequest(region_id="local", auto_snapshot_policy_id=policy_id, disk_ids=json.dumps([disk_id])))
+    described = client.describe_auto_snapshot_policy_ex(ecs.DescribeAutoSnapshotPolicyExRequest(region_id="local")).body.auto_snapshot_policies.auto_snapshot_policy
+    assert [(p.auto_snapshot_policy_id, p.auto_snapshot_policy_name, p.disk_nums, p.retention_days) for p in described] == [(policy_id, "hourly", 1, -1)]
+    assert json.loads(described[0].time_points) == [str(h) for h in range(24)]
+    disk = client.describe_disks(ecs.DescribeDisksRequest(region_id="local", disk_ids=json.dumps([disk_id]))).body.disks.disk[0]
+    assert disk.auto_snapshot_policy_id == policy_id and disk.enable_auto_snapshot is True
+
+    def automatic(disk):
+        return [s for s in client.describe_snapshots(ecs.DescribeSnapshotsRequest(
+            region_id="local", disk_id=disk, snapshot_type="auto", page_size=100)).body.snapshots.snapshot]
+    deadline = time.time() + 60
+    while len([s for s in automatic(disk_id) if s.status == "accomplished"]) < 2:
+        assert time.time() < deadline, "the policy made no automatic snapshots"
+        time.sleep(0.5)
+    assert automatic(other) == []
+    assert all(s.snapshot_name.startswith("auto-") for s in automatic(disk_id))
+    # Cancelled: no more; the policy itself stays, and outlives a restart of the server.
+    client.cancel_auto_snapshot_policy(ecs.CancelAutoSnapshotPolicyRequest(region_id="local", auto_snapshot_policy_id=policy_id, disk_ids=json.dumps([disk_id])))
+    time.sleep(1)
+    settled = len(automatic(disk_id))
+    time.sleep(3)
+    assert len(automatic(disk_id)) == settled
+    server.stop()
+    client = ecs_client(api.serve(env={"DISKSNAP_SERVE_HOUR_SECONDS": "2"}).endpoint, api.key)
+    again = client.describe_auto_snapshot_policy_ex(ecs.DescribeAutoSnapshotPolicyExRequest(region_id="local", auto_snapshot_policy_id=policy_id)).body
+    assert again.total_count == 1 and again.auto_snapshot_policies.auto_snapshot_policy[0].disk_nums == 0
+    client.delete_auto_snapshot_policy(ecs.DeleteAutoSnapshotPolicyRequest(region_id="local", auto_snapshot_policy_id=policy_id))
+    assert error_of(lambda: client.delete_auto_snapshot_policy(ecs.DeleteAutoSnapshotPolicyRequest(region_id="local", auto_snapshot_policy_id=policy_id))) == ("InvalidAutoSnapshotPolicyId.NotFound", 404)
