@@ -1,3 +1,4 @@
+import Foundation
 /// One HTTP request as the API sees it, whatever server carried it: what the signatures
 /// cover, nothing else.
 public struct APIRequest: Sendable {
@@ -53,6 +54,11 @@ enum FormEncoding {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return (percentDecode(parts[0]), parts.count > 1 ? percentDecode(parts[1]) : "")
         }
+    }
+
+    /// A path's `%XX` to bytes (`+` stays: it is a space only in a query).
+    static func percentDecodePath(_ text: String) -> String {
+        percentDecode(Substring(text.replacingOccurrences(of: "+", with: "%2B")))
     }
 
     /// `%XX` to its byte and `+` to a space; a malformed escape stays as it is (the

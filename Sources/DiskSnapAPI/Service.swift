@@ -68,9 +68,7 @@ public final class APIService: Sendable {
         let requestID = RandomUUID.generate().uppercased()
         var xml = false
         do {
-            if request.path.hasPrefix("/v1") {
-                throw APIError("APIGW.0101", "the API \(request.method) \(request.path) is not served here yet (docs/API.md lists what is)", status: 404)
-            }
+            if request.path.hasPrefix("/v1") { return await handleHuawei(request, requestID: requestID) }
             guard request.path == "/" || request.path.isEmpty else {
                 throw APIError("InvalidAction.NotFound", "nothing is served at \(request.path): the Alibaba Cloud APIs are at /", status: 404)
             }
@@ -122,6 +120,34 @@ public final class APIService: Sendable {
         }
     }
 
+    /// Huawei Cloud's REST APIs: `SDK-HMAC-SHA256`, then `/v1.0/{project_id}/clusters/...`;
+    /// errors as `{"error_code", "error_msg"}` with `X-Request-Id`, which its SDK reads.
+    func handleHuawei(_ request: APIRequest, requestID: String) async -> APIResponse {
+        var answer: APIResponse
+        do {
+            let caller = try RequestSignature.verifyHuawei(request) { try? self.secret(for: $0) }
+            try replay.admit(caller)
+            let parts = request.path.split(separator: "/", omittingEmptySubsequences: false).map { FormEncoding.percentDecodePath(String($0)) }
+            // "", "v1.0", project, "clusters", cluster, rest...
+            guard parts.count >= 6, parts[1] == "v1.0", parts[3] == "clusters", !parts[4].isEmpty else {
+                throw APIError("APIGW.0101", "the API \(request.method) \(request.path) does not exist here (docs/API.md lists what is served)", status: 404)
+            }
+            guard parts[2] == settings.projectID else {
+                throw APIError("APIGW.0101", "the project \(parts[2]) does not exist here; this server is project \(settings.projectID)", status: 404)
+            }
+            let (status, body) = try await CSSOperations(service: self).perform(method: request.method, cluster: parts[4], rest: Array(parts[5...]), body: request.body)
+            answer = Self.answer(status, body, root: "", xml: false)
+        } catch {
+            let coded = (error as? any CodedError)
+            answer = Self.answer(coded?.httpStatus ?? 500, .object([
+                ("error_code", .string(coded?.code ?? "InternalError")),
+                ("error_msg", .string(coded?.message ?? "an unexpected error: \(error)")),
+            ]), root: "", xml: false)
+        }
+        answer.headers.append(("X-Request-Id", requestID))
+        return answer
+    }
+
     static func answer(_ status: Int, _ body: APIValue, root: String, xml: Bool) -> APIResponse {
         if xml {
             return APIResponse(status: status, headers: [("Content-Type", "text/xml;charset=utf-8")], body: Array(body.xml(root: root).utf8))
@@ -140,10 +166,15 @@ public final class APIService: Sendable {
 
     /// Hands an admitted create to a thread of its own: it reads the disk and commits (or
     /// marks the record failed) while the caller has its answer already.
-    func runInBackground(_ admitted: AdmittedCreate) {
+    func runInBackground(_ admitted: AdmittedCreate...) { runInBackground(admitted) }
+
+    /// Several, one after another (a group: the disks of one instance).
+    func runInBackground(_ admitted: [AdmittedCreate]) {
         running.wrappingAdd(1, ordering: .relaxed)
         Thread.detachNewThread {
-            _ = try? admitted.run()
+            for one in admitted {
+                do { _ = try one.run() } catch { self.logProblem("snapshot \(one.record.snapshotId) failed: \((error as? any CodedError)?.description ?? "\(error)")") }
+            }
             self.running.wrappingSubtract(1, ordering: .relaxed)
         }
     }

@@ -113,6 +113,73 @@ public enum RequestSignature {
         return SignedCaller(accessKeyId: accessKeyId, nonce: nonce, date: date)
     }
 
+    // MARK: Huawei Cloud SDK-HMAC-SHA256 (huaweicloudsdkcore)
+
+    /// `Authorization: SDK-HMAC-SHA256 Access=ID, SignedHeaders=a;b, Signature=HEX` over the
+    /// canonical request (method; the path decoded, each segment encoded again, with a
+    /// trailing slash; the sorted query; the signed headers; the body's SHA-256) and
+    /// `X-Sdk-Date`. A body the signature does not cover (`UNSIGNED-PAYLOAD`) is refused.
+    /// The scheme has no nonce: the signature itself stands for one (see `ReplayGuard`).
+    public static func verifyHuawei(_ request: APIRequest, secret: (String) -> String?) throws(APIError) -> SignedCaller {
+        func refuse(_ why: String) -> APIError { APIError("APIGW.0301", "Incorrect IAM authentication information: \(why)", status: 401) }
+        let algorithm = "SDK-HMAC-SHA256"
+        guard let authorization = request.header("authorization"), authorization.hasPrefix(algorithm + " ") else {
+            throw refuse("the request carries no \(algorithm) Authorization header")
+        }
+        var fields: [String: String] = [:]
+        for part in authorization.dropFirst(algorithm.count + 1).split(separator: ",") {
+            let pair = part.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1).map(String.init)
+            if pair.count == 2 { fields[pair[0]] = pair[1] }
+        }
+        guard let accessKeyId = fields["Access"], !accessKeyId.isEmpty, let signedText = fields["SignedHeaders"],
+              let signature = fields["Signature"] else {
+            throw refuse("the Authorization header lacks Access, SignedHeaders or Signature")
+        }
+        let signedHeaders = signedText.split(separator: ";").map { $0.lowercased() }
+        for required in ["host", "x-sdk-date"] where !signedHeaders.contains(required) {
+            throw refuse("the signature does not cover the \(required) header")
+        }
+        var canonicalHeaders = ""
+        for name in signedHeaders {
+            guard let value = request.header(name) else { throw refuse("the signed header \(name) is not in the request") }
+            canonicalHeaders += name + ":" + value.trimmingCharacters(in: .whitespaces) + "\n"
+        }
+        let payloadHash: String
+        if request.body.isEmpty {
+            payloadHash = SHA256.hash(data: []).hex
+        } else if request.header("x-sdk-content-sha256") != nil {
+            throw refuse("a body the signature does not cover (X-Sdk-Content-Sha256) is not accepted")
+        } else {
+            payloadHash = SHA256.hash(data: request.body).hex
+        }
+        var path = FormEncoding.percentDecodePath(request.path).split(separator: "/", omittingEmptySubsequences: false)
+            .map { FormEncoding.percentEncode(String($0)) }.joined(separator: "/")
+        if !path.hasSuffix("/") { path += "/" }
+        let query = request.queryItems.sorted { $0.0 == $1.0 ? $0.1.precedesInCodePoints($1.1) : $0.0.precedesInCodePoints($1.0) }
+            .map { FormEncoding.percentEncode($0.0) + "=" + FormEncoding.percentEncode($0.1) }.joined(separator: "&")
+        let canonical = [request.method, path, query, canonicalHeaders, signedHeaders.joined(separator: ";"), payloadHash].joined(separator: "\n")
+        guard let dateText = request.header("x-sdk-date"), let date = parseBasicUTC(dateText) else {
+            throw refuse("X-Sdk-Date is not a time such as 20261205T120000Z")
+        }
+        let stringToSign = algorithm + "\n" + dateText + "\n" + SHA256.hash(data: Array(canonical.utf8)).hex
+        guard let key = secret(accessKeyId) else { throw refuse("the access key \(accessKeyId) is not one of this server's keys") }
+        let expected = HMAC<SHA256>.authenticationCode(for: Array(stringToSign.utf8), using: SymmetricKey(data: Array(key.utf8)))
+        guard constantTimeEqual(Array(signature.lowercased().utf8), Array(Data(expected).hex.utf8)) else {
+            throw refuse("the signature does not match the one computed with the secret of \(accessKeyId)")
+        }
+        // Writes have no nonce of their own: an identical signed request is a replay.
+        return SignedCaller(accessKeyId: accessKeyId, nonce: request.method == "GET" ? nil : signature.lowercased(), date: date)
+    }
+
+    /// `20261205T120000Z`.
+    static func parseBasicUTC(_ text: String) -> Date? {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
+        return formatter.date(from: text)
+    }
+
     /// Alibaba's own words, ending with the string the server signed: a client can tell a
     /// wrong secret (its string is the same) from a request changed on the way (the legacy
     /// SDK says `InvalidAccessKeySecret` in the first case). The string holds no secret.

@@ -81,12 +81,27 @@ struct SnapshotOperations {
     /// meanwhile, and a failure stays in the disk's `OperationLocks` until a reset succeeds.
     /// With `dryRun`, everything is checked and nothing written.
     func reset(diskID: String, snapshotID: String, dryRun: Bool) async throws {
+        let admitted = try await admitReset(diskID: diskID, snapshotID: snapshotID, dryRun: dryRun)
+        if dryRun {
+            throw APIError("DryRunOperation", "the request would succeed: the disk can be reset from \(snapshotID) (DryRun: nothing written)", status: 400)
+        }
+        service.resetInBackground(admitted)
+    }
+
+    /// A reset past its checks, holding the disk's lock and the target.
+    struct AdmittedReset: @unchecked Sendable {
+        let disk: DiskID
+        let restore: AdmittedRestore
+        let lock: HeldLock
+    }
+
+    func admitReset(diskID: String, snapshotID: String, dryRun: Bool) async throws -> AdmittedReset {
         let disk = try disk(diskID)
         guard let id = SnapshotID(snapshotID) else {
             throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(snapshotID) does not exist", status: 404)
         }
         let repository = self.repository
-        let admitted: (AdmittedRestore, HeldLock) = try await service.blocking {
+        return try await service.blocking {
             let record = try Catalog(repository: repository).record(id)
             guard record.sourceDiskId == disk.diskId else {
                 throw APIError("InvalidSnapshotId.NotFound", "the snapshot \(id) was not taken of disk \(disk.diskId); a disk is reset from its own snapshots", status: 404)
@@ -98,15 +113,30 @@ struct SnapshotOperations {
             request.inPlace = true
             request.dryRun = dryRun
             do {
-                return (try Restorer(repository: repository).admitInPlace(request), diskLock)
+                return AdmittedReset(disk: disk.diskId, restore: try Restorer(repository: repository).admitInPlace(request), lock: diskLock)
             } catch let error as any CodedError where error.code == "Target.InUse" {
                 throw APIError("IncorrectInstanceStatus", "\(error.message); stop what uses the disk first", status: 403)
             }
         }
-        if dryRun {
-            throw APIError("DryRunOperation", "the request would succeed: the disk can be reset from \(id) (DryRun: nothing written)", status: 400)
+    }
+
+    /// Admits creates of several disks as one group (`GroupId`): all or none; then runs
+    /// them one after another in the background.
+    func createGroup(_ requests: [CreateRequest]) async throws {
+        let snapshotter = Snapshotter(repository: repository)
+        var admitted: [AdmittedCreate] = []
+        do {
+            for request in requests {
+                switch try await service.blocking({ try snapshotter.admit(request) }) {
+                case .admitted(let one): admitted.append(one)
+                case .reused: throw APIError("InternalError", "a group create matched a client token", status: 500)
+                }
+            }
+        } catch {
+            for one in admitted { one.withdraw() }
+            throw error
         }
-        service.resetInBackground(disk.diskId, admitted.0, holding: admitted.1)
+        service.runInBackground(admitted)
     }
 }
 
@@ -118,11 +148,12 @@ struct ResetState: Sendable {
 }
 
 extension APIService {
-    func resetInBackground(_ disk: DiskID, _ admitted: AdmittedRestore, holding lock: HeldLock) {
+    func resetInBackground(_ admitted: SnapshotOperations.AdmittedReset) {
+        let disk = admitted.disk
         resets.withLock { $0.running.insert(disk) }
         Thread.detachNewThread {
-            let outcome = Result { try admitted.run() }
-            withExtendedLifetime(lock) {}
+            let outcome = Result { try admitted.restore.run() }
+            withExtendedLifetime(admitted.lock) {}
             self.resets.withLock { state in
                 state.running.remove(disk)
                 switch outcome {

@@ -38,6 +38,8 @@ public struct CreateRequest: Sendable {
     /// Keep the clone until the next snapshot of the disk, which compares its extents with
     /// its own clone's and reads only what differs (raw images).
     public var keepClone = false
+    /// The group this snapshot is taken in, with the other disks of its instance (`GroupId`).
+    public var groupId: String?
 
     public init(source: String, name: String) {
         self.source = source
@@ -202,6 +204,7 @@ public struct Snapshotter: Sendable {
         record.clientToken = request.clientToken?.rawValue
         record.requestFingerprint = request.fingerprint
         record.automatic = request.automatic
+        record.groupId = request.groupId
         record.identity = identity
         record.identityChange = identityChange
         try catalog.save(record)
@@ -536,6 +539,15 @@ public final class AdmittedCreate: @unchecked Sendable {
         failed.failureReason = "admitted, but never run"
         failed.completionTime = ISOTime.now()
         try? Catalog(repository: snapshotter.repository).save(failed)
+        release()
+    }
+
+    /// Takes the admission back before it ran: its record is removed (it never held data)
+    /// and its locks let go of. For a group whose other members could not be admitted.
+    public func withdraw() {
+        guard !ran else { return }
+        ran = true
+        try? snapshotter.repository.removeRecord(record.snapshotId)
         release()
     }
 

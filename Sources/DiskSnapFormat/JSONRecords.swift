@@ -170,6 +170,9 @@ public struct SnapshotRecord: VersionedRecord, Sendable, Equatable {
     /// was committed here (the other fields describe the snapshot as it was taken).
     public var copiedFrom: String?
     public var copyTime: String?
+    /// Set on every snapshot of a group taken as one (the API's Huawei CSS cluster
+    /// snapshot: every disk of an instance): the group's id, the same in each.
+    public var groupId: String?
 
     public init(snapshotId: SnapshotID, snapshotName: String, description: String, sourcePath: String,
                 sourceKind: SourceKind, sourceSize: UInt64, chunkSize: Int) {

@@ -4,7 +4,8 @@ import Foundation
 
 /// The request signatures the official SDKs make, verified here against vectors computed by
 /// the SDKs' own signers (alibabacloud-tea-openapi 0.4.6 `Utils.get_authorization`;
-/// aliyun-python-sdk-core 2.16.1 `rpc_signature_composer.get_signed_url`), with a fixed
+/// aliyun-python-sdk-core 2.16.1 `rpc_signature_composer.get_signed_url`; huaweicloudsdkcore
+/// 3.1.219 `Signer.sign`), with a fixed
 /// date and nonce; and the schedule of automatic-snapshot policies.
 @Suite struct APISignatureTests {
     static func secret(_ id: String) -> String? { id == "DSKEY" ? "secret" : nil }
@@ -51,6 +52,24 @@ import Foundation
             #expect(error.code == "SignatureDoesNotMatch")
             // The server's string to sign, as the legacy SDK compares it with its own.
             #expect(error.message.hasSuffix(":POST&%2F&AccessKeyId%3DDSKEY%26Action%3DDescribeSnapshots%26Format%3DJSON%26RegionId%3Dlocal%26SignatureMethod%3DHMAC-SHA1%26SignatureNonce%3Dnonce-2%26SignatureType%3D%26SignatureVersion%3D1.0%26SnapshotName%3Da%2520b%252Ac~%26Timestamp%3D2026-12-05T12%253A00%253A00Z%26Version%3D2014-05-26"))
+        }
+    }
+
+    /// huaweicloudsdkcore 3.1.219's `Signer.sign` on a CSS create (AK `AKTEST`, SK `SKTEST`).
+    @Test func huaweiVectorVerifies() throws {
+        let body = Array(#"{"name": "snap1", "description": "d", "indices": "idx*"}"#.utf8)
+        func request(_ signature: String, body: [UInt8]) -> APIRequest {
+            APIRequest(method: "POST", path: "/v1.0/proj123/clusters/c1/index_snapshot", rawQuery: "", headers: [
+                ("Content-Type", "application/json"), ("User-Agent", "ua-test"), ("X-Project-Id", "proj123"),
+                ("X-Sdk-Date", "20240101T000000Z"), ("Host", "127.0.0.1:19437"),
+                ("Authorization", "SDK-HMAC-SHA256 Access=AKTEST, SignedHeaders=content-type;host;user-agent;x-project-id;x-sdk-date, Signature=\(signature)"),
+            ], body: body)
+        }
+        let key: (String) -> String? = { $0 == "AKTEST" ? "SKTEST" : nil }
+        let caller = try RequestSignature.verifyHuawei(request("70a27667e5884c57a2abf81549f5fbae40a1620d74e0b28f209503cd8e20e4fa", body: body), secret: key)
+        #expect(caller.accessKeyId == "AKTEST" && caller.nonce == "70a27667e5884c57a2abf81549f5fbae40a1620d74e0b28f209503cd8e20e4fa")
+        #expect(throws: APIError.self) {
+            try RequestSignature.verifyHuawei(request("70a27667e5884c57a2abf81549f5fbae40a1620d74e0b28f209503cd8e20e4fa", body: Array("{}".utf8)), secret: key)
         }
     }
 

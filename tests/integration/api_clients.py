@@ -100,3 +100,17 @@ def alibaba_client(module, endpoint, key, algorithm=None):
     if algorithm:
         config.signature_algorithm = algorithm
     return client_class(config)
+
+
+def css_client(endpoint, key, project_id="local", secret=None):
+    """huaweicloudsdkcss v1 (SDK-HMAC-SHA256), with the project id given: the SDK then asks
+    IAM nothing."""
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.region.region import Region
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+    from huaweicloudsdkcss.v1 import CssClient
+    return (CssClient.new_builder()
+            .with_http_config(HttpConfig.get_default_config())
+            .with_credentials(BasicCredentials(key["AccessKeyId"], secret or key["AccessKeySecret"], project_id))
+            .with_region(Region("local", f"http://{endpoint}"))
+            .build())

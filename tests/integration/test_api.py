@@ -594,3 +594,128 @@ def test_ecs_automatic_snapshot_policies_run_by_the_server(api):
     assert again.total_count == 1 and again.auto_snapshot_policies.auto_snapshot_policy[0].disk_nums == 0
     client.delete_auto_snapshot_policy(ecs.DeleteAutoSnapshotPolicyRequest(region_id="local", auto_snapshot_policy_id=policy_id))
     assert error_of(lambda: client.delete_auto_snapshot_policy(ecs.DeleteAutoSnapshotPolicyRequest(region_id="local", auto_snapshot_policy_id=policy_id))) == ("InvalidAutoSnapshotPolicyId.NotFound", 404)
+
+
+def test_css_cluster_snapshots_through_the_huawei_sdk(tmp_path):
+    from huaweicloudsdkcss.v1 import (CreateSnapshotRequest, CreateSnapshotReq, ListSnapshotsRequest, DeleteSnapshotRequest,
+                                      RestoreSnapshotRequest, RestoreSnapshotReq)
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    from api_clients import css_client
+    env = Env(tmp_path, disks=2, profile="css")
+    try:
+        server = env.serve()
+        client = css_client(server.endpoint, env.key)
+        made = client.create_snapshot(CreateSnapshotRequest(cluster_id="i-one", body=CreateSnapshotReq(name="cluster-snap-1", description="both disks"))).backup
+        assert made.id.startswith("g-") and made.name == "cluster-snap-1"
+        deadline = time.time() + 60
+        while True:
+            backups = client.list_snapshots(ListSnapshotsRequest(cluster_id="i-one")).backups
+            assert len(backups) == 1
+            if backups[0].status != "BUILDING":
+                break
+            assert time.time() < deadline
+            time.sleep(0.2)
+        backup = backups[0]
+        assert (backup.id, backup.status, backup.total_shards, backup.failed_shards, backup.cluster_id) == (made.id, "COMPLETED", 2, 0, "i-one")
+        # One group: a snapshot of every disk of the instance, each with the group's id.
+        members = [s for s in env.ds.run("list", "--json").json()]
+        assert sorted(s["SourceDiskId"] for s in members) == sorted(d for d, _ in env.disks)
+        assert {s["GroupId"] for s in members} == {made.id}
+
+        def refused(call):
+            with pytest.raises(ClientRequestException) as caught:
+                call()
+            return caught.value.error_code, caught.value.status_code
+        # The css profile: names 4-64 characters, unique ignoring case.
+        assert refused(lambda: client.create_snapshot(CreateSnapshotRequest(cluster_id="i-one", body=CreateSnapshotReq(name="abc")))) == ("InvalidSnapshotName.Malformed", 400)
+        assert refused(lambda: client.create_snapshot(CreateSnapshotRequest(cluster_id="i-one", body=CreateSnapshotReq(name="CLUSTER-SNAP-1")))) == ("InvalidSnapshotName.Duplicate", 400)
+        assert refused(lambda: client.list_snapshots(ListSnapshotsRequest(cluster_id="no-such-cluster"))) == ("CSS.0015", 404)
+        assert refused(lambda: css_client(server.endpoint, env.key, project_id="other").list_snapshots(ListSnapshotsRequest(cluster_id="i-one"))) == ("APIGW.0101", 404)
+        assert refused(lambda: css_client(server.endpoint, env.key, secret="wrong").list_snapshots(ListSnapshotsRequest(cluster_id="i-one"))) == ("APIGW.0301", 401)
+        # Both disks rolled back together.
+        before = [sha256(image) for _, image in env.disks]
+        for _, image in env.disks:
+            with open(image, "r+b") as f:
+                f.seek(1 << 20)
+                f.write(os.urandom(1 << 20))
+        assert refused(lambda: client.restore_snapshot(RestoreSnapshotRequest(cluster_id="i-one", snapshot_id=made.id, body=RestoreSnapshotReq(target_cluster="another", indices="*")))) == ("CSS.0001", 400)
+        client.restore_snapshot(RestoreSnapshotRequest(cluster_id="i-one", snapshot_id=made.id, body=RestoreSnapshotReq(target_cluster="i-one", indices="*")))
+        deadline = time.time() + 60
+        while [sha256(image) for _, image in env.disks] != before:
+            assert time.time() < deadline
+            time.sleep(0.2)
+        delete = DeleteSnapshotRequest(cluster_id="i-one", snapshot_id=made.id)
+        client.delete_snapshot(delete)
+        assert client.list_snapshots(ListSnapshotsRequest(cluster_id="i-one")).backups == []
+        assert env.ds.run("list", "--json").json() == []
+        # The scheme has no nonce: the same signed write again (same second, same signature)
+        # is a replay; signed anew a second later, it is a request like any other.
+        time.sleep(1.1)
+        assert refused(lambda: client.delete_snapshot(delete)) == ("CSS.0015", 404)
+    finally:
+        env.close()
+
+
+def test_css_group_is_all_or_nothing(tmp_path):
+    """A disk of the cluster already being snapshotted: the group is refused, and no member
+    of it is left behind."""
+    from huaweicloudsdkcss.v1 import CreateSnapshotRequest, CreateSnapshotReq
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    from api_clients import css_client
+    env = Env(tmp_path, disks=2, profile="css")
+    try:
+        gate = os.path.join(str(tmp_path), "gate")
+        server = env.serve(env={"DISKSNAP_TEST_PAUSE": f"create-after-index:{gate}"})
+        held = ecs_client(server.endpoint, env.key).create_snapshot(ecs.CreateSnapshotRequest(disk_id=env.disks[1][0], snapshot_name="held-data")).body.snapshot_id
+        client = css_client(server.endpoint, env.key)
+        with pytest.raises(ClientRequestException) as caught:
+            client.create_snapshot(CreateSnapshotRequest(cluster_id="i-one", body=CreateSnapshotReq(name="whole-cluster")))
+        assert (caught.value.error_code, caught.value.status_code) == ("IncorrectDiskStatus.CreatingSnapshot", 403)
+        open(gate, "w").close()
+        wait_accomplished(ecs_client(server.endpoint, env.key), held)
+        assert [s["SnapshotName"] for s in env.ds.run("list", "--json").json()] == ["held-data"]
+    finally:
+        env.close()
+
+
+def huawei_request(endpoint, key, method, path, body=b"", date=None):
+    """A request signed here with SDK-HMAC-SHA256, independently of the SDK, so a test can
+    replay or age it."""
+    import datetime, hashlib, hmac, urllib.parse
+    date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    headers = {"content-type": "application/json", "host": endpoint, "x-sdk-date": date}
+    canonical_path = "/".join(urllib.parse.quote(p, safe="~") for p in urllib.parse.unquote(path).split("/"))
+    canonical_path += "" if canonical_path.endswith("/") else "/"
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join([method, canonical_path, "", "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)), signed,
+                           hashlib.sha256(body).hexdigest()])
+    to_sign = f"SDK-HMAC-SHA256\n{date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    signature = hmac.new(key["AccessKeySecret"].encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    request = urllib.request.Request(f"http://{endpoint}{path}", data=body or None, method=method,
+                                     headers={"Content-Type": "application/json", "X-Sdk-Date": date,
+                                              "Authorization": f"SDK-HMAC-SHA256 Access={key['AccessKeyId']}, SignedHeaders={signed}, Signature={signature}"})
+    return request
+
+
+def test_css_replayed_and_stale_requests(tmp_path):
+    env = Env(tmp_path, disks=1, profile="css")
+    try:
+        server = env.serve()
+        path = "/v1.0/local/clusters/i-one/index_snapshot"
+        body = json.dumps({"name": "signed-here"}).encode()
+        request = huawei_request(server.endpoint, env.key, "POST", path, body)
+        status, answer = send(request)
+        assert status == 200 and answer["backup"]["name"] == "signed-here"
+        status, answer = send(huawei_request(server.endpoint, env.key, "POST", path, body, date=request.headers["X-sdk-date"]))
+        assert (status, answer["error_code"]) == (400, "SignatureNonceUsed")
+        status, answer = send(huawei_request(server.endpoint, env.key, "GET", "/v1.0/local/clusters/i-one/index_snapshots", date="20200101T000000Z"))
+        assert (status, answer["error_code"]) == (400, "InvalidTimeStamp.Expired")
+        status, answer = send(urllib.request.Request(f"http://{server.endpoint}/v1.0/local/clusters/i-one/index_snapshots"))
+        assert (status, answer["error_code"]) == (401, "APIGW.0301")
+        tampered = huawei_request(server.endpoint, env.key, "POST", path, body)
+        tampered.data = json.dumps({"name": "changed-on-the-way"}).encode()
+        status, answer = send(tampered)
+        assert (status, answer["error_code"]) == (401, "APIGW.0301")
+        assert [s["SnapshotName"] for s in env.ds.run("list", "--json").json()] == ["signed-here"]
+    finally:
+        env.close()
