@@ -104,6 +104,15 @@ func runReporting(json: Bool = false, _ body: () throws -> Void) throws {
     } catch let error as DecodingError {
         Output.error("Repository.Corrupt: \(error)")
         throw ExitCode(ExitStatus.corrupt.rawValue)
+    } catch let error as ValidationError {
+        throw error  // the argument parser's: a usage error (64)
+    } catch {
+        // Nothing should get here: every error of disksnap's own carries a code.
+        if json {
+            Output.json(ErrorBody(code: "InternalError", message: "\(error)", httpStatus: 500, requestId: RandomUUID.generate()))
+        }
+        Output.error("InternalError: \(error)")
+        throw ExitCode(ExitStatus.internalError.rawValue)
     }
 }
 
