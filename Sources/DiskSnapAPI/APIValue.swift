@@ -63,6 +63,12 @@ public indirect enum APIValue: Sendable, Equatable {
 
     private static func writeJSONString(_ text: String, into out: inout String) {
         out += "\""
+        // Most strings need no escape: appended whole.
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += text
+            out += "\""
+            return
+        }
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

@@ -33,6 +33,8 @@ public final class APIService: Sendable {
     /// Creates admitted and running in the background (their record says how far each is).
     let running = Atomic<Int>(0)
     let resets = Mutex(ResetState())
+    /// Decoded records, read again only when their file changed.
+    let recordCache = RecordCache()
     /// Serializes changes of the automatic-snapshot policies (the scheduler's among them).
     let policies = Mutex(())
     var policyStore: PolicyStore { PolicyStore(root: repository.root) }

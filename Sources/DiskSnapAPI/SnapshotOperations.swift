@@ -44,8 +44,8 @@ struct SnapshotOperations {
 
     /// Every snapshot, newest first (a dead creator's `progressing` record reads `failed`).
     func snapshots() async throws -> [SnapshotRecord] {
-        let repository = self.repository
-        return try await service.blocking { try Catalog(repository: repository).records().records }
+        let repository = self.repository, cache = service.recordCache
+        return try await service.blocking { try Catalog(repository: repository).records(cache: cache).records }
             .sorted { ($0.creationTime, $0.snapshotId.rawValue) > ($1.creationTime, $1.snapshotId.rawValue) }
     }
 
@@ -202,12 +202,12 @@ func page<T>(_ items: [T], number: Int, size: Int) -> ArraySlice<T> {
     return items[start..<min(items.count, start + size)]
 }
 
-/// The cloud's times: UTC to the second (`2026-12-05T12:00:00Z`).
+/// The cloud's times: UTC to the second (`2026-12-05T12:00:00Z`) from our records'
+/// `2026-12-05T12:00:00.123Z` (cut as text: a date formatter per item cost 0.4 ms).
 func cloudTime(_ text: String) -> String {
-    guard let date = ISOTime.parse(text) else { return text }
-    let formatter = ISO8601DateFormatter()
-    formatter.formatOptions = [.withInternetDateTime]
-    return formatter.string(from: date)
+    let bytes = Array(text.utf8)
+    guard bytes.count > 20, bytes[19] == UInt8(ascii: "."), bytes.last == UInt8(ascii: "Z") else { return text }
+    return String(decoding: bytes[..<19], as: UTF8.self) + "Z"
 }
 
 /// Bytes as whole GiB, rounded up (the clouds give disk sizes so).

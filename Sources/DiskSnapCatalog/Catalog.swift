@@ -1,3 +1,4 @@
+import Synchronization
 import DiskSnapSys
 import DiskSnapQemu
 import DiskSnapFormat
@@ -30,13 +31,30 @@ public struct Catalog: Sendable {
     /// With `markingDeadFailed`, a `progressing` record whose creator is gone is also
     /// rewritten as `failed` on disk. Writers pass it under the catalog lock; a creator takes
     /// its lock before it writes its first record, so a live creation is never marked.
-    public func records(markingDeadFailed: Bool = false) throws -> (records: [SnapshotRecord], damaged: [FormatError]) {
+    ///
+    /// With a `cache` (a long-lived reader: the API server), a record file whose inode, size
+    /// and times are those seen before is not read and decoded again (records are replaced by
+    /// rename, never written in place, so a changed record is a new file).
+    public func records(markingDeadFailed: Bool = false, cache: RecordCache? = nil) throws -> (records: [SnapshotRecord], damaged: [FormatError]) {
         var result: [SnapshotRecord] = []
         var damaged: [FormatError] = []
-        for name in try FileSystem.listDirectory(repository.snapshotsDirectory) where name.hasSuffix(".json") {
+        let names = try FileSystem.listDirectory(repository.snapshotsDirectory).filter { $0.hasSuffix(".json") }
+        cache?.keep(only: Set(names))
+        for name in names {
             let path = "\(repository.snapshotsDirectory)/\(name)"
             do {
-                let stored = try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)
+                let stored: SnapshotRecord
+                if let cache {
+                    guard let status = try FileSystem.statusIfExists(path) else { continue }
+                    if let known = cache.record(name, status) {
+                        stored = known
+                    } else {
+                        stored = try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)
+                        cache.remember(name, status, stored)
+                    }
+                } else {
+                    stored = try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)
+                }
                 let seen = effective(stored)
                 if markingDeadFailed && seen.status != stored.status { try save(seen) }
                 result.append(seen)
@@ -98,6 +116,30 @@ public struct Catalog: Sendable {
         if let tracking = record.changeTracking, tracking.method == "libvirt-checkpoint",
            let uri = tracking.libvirtUri, let domain = tracking.domain, let checkpoint = tracking.bitmap {
             LibvirtView.removeCheckpoint(uri: uri, domain: domain, name: checkpoint)
+        }
+    }
+}
+
+/// Decoded snapshot records by file, for a reader that lists them again and again.
+public final class RecordCache: Sendable {
+    private let entries = Mutex<[String: (FileStatus, SnapshotRecord)]>([:])
+
+    public init() {}
+
+    func record(_ name: String, _ status: FileStatus) -> SnapshotRecord? {
+        entries.withLock { entries in
+            guard let (seen, record) = entries[name], seen == status else { return nil }
+            return record
+        }
+    }
+
+    func remember(_ name: String, _ status: FileStatus, _ record: SnapshotRecord) {
+        entries.withLock { $0[name] = (status, record) }
+    }
+
+    func keep(only names: Set<String>) {
+        entries.withLock { entries in
+            for name in entries.keys where !names.contains(name) { entries[name] = nil }
         }
     }
 }

@@ -87,6 +87,17 @@ import Foundation
         try guardian.admit(SignedCaller(accessKeyId: "K", nonce: "n3", date: later), now: later)
     }
 
+    @Test func utcTimesParseAsFoundationDoes() {
+        for text in ["2026-12-05T12:00:00Z", "1970-01-01T00:00:00Z", "2000-02-29T23:59:59.5Z", "2099-12-31T00:00:01.123Z", "1999-03-01T10:20:30Z"] {
+            let expected = ISO8601DateFormatter().date(from: text.replacingOccurrences(of: #"\.\d+"#, with: "", options: .regularExpression))!
+            #expect(RequestSignature.parseUTC(text).map { floor($0.timeIntervalSince1970) } == expected.timeIntervalSince1970, "\(text)")
+        }
+        for bad in ["2026-12-05T12:00:00", "2026-13-05T12:00:00Z", "2026-12-05 12:00:00Z", "2026-12-05T12:00:00.Z", "x"] {
+            #expect(RequestSignature.parseUTC(bad) == nil, "\(bad)")
+        }
+        #expect(RequestSignature.parseBasicUTC("20240101T000000Z") == RequestSignature.parseUTC("2024-01-01T00:00:00Z"))
+    }
+
     @Test func percentEncodingIsRFC3986() {
         #expect(FormEncoding.percentEncode("a b*c~/é") == "a%20b%2Ac~%2F%C3%A9")
         #expect(FormEncoding.decode("a=x+y%2B&b=&c").map { "\($0.0)=\($0.1)" } == ["a=x y+", "b=", "c="])
