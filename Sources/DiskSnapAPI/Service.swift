@@ -29,6 +29,7 @@ public final class APIService: Sendable {
     let repository: Repository
     let settings: Settings
     let replay = ReplayGuard()
+    let rate = RateLimit()
     private let keys: Mutex<(credentials: APICredentials, stamp: FileStatus?)>
     /// Creates admitted and running in the background (their record says how far each is).
     let running = Atomic<Int>(0)
@@ -91,6 +92,9 @@ public final class APIService: Sendable {
                 version = parameters["Version"] ?? ""
             }
             try replay.admit(caller)
+            if let wait = rate.take(caller.accessKeyId) {
+                throw APIError("Throttling.User", "Request was denied due to user flow control: key \(caller.accessKeyId) is over \(Int(rate.rate)) requests a second; try again in \(Int((wait * 1000).rounded(.up))) ms", status: 400)
+            }
             guard !action.isEmpty else { throw APIError.missing("Action") }
             let body: APIValue
             switch version {
@@ -129,6 +133,9 @@ public final class APIService: Sendable {
         do {
             let caller = try RequestSignature.verifyHuawei(request) { try? self.secret(for: $0) }
             try replay.admit(caller)
+            if rate.take(caller.accessKeyId) != nil {
+                throw APIError("APIGW.0308", "The throttling threshold has been reached: key \(caller.accessKeyId) is over \(Int(rate.rate)) requests a second", status: 429)
+            }
             let parts = request.path.split(separator: "/", omittingEmptySubsequences: false).map { FormEncoding.percentDecodePath(String($0)) }
             // "", "v1.0", project, "clusters", cluster, rest...
             guard parts.count >= 6, parts[1] == "v1.0", parts[3] == "clusters", !parts[4].isEmpty else {

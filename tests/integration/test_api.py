@@ -719,3 +719,15 @@ def test_css_replayed_and_stale_requests(tmp_path):
         assert [s["SnapshotName"] for s in env.ds.run("list", "--json").json()] == ["signed-here"]
     finally:
         env.close()
+
+
+def test_rate_bounded_per_key(api):
+    server = api.serve(env={"DISKSNAP_SERVE_RATE": "2"})  # 2 a second, bursts of 10
+    describe = {"Action": "DescribeSnapshots", "RegionId": "local"}
+    codes = [send(rpc_request(server.endpoint, api.key, describe))[1].get("Code") for _ in range(20)]
+    assert codes[:10] == [None] * 10 and "Throttling.User" in codes[10:]
+    # Another key is not held back by the first one's calls.
+    other = api.ds.run("serve", "--new-key", "--json").json()
+    assert send(rpc_request(server.endpoint, other, describe))[0] == 200
+    time.sleep(1.1)
+    assert send(rpc_request(server.endpoint, api.key, describe))[0] == 200
