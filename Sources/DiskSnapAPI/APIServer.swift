@@ -29,18 +29,18 @@ public struct APIServer: Sendable {
         }
     }
 
-    let service: APIService
+    let gateway: APIGateway
     let host: String
     let port: Int
     let tls: TLSConfiguration?
 
     /// Refuses a host that is not loopback without TLS, and TLS files that do not load.
-    public init(service: APIService, listen: String, tls files: TLSFiles?) throws {
+    public init(gateway: APIGateway, listen: String, tls files: TLSFiles?) throws {
         (host, port) = try Self.parseListen(listen)
         if !Self.isLoopback(host), files == nil {
             throw APIError("Serve.TLSRequired", "--listen \(listen) is not a loopback address: serving beyond this host needs TLS (--tls-cert and --tls-key)", status: 400)
         }
-        self.service = service
+        self.gateway = gateway
         tls = try files.map(Self.configuration)
     }
 
@@ -81,7 +81,7 @@ public struct APIServer: Sendable {
     /// Serves until the process is told to stop (SIGINT, SIGTERM); `ready` hears the
     /// address bound (the port chosen when 0 was asked for).
     public func run(ready: @escaping @Sendable (String) -> Void) async throws {
-        let responder = Responder(service: service)
+        let responder = Responder(gateway: gateway)
         let decoder = HTTP1Channel.Configuration.DecoderConfiguration(maxHeaderFieldSize: 8 << 10, maxHeaderListSize: 16 << 10, maxHeaderFieldCount: 100)
         let http1 = HTTPServerBuilder.http1(configuration: .init(idleTimeout: .seconds(Self.idleSeconds), httpDecoderConfiguration: decoder))
         let app = Application(
@@ -94,14 +94,14 @@ public struct APIServer: Sendable {
                 ready(scheme + "://" + (channel.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"))
             })
         // The automatic-snapshot policies run while the server does.
-        let schedules = Task { await service.runSchedules() }
-        defer { schedules.cancel() }
+        let schedules = gateway.services.map { service in Task { await service.runSchedules() } }
+        defer { schedules.forEach { $0.cancel() } }
         try await app.runService()
     }
 
     struct Responder: HTTPResponder {
         typealias Context = BasicRequestContext
-        let service: APIService
+        let gateway: APIGateway
 
         func respond(to request: Request, context: Context) async throws -> Response {
             var request = request
@@ -116,7 +116,7 @@ public struct APIServer: Sendable {
                                         headers: request.headers.map { ($0.name.rawName, $0.value) }
                                             + [("host", request.head.authority ?? "")].filter { _ in request.headers[.init("Host")!] == nil && request.head.authority != nil },
                                         body: Array(buffer: body))
-            return Self.response(await service.handle(apiRequest))
+            return Self.response(await gateway.handle(apiRequest))
         }
 
         static func response(_ answer: APIResponse) -> Response {

@@ -26,7 +26,7 @@ public final class APIService: Sendable {
         }
     }
 
-    let repository: Repository
+    public let repository: Repository
     let settings: Settings
     let replay = ReplayGuard()
     let rate = RateLimit()

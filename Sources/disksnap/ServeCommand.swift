@@ -17,6 +17,8 @@ struct Serve: ParsableCommand {
     var region = "local"
     @Option(help: "The project id the Huawei Cloud clients name in their paths.")
     var projectId = "local"
+    @Option(help: ArgumentHelp("Serve this repository too (repeatable): each API family goes to the repository of its profile (ECS: ecs, WUYING: wuying, SWAS: swas, Huawei CSS: css).", valueName: "repo"))
+    var alsoRepo: [String] = []
     @Flag(help: "Add a new key pair to the credentials file, print it, and exit.")
     var newKey = false
     @Option(help: ArgumentHelp("Remove this key pair from the credentials file and exit.", valueName: "access-key-id"))
@@ -55,17 +57,20 @@ struct Serve: ParsableCommand {
                 }
                 return
             }
-            let service = try APIService(repository: repository, settings: .init(region: region, projectID: projectId))
+            let settings = APIService.Settings(region: region, projectID: projectId)
+            let services = try [APIService(repository: repository, settings: settings)]
+                + alsoRepo.map { try APIService(repository: try GlobalOptions.openRepository(at: $0), settings: settings) }
+            let gateway = try APIGateway(services: services)
             guard (tlsCert == nil) == (tlsKey == nil) else {
                 throw APIError("InvalidParameter.TLS", "--tls-cert and --tls-key go together", status: 400)
             }
             let tls = tlsCert.map { APIServer.TLSFiles(certificateChain: $0, privateKey: tlsKey!) }
-            let server = try APIServer(service: service, listen: listen, tls: tls)
+            let server = try APIServer(gateway: gateway, listen: listen, tls: tls)
             let finished = DispatchSemaphore(value: 0)
             let failure = Mutex<(any Error)?>(nil)
             Task {
                 do {
-                    try await server.run { address in Output.log("serving \(repository.location) on \(address)") }
+                    try await server.run { address in Output.log("serving \(services.map { "\($0.repository.location) (\($0.profile.rawValue))" }.joined(separator: ", ")) on \(address)") }
                 } catch {
                     failure.withLock { $0 = error }
                 }

@@ -731,3 +731,35 @@ def test_rate_bounded_per_key(api):
     assert send(rpc_request(server.endpoint, other, describe))[0] == 200
     time.sleep(1.1)
     assert send(rpc_request(server.endpoint, api.key, describe))[0] == 200
+
+
+def test_one_server_several_repositories_by_profile(tmp_path):
+    from alibabacloud_swas_open20200601 import models as swas
+    from api_clients import alibaba_client, css_client
+    from huaweicloudsdkcss.v1 import ListSnapshotsRequest
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    ecs_env = Env(tmp_path / "ecs", disks=1, profile="ecs")
+    swas_env = Env(tmp_path / "swas", disks=1, profile="swas")
+    try:
+        server = ecs_env.serve(extra=["--also-repo", swas_env.ds.repo])
+        ecs_api = ecs_client(server.endpoint, ecs_env.key)
+        swas_api = alibaba_client("alibabacloud_swas_open20200601", server.endpoint, swas_env.key)
+        made = ecs_api.create_snapshot(ecs.CreateSnapshotRequest(disk_id=ecs_env.disks[0][0], snapshot_name="in-ecs")).body.snapshot_id
+        wait_accomplished(ecs_api, made)
+        swas_made = swas_api.create_snapshot(swas.CreateSnapshotRequest(region_id="local", disk_id=swas_env.disks[0][0], snapshot_name="in-swas")).body.snapshot_id
+        deadline = time.time() + 60
+        while swas_api.list_snapshots(swas.ListSnapshotsRequest(region_id="local")).body.snapshots[0].status != "Accomplished":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert [s["SnapshotId"] for s in ecs_env.ds.run("list", "--json").json()] == [made]
+        assert [s["SnapshotId"] for s in swas_env.ds.run("list", "--json").json()] == [swas_made]
+        # Each repository has its own keys: the SWAS key means nothing to the ECS repository.
+        assert error_of(lambda: ecs_client(server.endpoint, swas_env.key).describe_snapshots(ecs.DescribeSnapshotsRequest(region_id="local"))) == ("InvalidAccessKeyId.NotFound", 404)
+        with pytest.raises(ClientRequestException) as caught:
+            css_client(server.endpoint, ecs_env.key).list_snapshots(ListSnapshotsRequest(cluster_id="i-one"))
+        assert (caught.value.error_code, caught.value.status_code) == ("APIGW.0101", 404)
+        twice = ecs_env.ds.run("serve", "--listen", "127.0.0.1:0", "--also-repo", ecs_env.ds.repo, "--json", check=False)
+        assert twice.code == 2 and json.loads(twice.out)["Code"] == "InvalidParameter.Repository"
+    finally:
+        ecs_env.close()
+        swas_env.close()
