@@ -58,6 +58,13 @@ def api(tmp_path):
     env.close()
 
 
+def wait_until(check, timeout=60, what="the condition"):
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, f"{what} not reached after {timeout} s"
+        time.sleep(0.2)
+
+
 def error_of(call):
     """The SDK's exception for a call that must fail: (code, HTTP status)."""
     with pytest.raises(Exception) as caught:
@@ -476,10 +483,7 @@ def test_swas_snapshots_and_quota(tmp_path, algorithm):
             f.seek(1 << 20)
             f.write(os.urandom(1 << 20))
         client.reset_disk(swas.ResetDiskRequest(region_id="local", disk_id=disk_id, snapshot_id=made[1]))
-        deadline = time.time() + 60
-        while client.list_disks(swas.ListDisksRequest(region_id="local", disk_ids=json.dumps([disk_id]))).body.disks[0].status == "ReIniting":
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: client.list_disks(swas.ListDisksRequest(region_id="local", disk_ids=json.dumps([disk_id]))).body.disks[0].status != "ReIniting")
         assert sha256(image) == before
         client.delete_snapshots(swas.DeleteSnapshotsRequest(region_id="local", snapshot_ids=json.dumps(made[:2])))
         client.delete_snapshot(swas.DeleteSnapshotRequest(region_id="local", snapshot_id=made[2]))
@@ -544,10 +548,7 @@ def test_ecd_desktop_snapshots(tmp_path):
             f.seek(1 << 20)
             f.write(os.urandom(1 << 20))
         client.reset_snapshot(ecd.ResetSnapshotRequest(region_id="local", snapshot_id=made["data"], stop_desktop=True))
-        deadline = time.time() + 60
-        while sha256(image) != before:
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: sha256(image) == before)
         client.delete_snapshot(ecd.DeleteSnapshotRequest(region_id="local", snapshot_id=list(made.values())))
         assert client.describe_snapshots(ecd.DescribeSnapshotsRequest(region_id="local")).body.snapshots == []
     finally:
@@ -640,10 +641,7 @@ def test_css_cluster_snapshots_through_the_huawei_sdk(tmp_path):
                 f.write(os.urandom(1 << 20))
         assert refused(lambda: client.restore_snapshot(RestoreSnapshotRequest(cluster_id="i-one", snapshot_id=made.id, body=RestoreSnapshotReq(target_cluster="another", indices="*")))) == ("CSS.0001", 400)
         client.restore_snapshot(RestoreSnapshotRequest(cluster_id="i-one", snapshot_id=made.id, body=RestoreSnapshotReq(target_cluster="i-one", indices="*")))
-        deadline = time.time() + 60
-        while [sha256(image) for _, image in env.disks] != before:
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: [sha256(image) for _, image in env.disks] == before)
         delete = DeleteSnapshotRequest(cluster_id="i-one", snapshot_id=made.id)
         client.delete_snapshot(delete)
         assert client.list_snapshots(ListSnapshotsRequest(cluster_id="i-one")).backups == []
@@ -747,10 +745,7 @@ def test_one_server_several_repositories_by_profile(tmp_path):
         made = ecs_api.create_snapshot(ecs.CreateSnapshotRequest(disk_id=ecs_env.disks[0][0], snapshot_name="in-ecs")).body.snapshot_id
         wait_accomplished(ecs_api, made)
         swas_made = swas_api.create_snapshot(swas.CreateSnapshotRequest(region_id="local", disk_id=swas_env.disks[0][0], snapshot_name="in-swas")).body.snapshot_id
-        deadline = time.time() + 60
-        while swas_api.list_snapshots(swas.ListSnapshotsRequest(region_id="local")).body.snapshots[0].status != "Accomplished":
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: swas_api.list_snapshots(swas.ListSnapshotsRequest(region_id="local")).body.snapshots[0].status == "Accomplished")
         assert [s["SnapshotId"] for s in ecs_env.ds.run("list", "--json").json()] == [made]
         assert [s["SnapshotId"] for s in swas_env.ds.run("list", "--json").json()] == [swas_made]
         # Each repository has its own keys: the SWAS key means nothing to the ECS repository.
