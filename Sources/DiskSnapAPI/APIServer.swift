@@ -97,6 +97,10 @@ public struct APIServer: Sendable {
         let schedules = gateway.services.map { service in Task { await service.runSchedules() } }
         defer { schedules.forEach { $0.cancel() } }
         try await app.runService()
+        // Stopped (SIGTERM, SIGINT): what was admitted finishes before the process ends, so a
+        // stop never turns an answered create into a failed one. kill -9 does not wait: those
+        // records then read as failed, as after any killed create.
+        for service in gateway.services { await service.drain() }
     }
 
     struct Responder: HTTPResponder {

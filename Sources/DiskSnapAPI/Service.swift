@@ -164,6 +164,20 @@ public final class APIService: Sendable {
         return APIResponse(status: status, headers: [("Content-Type", "application/json;charset=utf-8")], body: Array(body.json.utf8))
     }
 
+    /// Waits until no create or reset this server started is running.
+    func drain() async {
+        var told = false
+        while true {
+            let creates = running.load(ordering: .relaxed), resetting = resets.withLock { $0.running.count }
+            if creates + resetting == 0 { return }
+            if !told {
+                logProblem("stopping: waiting for \(creates) snapshot run(s) and \(resetting) reset(s) to finish")
+                told = true
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
     /// Runs blocking engine work on a thread of its own, off the server's event loops.
     func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in

@@ -758,3 +758,30 @@ def test_one_server_several_repositories_by_profile(tmp_path):
     finally:
         ecs_env.close()
         swas_env.close()
+
+
+def test_stopping_the_server_finishes_what_it_admitted(api):
+    import signal
+    gate = os.path.join(api.tmp, "gate")
+    server = api.serve(env={"DISKSNAP_TEST_PAUSE": f"create-after-index:{gate}"})
+    client = ecs_client(server.endpoint, api.key)
+    made = client.create_snapshot(ecs.CreateSnapshotRequest(disk_id=api.disks[0][0], snapshot_name="answered")).body.snapshot_id
+    wait_until(lambda: os.path.exists(gate + ".reached"))
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert server.proc.poll() is None, "the server quit with an answered create still running"
+    open(gate, "w").close()
+    assert server.proc.wait(timeout=60) == 0
+    assert api.ds.show(made)["Status"] == "accomplished"
+    # kill -9 cannot wait: the answered create reads as failed, nothing else is lost.
+    os.remove(gate)
+    os.remove(gate + ".reached")
+    server = api.serve(env={"DISKSNAP_TEST_PAUSE": f"create-after-index:{gate}"})
+    client = ecs_client(server.endpoint, api.key)
+    killed = client.create_snapshot(ecs.CreateSnapshotRequest(disk_id=api.disks[0][0], snapshot_name="killed")).body.snapshot_id
+    wait_until(lambda: os.path.exists(gate + ".reached"))
+    server.proc.kill()
+    server.proc.wait()
+    assert api.ds.show(killed)["Status"] == "failed"
+    assert api.ds.show(made)["Status"] == "accomplished"
+    api.ds.run("check", "--read-data")
