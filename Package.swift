@@ -58,8 +58,13 @@ let package = Package(
         .target(name: "DiskSnapServe", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapEngine"]),
         // The documents' HTTP APIs for the official cloud SDKs: request signatures, the
         // operations of ECS (and, to come, ECD, SWAS, CSS) over the engine, and the server.
+        // The wire of those APIs, pure: requests, the three signature schemes, replay and rate
+        // bounds, parameters, answers (fuzzed: tools/fuzz).
+        .target(name: "DiskSnapAPIWire", dependencies: [
+            "DiskSnapSys", "DiskSnapFormat", .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .target(name: "DiskSnapAPI", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapAPIWire",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -68,14 +73,14 @@ let package = Package(
         ]),
         // The command line: one file per subcommand.
         .executableTarget(name: "disksnap", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2", "DiskSnapS3", "DiskSnapAPI",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2", "DiskSnapS3", "DiskSnapAPI", "DiskSnapAPIWire",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Every decoder of a repository file under libFuzzer (tools/fuzz), or replaying the
         // corpus in Tests/Fuzz (a plain build).
-        .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore"], path: "Sources/disksnap-fuzz"),
+        .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore", "DiskSnapAPIWire"], path: "Sources/disksnap-fuzz"),
         .testTarget(name: "DiskSnapTests", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3", "DiskSnapAPI",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3", "DiskSnapAPI", "DiskSnapAPIWire",
         ], exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]

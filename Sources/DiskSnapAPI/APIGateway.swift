@@ -1,3 +1,4 @@
+import DiskSnapAPIWire
 import DiskSnapFormat
 import DiskSnapCatalog
 

@@ -1,4 +1,5 @@
 import Foundation
+import DiskSnapAPIWire
 import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapStore

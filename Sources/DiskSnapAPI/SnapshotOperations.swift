@@ -1,4 +1,5 @@
 import Foundation
+import DiskSnapAPIWire
 import Synchronization
 import DiskSnapSys
 import DiskSnapFormat

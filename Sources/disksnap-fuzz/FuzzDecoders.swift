@@ -9,6 +9,7 @@ import DiskSnapFormat
 import DiskSnapSys
 import DiskSnapQcow2
 import DiskSnapStore
+import DiskSnapAPIWire
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,6 +26,42 @@ enum FuzzDecoders {
         ("qcow2 image", decodeQcow2),
         ("chunk index segment file", decodeSegmentFile),
     ]
+    /// Decoders added later take selectors from 0xF0 up, so that the corpus's first bytes
+    /// keep choosing the decoders they were found for.
+    static let laterDecoders: [(String, @Sendable ([UInt8]) throws -> Void)] = [
+        ("API request", decodeAPIRequest),
+    ]
+
+    /// A request to `disksnap serve`, as its server hands it over: the bytes split at NUL into
+    /// method, path, query, headers (`name:value` lines) and body; then each signature
+    /// scheme's verifier and the parameter readers. Refusals are `APIError`s.
+    static func decodeAPIRequest(_ bytes: [UInt8]) throws {
+        let slices = bytes.split(separator: 0, maxSplits: 4, omittingEmptySubsequences: false)
+        let parts = slices.map { String(decoding: $0, as: UTF8.self) }
+        func part(_ i: Int) -> String { i < parts.count ? parts[i] : "" }
+        let headers = part(3).split(separator: "\n").compactMap { line -> (name: String, value: String)? in
+            let pair = line.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            return pair.count == 2 ? (String(pair[0]), String(pair[1])) : nil
+        }
+        let request = APIRequest(method: part(0), path: part(1), rawQuery: part(2), headers: headers,
+                                 body: slices.count > 4 ? Array(slices[4]) : [])
+        let secret: (String) -> String? = { _ in "secret" }
+        var refusals = 0
+        do { _ = try RequestSignature.verifyACS3(request, secret: secret) } catch { refusals += 1 }
+        do { _ = try RequestSignature.verifyRPC(request, secret: secret) } catch { refusals += 1 }
+        do { _ = try RequestSignature.verifyHuawei(request, secret: secret) } catch { refusals += 1 }
+        let parameters = Parameters(request.parameters)
+        for name in ["PageSize", "SnapshotIds", "Tag", "Force"] {
+            _ = try? parameters.int(name, default: 1, range: 1...100)
+            _ = try? parameters.jsonList(name)
+            _ = try? parameters.tags(name)
+            _ = try? parameters.bool(name)
+        }
+        _ = RequestSignature.parseUTC(part(2))
+        _ = RequestSignature.parseBasicUTC(part(2))
+        _ = FormEncoding.percentDecodePath(request.path)
+        if refusals == 3 { throw FormatError(file: "request", "refused by every verifier") }
+    }
 
     /// A whole segment file of any version, as `ChunkLocator` and `check` read it: opened,
     /// looked up (its own first digests and one it cannot hold), streamed, Bloom verified.
@@ -76,7 +113,7 @@ enum FuzzDecoders {
 
     static func run(_ data: [UInt8]) {
         guard let selector = data.first else { return }
-        let (_, decode) = decoders[Int(selector) % decoders.count]
+        let (_, decode) = selector >= 0xF0 ? laterDecoders[Int(selector - 0xF0) % laterDecoders.count] : decoders[Int(selector) % decoders.count]
         do {
             try decode(Array(data.dropFirst()))
         } catch is any CodedError {
@@ -125,7 +162,7 @@ struct Replay {
                 files += 1
             }
         }
-        print("replayed \(files) inputs through \(FuzzDecoders.decoders.count) decoders: no crash")
+        print("replayed \(files) inputs through \(FuzzDecoders.decoders.count + FuzzDecoders.laterDecoders.count) decoders: no crash")
     }
 }
 #endif

@@ -4,6 +4,7 @@ import ArgumentParser
 import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapAPI
+import DiskSnapAPIWire
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 @testable import DiskSnapAPI
+@testable import DiskSnapAPIWire
 
 /// The request signatures the official SDKs make, verified here against vectors computed by
 /// the SDKs' own signers (alibabacloud-tea-openapi 0.4.6 `Utils.get_authorization`;

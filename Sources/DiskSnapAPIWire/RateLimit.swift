@@ -7,7 +7,7 @@ import DiskSnapSys
 /// (`DISKSNAP_SERVE_RATE=N` sets N a second and bursts of 5N, for tests).
 public final class RateLimit: Sendable {
     private let buckets = Mutex<[String: (tokens: Double, at: Double)]>([:])
-    let rate: Double
+    public let rate: Double
     let burst: Double
 
     public init(rate: Double? = nil) {

@@ -172,7 +172,7 @@ public enum RequestSignature {
     }
 
     /// `20261205T120000Z`.
-    static func parseBasicUTC(_ text: String) -> Date? {
+    public static func parseBasicUTC(_ text: String) -> Date? {
         let b = Array(text.utf8)
         guard b.count == 16, b[8] == UInt8(ascii: "T"), b[15] == UInt8(ascii: "Z") else { return nil }
         let expanded = String(decoding: b[0..<4], as: UTF8.self) + "-" + String(decoding: b[4..<6], as: UTF8.self) + "-"
@@ -190,7 +190,7 @@ public enum RequestSignature {
 
     /// `2026-12-05T12:00:00Z` (fractions of a second allowed), parsed as digits: a date
     /// formatter made per request cost more than the signature.
-    static func parseUTC(_ text: String) -> Date? {
+    public static func parseUTC(_ text: String) -> Date? {
         let b = Array(text.utf8)
         guard b.count >= 20, b.last == UInt8(ascii: "Z"), b[4] == UInt8(ascii: "-"), b[7] == UInt8(ascii: "-"),
               b[10] == UInt8(ascii: "T"), b[13] == UInt8(ascii: ":"), b[16] == UInt8(ascii: ":") else { return nil }
@@ -231,7 +231,7 @@ public enum RequestSignature {
 }
 
 extension Sequence where Element == UInt8 {
-    var hex: String {
+    public var hex: String {
         let digits = Array("0123456789abcdef".unicodeScalars)
         var out = ""
         for byte in self {
@@ -243,9 +243,9 @@ extension Sequence where Element == UInt8 {
 }
 
 extension SHA256Digest {
-    var hex: String { Array(self).hex }
+    public var hex: String { Array(self).hex }
 }
 
 extension Data {
-    var hex: String { Array(self).hex }
+    public var hex: String { Array(self).hex }
 }

@@ -27,7 +27,7 @@ public struct APIRequest: Sendable {
     }
 
     /// Every value of a header, in the order received.
-    func headerValues(_ name: String) -> [String] {
+    public func headerValues(_ name: String) -> [String] {
         let wanted = name.lowercased()
         return headers.filter { $0.name == wanted }.map(\.value)
     }
@@ -47,8 +47,8 @@ public struct APIRequest: Sendable {
 
 /// `application/x-www-form-urlencoded` and RFC 3986 percent-encoding, as the signatures
 /// canonicalize them.
-enum FormEncoding {
-    static func decode(_ text: String) -> [(String, String)] {
+public enum FormEncoding {
+    public static func decode(_ text: String) -> [(String, String)] {
         guard !text.isEmpty else { return [] }
         return text.split(separator: "&", omittingEmptySubsequences: true).map { pair in
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
@@ -57,13 +57,13 @@ enum FormEncoding {
     }
 
     /// A path's `%XX` to bytes (`+` stays: it is a space only in a query).
-    static func percentDecodePath(_ text: String) -> String {
+    public static func percentDecodePath(_ text: String) -> String {
         percentDecode(Substring(text.replacingOccurrences(of: "+", with: "%2B")))
     }
 
     /// `%XX` to its byte and `+` to a space; a malformed escape stays as it is (the
     /// signature over the decoded value then fails rather than anything guessing).
-    static func percentDecode(_ text: Substring) -> String {
+    public static func percentDecode(_ text: Substring) -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(text.utf8.count)
         var iterator = Array(text.utf8)[...]
@@ -82,7 +82,7 @@ enum FormEncoding {
     }
 
     /// RFC 3986: every byte but the unreserved `A-Z a-z 0-9 - _ . ~` as `%XX` (upper case).
-    static func percentEncode(_ text: String) -> String {
+    public static func percentEncode(_ text: String) -> String {
         var out = ""
         out.reserveCapacity(text.utf8.count)
         for byte in text.utf8 {
@@ -113,5 +113,5 @@ enum FormEncoding {
 extension String {
     /// Code point order (UTF-8 byte order), as the SDKs sort keys; not Swift's `<`, which
     /// orders by Unicode canonical equivalence.
-    func precedesInCodePoints(_ other: String) -> Bool { utf8.lexicographicallyPrecedes(other.utf8) }
+    public func precedesInCodePoints(_ other: String) -> Bool { utf8.lexicographicallyPrecedes(other.utf8) }
 }

@@ -2,19 +2,19 @@ import Foundation
 
 /// The parameters of one call, with the documents' checks: required, integer ranges, JSON
 /// lists, `Tag.N.Key` lists. Every failure names the parameter.
-struct Parameters: Sendable {
-    let items: [(String, String)]
+public struct Parameters: Sendable {
+    public let items: [(String, String)]
 
-    init(_ items: [(String, String)]) { self.items = items }
+    public init(_ items: [(String, String)]) { self.items = items }
 
-    subscript(_ name: String) -> String? { items.last { $0.0 == name }?.1 }
+    public subscript(_ name: String) -> String? { items.last { $0.0 == name }?.1 }
 
-    func required(_ name: String) throws(APIError) -> String {
+    public func required(_ name: String) throws(APIError) -> String {
         guard let value = self[name], !value.isEmpty else { throw APIError.missing(name) }
         return value
     }
 
-    func int(_ name: String, default fallback: Int, range: ClosedRange<Int>) throws(APIError) -> Int {
+    public func int(_ name: String, default fallback: Int, range: ClosedRange<Int>) throws(APIError) -> Int {
         guard let text = self[name], !text.isEmpty else { return fallback }
         guard let value = Int(text), range.contains(value) else {
             throw APIError.invalid(name, "is '\(text)'; it must be an integer from \(range.lowerBound) to \(range.upperBound)")
@@ -22,7 +22,7 @@ struct Parameters: Sendable {
         return value
     }
 
-    func bool(_ name: String) throws(APIError) -> Bool? {
+    public func bool(_ name: String) throws(APIError) -> Bool? {
         guard let text = self[name], !text.isEmpty else { return nil }
         switch text.lowercased() {
         case "true": return true
@@ -32,7 +32,7 @@ struct Parameters: Sendable {
     }
 
     /// A list given as a JSON array of strings (`SnapshotIds=["s-1","s-2"]`), at most `limit`.
-    func jsonList(_ name: String, limit: Int = 100) throws(APIError) -> [String]? {
+    public func jsonList(_ name: String, limit: Int = 100) throws(APIError) -> [String]? {
         guard let text = self[name], !text.isEmpty else { return nil }
         guard let list = try? JSONDecoder().decode([String].self, from: Data(text.utf8)) else {
             throw APIError.invalid(name, "is not a JSON array of strings such as [\"s-1\",\"s-2\"]")
@@ -42,7 +42,7 @@ struct Parameters: Sendable {
     }
 
     /// `Tag.1.Key`, `Tag.1.Value`, ... (N from 1 to 20, in N's order).
-    func tags(_ prefix: String = "Tag") throws(APIError) -> [(key: String, value: String)] {
+    public func tags(_ prefix: String = "Tag") throws(APIError) -> [(key: String, value: String)] {
         var byIndex: [Int: (key: String?, value: String?)] = [:]
         for (name, value) in items where name.hasPrefix(prefix + ".") {
             let parts = name.split(separator: ".")

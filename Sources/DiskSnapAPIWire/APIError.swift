@@ -29,13 +29,13 @@ public struct APIError: CodedError, Equatable {
     }
 
     // The documents' common codes (Alibaba Cloud's "API error center"; Huawei's APIGW codes).
-    static func missing(_ name: String) -> APIError {
+    public static func missing(_ name: String) -> APIError {
         APIError("MissingParameter", "the input parameter \(name) that is mandatory for processing this request is not supplied", status: 400)
     }
-    static func invalid(_ name: String, _ why: String) -> APIError {
+    public static func invalid(_ name: String, _ why: String) -> APIError {
         APIError("InvalidParameter", "the parameter \(name) \(why)", status: 400)
     }
-    static func unsupportedOperation(_ action: String, _ version: String) -> APIError {
+    public static func unsupportedOperation(_ action: String, _ version: String) -> APIError {
         APIError("InvalidAction.NotFound", "the action \(action) of API version \(version) is not served here (docs/API.md lists what is)", status: 404)
     }
 }
