@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,7 +25,20 @@ public enum FuseFilesystem {
     /// interrupted (SIGINT, SIGTERM, SIGHUP: unmounted first). `ready` runs once mounted.
     public static func serve(at mountpoint: String, name: String, files: [File], modificationTime: Int64,
                              ready: @escaping @Sendable () -> Void, read: @escaping Reader) throws(SystemError) {
-        let box = Callbacks(read: read, ready: ready)
+        // Interrupted: the mount is detached, which ends every FUSE worker's read, whichever
+        // thread the signal reached (libfuse's own handlers wake the loop only when the main
+        // thread takes the signal: a loaded machine left it waiting). Its handlers stay out:
+        // they install only over SIG_DFL.
+        let interrupted = Atomic<Bool>(false), mounted = Atomic<Bool>(false)
+        Signals.onTermination { _ in
+            interrupted.store(true, ordering: .sequentiallyConsistent)
+            if mounted.load(ordering: .sequentiallyConsistent) { detach(mountpoint) }
+        }
+        let box = Callbacks(read: read, ready: {
+            mounted.store(true, ordering: .sequentiallyConsistent)
+            if interrupted.load(ordering: .sequentiallyConsistent) { detach(mountpoint) }
+            ready()
+        })
         let names = files.map { strdup($0.name) }
         defer { names.forEach { free($0) } }
         let table = zip(files, names).map { ds_fuse_file(name: UnsafePointer($1), size: $0.size) }
@@ -38,6 +52,20 @@ public enum FuseFilesystem {
         }
         withExtendedLifetime(box) {}
         guard rc == 0 else { throw SystemError(errno: EIO, operation: "FUSE mount (libfuse said why above)", path: mountpoint) }
+    }
+
+    /// Unmounts lazily (`umount2(MNT_DETACH)`; `fusermount3 -u -z` for a user without
+    /// CAP_SYS_ADMIN): the kernel ends the FUSE connection and the loop returns.
+    static func detach(_ mountpoint: String) {
+        if umount2(mountpoint, Int32(MNT_DETACH)) == 0 { return }
+        var pid: pid_t = 0
+        let words: [String] = ["fusermount3", "-u", "-z", mountpoint]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { word in word.withCString { strdup($0) } } + [nil]
+        defer { argv.forEach { free($0) } }
+        if posix_spawnp(&pid, "fusermount3", nil, nil, argv, environ) == 0 {
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
     }
 
     private final class Callbacks: Sendable {
