@@ -42,6 +42,13 @@ let package = Package(
         .target(name: "DiskSnapFormat", dependencies: [
             "DiskSnapSys", .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Encryption at rest (issue 17, in progress): master keys, key files (scrypt),
+        // AES-256-GCM sealing with a key per object, keyed chunk ids.
+        .target(name: "DiskSnapSeal", dependencies: [
+            "DiskSnapSys", "DiskSnapFormat",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "_CryptoExtras", package: "swift-crypto"),
+        ]),
         // The content-addressed chunk store: packs, the chunk index, locks, atomic publication.
         .target(name: "DiskSnapStore", dependencies: ["DiskSnapSys", "DiskSnapFormat"]),
         // Snapshot records: ids, names, lookup, status.
@@ -80,7 +87,7 @@ let package = Package(
         // corpus in Tests/Fuzz (a plain build).
         .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore", "DiskSnapAPIWire"], path: "Sources/disksnap-fuzz"),
         .testTarget(name: "DiskSnapTests", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3", "DiskSnapAPI", "DiskSnapAPIWire",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3", "DiskSnapAPI", "DiskSnapAPIWire", "DiskSnapSeal",
         ], exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]
