@@ -53,8 +53,7 @@ struct ECSOperations {
 
     func describeSnapshots(_ parameters: Parameters) async throws -> APIValue {
         try checkRegion(parameters, required: true)
-        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
-        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        let paging = try PageRequest(parameters)
         let maxResults = try parameters.int("MaxResults", default: 10, range: 10...100)
         let ids = try parameters.jsonList("SnapshotIds")
         let tags = try parameters.tags()
@@ -80,7 +79,7 @@ struct ECSOperations {
             guard ["system", "data"].contains(type.lowercased()) else { throw APIError.invalid("SourceDiskType", "is '\(type)'; it must be System or Data") }
             records = records.filter { $0.sourceDiskType?.lowercased() == type.lowercased() }
         }
-        for tag in tags { records = records.filter { $0.tags.contains { $0.key == tag.key && (tag.value.isEmpty || $0.value == tag.value) } } }
+        records = records.having(tags: tags)
         let total = records.count
         var page: ArraySlice<SnapshotRecord>
         var nextToken = ""
@@ -96,8 +95,8 @@ struct ECSOperations {
             if start + maxResults < total { nextToken = String(start + maxResults) }
             members = [("TotalCount", .int(total)), ("NextToken", .string(nextToken))]
         } else {
-            page = DiskSnapAPI.page(records, number: pageNumber, size: pageSize)
-            members = [("TotalCount", .int(total)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)), ("NextToken", .string(""))]
+            page = paging.slice(records)
+            members = paging.fields(total: total) + [("NextToken", .string(""))]
         }
         members.append(("Snapshots", .object([("Snapshot", .array(page.map(snapshot)))])))
         return .object(members)
@@ -167,8 +166,7 @@ struct ECSOperations {
 
     func describeDisks(_ parameters: Parameters) async throws -> APIValue {
         try checkRegion(parameters, required: true)
-        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
-        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        let paging = try PageRequest(parameters)
         let ids = try parameters.jsonList("DiskIds")
         var disks = try await core.disks()
         if let ids { disks = disks.filter { ids.contains($0.diskId.rawValue) } }
@@ -181,9 +179,8 @@ struct ECSOperations {
         for policy in try service.policies.withLock({ _ in try service.policyStore.load() }) {
             for disk in policy.diskIds { policyOf[disk] = policy.autoSnapshotPolicyId }
         }
-        return .object([
-            ("TotalCount", .int(disks.count)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
-            ("Disks", .object([("Disk", .array(page(disks, number: pageNumber, size: pageSize).map { disk in
+        return .object(paging.fields(total: disks.count) + [
+            ("Disks", .object([("Disk", .array(paging.slice(disks).map { disk in
                 let (status, size, failure) = service.diskStatus(disk)
                 return .object([
                     ("DiskId", .string(disk.diskId.rawValue)),
@@ -321,15 +318,13 @@ struct ECSOperations {
 
     func describeAutoSnapshotPolicies(_ parameters: Parameters) throws -> APIValue {
         try checkRegion(parameters, required: true)
-        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
-        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        let paging = try PageRequest(parameters)
         var all = try service.policies.withLock { _ in try service.policyStore.load() }
         if let id = parameters["AutoSnapshotPolicyId"], !id.isEmpty { all = all.filter { $0.autoSnapshotPolicyId == id } }
         if let name = parameters["AutoSnapshotPolicyName"], !name.isEmpty { all = all.filter { $0.autoSnapshotPolicyName == name } }
         func jsonStrings(_ values: [Int]) -> String { "[" + values.map { "\"\($0)\"" }.joined(separator: ",") + "]" }
-        return .object([
-            ("TotalCount", .int(all.count)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
-            ("AutoSnapshotPolicies", .object([("AutoSnapshotPolicy", .array(page(all, number: pageNumber, size: pageSize).map { policy in
+        return .object(paging.fields(total: all.count) + [
+            ("AutoSnapshotPolicies", .object([("AutoSnapshotPolicy", .array(paging.slice(all).map { policy in
                 .object([
                     ("AutoSnapshotPolicyId", .string(policy.autoSnapshotPolicyId)),
                     ("AutoSnapshotPolicyName", .string(policy.autoSnapshotPolicyName)),

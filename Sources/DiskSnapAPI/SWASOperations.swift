@@ -39,8 +39,7 @@ struct SWASOperations {
     }
 
     func listSnapshots(_ parameters: Parameters) async throws -> APIValue {
-        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
-        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        let paging = try PageRequest(parameters)
         let ids = try parameters.jsonOrCommaList("SnapshotIds")
         let tags = try parameters.tags()
         let disks = try await core.disks()
@@ -50,8 +49,8 @@ struct SWASOperations {
         if let disk = parameters["DiskId"], !disk.isEmpty { records = records.filter { $0.sourceDiskId?.rawValue == disk } }
         if let ids { records = records.filter { ids.contains($0.snapshotId.rawValue) } }
         if let type = parameters["SourceDiskType"], !type.isEmpty { records = records.filter { $0.sourceDiskType?.lowercased() == type.lowercased() } }
-        for tag in tags { records = records.filter { $0.tags.contains { $0.key == tag.key && (tag.value.isEmpty || $0.value == tag.value) } } }
-        let items: [APIValue] = page(records, number: pageNumber, size: pageSize).map { record in
+        records = records.having(tags: tags)
+        let items: [APIValue] = paging.slice(records).map { record in
             let status: String = switch record.status {
             case .progressing: "Progressing"
             case .accomplished: "Accomplished"
@@ -71,19 +70,17 @@ struct SWASOperations {
                 ("Tags", .array(record.tags.map { .object([("Key", .string($0.key)), ("Value", .string($0.value))]) })),
             ])
         }
-        return .object([("TotalCount", .int(records.count)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
-                        ("Snapshots", .array(items))])
+        return .object(paging.fields(total: records.count) + [("Snapshots", .array(items))])
     }
 
     func listDisks(_ parameters: Parameters) async throws -> APIValue {
-        let pageSize = try parameters.int("PageSize", default: 10, range: 1...100)
-        let pageNumber = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+        let paging = try PageRequest(parameters)
         let ids = try parameters.jsonOrCommaList("DiskIds")
         var disks = try await core.disks()
         if let instance = parameters["InstanceId"], !instance.isEmpty { disks = disks.filter { $0.instance == instance } }
         if let ids { disks = disks.filter { ids.contains($0.diskId.rawValue) } }
         if let type = parameters["DiskType"], !type.isEmpty { disks = disks.filter { $0.diskType == type.lowercased() } }
-        let items: [APIValue] = page(disks, number: pageNumber, size: pageSize).map { disk in
+        let items: [APIValue] = paging.slice(disks).map { disk in
             let (status, size, _) = service.diskStatus(disk)
             return .object([
                 ("DiskId", .string(disk.diskId.rawValue)),
@@ -99,7 +96,6 @@ struct SWASOperations {
                 ("Tags", .array([])),
             ])
         }
-        return .object([("TotalCount", .int(disks.count)), ("PageNumber", .int(pageNumber)), ("PageSize", .int(pageSize)),
-                        ("Disks", .array(items))])
+        return .object(paging.fields(total: disks.count) + [("Disks", .array(items))])
     }
 }

@@ -197,10 +197,33 @@ extension Parameters {
     }
 }
 
-/// A page of `items`: `PageNumber` (from 1) and `PageSize`.
-func page<T>(_ items: [T], number: Int, size: Int) -> ArraySlice<T> {
-    let start = min(items.count, (number - 1) * size)
-    return items[start..<min(items.count, start + size)]
+/// `PageNumber` (from 1) and `PageSize` (1-100, default 10): the page asked, its items, and
+/// the fields an answer gives about it.
+struct PageRequest {
+    let number: Int
+    let size: Int
+
+    init(_ parameters: Parameters) throws(APIError) {
+        size = try parameters.int("PageSize", default: 10, range: 1...100)
+        number = try parameters.int("PageNumber", default: 1, range: 1...Int(Int32.max))
+    }
+
+    func slice<T>(_ items: [T]) -> ArraySlice<T> {
+        let start = min(items.count, (number - 1) * size)
+        return items[start..<min(items.count, start + size)]
+    }
+
+    /// `TotalCount`, `PageNumber`, `PageSize`.
+    func fields(total: Int) -> [(String, APIValue)] {
+        [("TotalCount", .int(total)), ("PageNumber", .int(number)), ("PageSize", .int(size))]
+    }
+}
+
+extension [SnapshotRecord] {
+    /// Those with every tag given (a tag with an empty value: any value).
+    func having(tags: [(key: String, value: String)]) -> [SnapshotRecord] {
+        filter { record in tags.allSatisfy { tag in record.tags.contains { $0.key == tag.key && (tag.value.isEmpty || $0.value == tag.value) } } }
+    }
 }
 
 /// The cloud's times: UTC to the second (`2026-12-05T12:00:00Z`) from our records'
