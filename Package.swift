@@ -42,20 +42,20 @@ let package = Package(
         .target(name: "DiskSnapFormat", dependencies: [
             "DiskSnapSys", .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        // Encryption at rest (issue 17, in progress): master keys, key files (scrypt),
-        // AES-256-GCM sealing with a key per object, keyed chunk ids.
+        // Encryption at rest: master keys, key files (scrypt or a key file), AES-256-GCM
+        // sealing with a key per object (whole, or a page at a time), keyed chunk ids.
         .target(name: "DiskSnapSeal", dependencies: [
             "DiskSnapSys", "DiskSnapFormat",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ]),
         // The content-addressed chunk store: packs, the chunk index, locks, atomic publication.
-        .target(name: "DiskSnapStore", dependencies: ["DiskSnapSys", "DiskSnapFormat"]),
+        .target(name: "DiskSnapStore", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapSeal"]),
         // Snapshot records: ids, names, lookup, status.
         .target(name: "DiskSnapCatalog", dependencies: ["DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapQcow2", "DiskSnapQemu"]),
         // Snapshot, restore, check: the pipelines over every core.
         .target(name: "DiskSnapEngine", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2", "DiskSnapQemu",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapQcow2", "DiskSnapQemu", "DiskSnapSeal",
         ]),
         // Off-host stores: AWS Signature V4, S3 as a blob store.
         .target(name: "DiskSnapS3", dependencies: [
@@ -80,7 +80,7 @@ let package = Package(
         ]),
         // The command line: one file per subcommand.
         .executableTarget(name: "disksnap", dependencies: [
-            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2", "DiskSnapS3", "DiskSnapAPI", "DiskSnapAPIWire",
+            "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQcow2", "DiskSnapS3", "DiskSnapAPI", "DiskSnapAPIWire", "DiskSnapSeal",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Every decoder of a repository file under libFuzzer (tools/fuzz), or replaying the

@@ -22,7 +22,7 @@ public struct Catalog: Sendable {
     public func record(_ id: SnapshotID) throws -> SnapshotRecord {
         let path = repository.recordPath(id)
         guard FileSystem.exists(path) else { throw CatalogError.notFound("no snapshot \(id) in \(repository.location)") }
-        return effective(try SnapshotRecord.decode(try FileSystem.readFile(path), file: path))
+        return effective(try SnapshotRecord.decode(try repository.readObject(path), file: path))
     }
 
     /// Every readable record, oldest first, and the errors of those that do not parse: one
@@ -49,11 +49,11 @@ public struct Catalog: Sendable {
                     if let known = cache.record(name, status) {
                         stored = known
                     } else {
-                        stored = try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)
+                        stored = try SnapshotRecord.decode(try repository.readObject(path), file: path)
                         cache.remember(name, status, stored)
                     }
                 } else {
-                    stored = try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)
+                    stored = try SnapshotRecord.decode(try repository.readObject(path), file: path)
                 }
                 let seen = effective(stored)
                 if markingDeadFailed && seen.status != stored.status { try save(seen) }

@@ -13,7 +13,7 @@ public struct DiskRegistry: Sendable {
     public func disks() throws -> [DiskRecord] {
         try FileSystem.listDirectory(repository.disksDirectory).filter { $0.hasSuffix(".json") }.map { name in
             let path = "\(repository.disksDirectory)/\(name)"
-            return try DiskRecord.decode(try FileSystem.readFile(path), file: path)
+            return try DiskRecord.decode(try repository.readObject(path), file: path)
         }.sorted { ($0.creationTime, $0.diskId) < ($1.creationTime, $1.diskId) }
     }
 

@@ -42,6 +42,15 @@ public struct Checker {
         } catch let error as any CodedError {
             report.problems.append(CheckProblem(code: error.code, message: error.message))
         }
+        // Every disk record must parse (and, encrypted, authenticate): creates and the API read them.
+        for name in try repository.diskFileNames() {
+            let path = "\(repository.disksDirectory)/\(name)"
+            do {
+                _ = try DiskRecord.decode(try repository.readObject(path), file: path)
+            } catch let error as any CodedError {
+                report.problems.append(CheckProblem(code: error.code, message: error.message))
+            }
+        }
 
         // 1. Index segments, each read through once (pages, order, fanout, Bloom filter),
         //    with the count and sum of places of the entries that name each pack. Memory: one
@@ -51,7 +60,7 @@ public struct Checker {
         for name in try repository.indexSegmentNames().sorted() {
             let path = repository.segmentPath(name)
             do {
-                let segment = try IndexSegments.open(path)
+                let segment = try IndexSegments.open(file: repository.openSegment(name))
                 var sums = [PlaceSum](repeating: PlaceSum(), count: segment.packs.count)
                 try segment.forEach { e in sums[Int(e.pack)].add(e.digest, e.offset, e.storedLength, e.blockOffset) }
                 try (segment as? SortedSegment)?.verifyBloom()
@@ -79,7 +88,7 @@ public struct Checker {
         for id in packIDs {
             let toc: [PackEntry]
             do {
-                toc = try PackReader.tableOfContents(repository.openPack(id))
+                toc = try PackReader.tableOfContents(repository.openPack(id), pack: id, repository: repository)
             } catch let error as any CodedError {
                 report.problems.append(CheckProblem(code: error.code, message: error.message))
                 if named[id] != nil { suspects[id] = .some(nil) }
@@ -108,11 +117,11 @@ public struct Checker {
         if readData {
             var only: Set<PackID>?
             if let snapshot { only = try packsHolding(snapshot, index: index) }
-            let decoder = BlockDecoder()
+            let decoder = BlockDecoder(repository: repository)
             var output: [UInt8] = []
             for id in readable where only?.contains(id) ?? true {
                 let file = try repository.openPack(id)
-                let toc = try PackReader.tableOfContents(file)
+                let toc = try PackReader.tableOfContents(file, pack: id, repository: repository)
                 // In pack order: each block is read and decompressed once.
                 for entry in toc.sorted(by: { ($0.offset, $0.blockOffset) < ($1.offset, $1.blockOffset) }) {
                     let digest = entry.digest
@@ -142,7 +151,7 @@ public struct Checker {
             let path = "\(repository.snapshotsDirectory)/\(name)"
             let record: SnapshotRecord
             do {
-                record = try SnapshotRecord.decode(try FileSystem.readFile(path), file: path)
+                record = try SnapshotRecord.decode(try repository.readObject(path), file: path)
             } catch let error as any CodedError {
                 report.problems.append(CheckProblem(code: error.code, message: error.message, affectedSnapshots: [String(name.dropLast(5))]))
                 continue
@@ -160,7 +169,7 @@ public struct Checker {
         var reference: (record: SnapshotRecord, fixed: FixedIndexReader)?
         for record in accomplished {
             do {
-                let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+                let fixed = try FixedIndexReader(repository, record.snapshotId)
                 guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
                     throw FormatError(file: fixed.file.path, "does not match its snapshot record (size or id)")
                 }
@@ -228,7 +237,7 @@ public struct Checker {
     /// The packs that hold the chunks of `snapshot` (by the index's first copy).
     private func packsHolding(_ snapshot: String, index: ChunkLocator) throws -> Set<PackID> {
         let record = try Catalog(repository: repository).find(snapshot)
-        let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+        let fixed = try FixedIndexReader(repository, record.snapshotId)
         var packs = Set<PackID>()
         try fixed.forEach { _, digest in
             guard !digest.isZero, let location = try index.location(of: digest) else { return }
@@ -241,7 +250,15 @@ public struct Checker {
 
 /// Reads a pack's table of contents, checking header, trailer and checksum.
 public enum PackReader {
-    public static func tableOfContents(_ file: any PackData) throws -> [PackEntry] {
+    /// `pack`'s table: sealed in an encrypted repository (opened with `repository`'s key, a
+    /// table that does not authenticate being `Repository.Corrupt`).
+    public static func tableOfContents(_ file: any PackData, pack: PackID, repository: Repository) throws -> [PackEntry] {
+        try tableOfContents(file, open: repository.sealer.map { sealer in
+            { sealed in try sealer.open(sealed, context: Repository.tocContext(pack), what: "\(file.name): table of contents") }
+        })
+    }
+
+    public static func tableOfContents(_ file: any PackData, open: (([UInt8]) throws -> [UInt8])? = nil) throws -> [PackEntry] {
         let path = file.name
         let size = try file.size()
         guard size >= UInt64(PackFormat.headerSize + PackFormat.trailerSize), size <= PackFormat.maximumSize else {
@@ -250,8 +267,8 @@ public enum PackReader {
         try PackFormat.decodeHeader(try file.readBytes(count: PackFormat.headerSize, at: 0), file: path)
         let trailer = try PackFormat.decodeTrailer(try file.readBytes(count: PackFormat.trailerSize, at: size - UInt64(PackFormat.trailerSize)),
                                                    fileSize: size, file: path)
-        let toc = try file.readBytes(count: trailer.entryCount * PackFormat.entrySize, at: trailer.tocOffset)
-        return try PackFormat.decodeTOC(toc, trailer: trailer, file: path)
+        let toc = try file.readBytes(count: trailer.storedTOCBytes, at: trailer.tocOffset)
+        return try PackFormat.decodeTOC(toc, trailer: trailer, file: path, open: open)
     }
 }
 

@@ -74,6 +74,9 @@ public struct Copier {
         guard source.config.repositoryId != target.config.repositoryId else {
             throw EngineError(code: "Copy.SameRepository", "\(target.location) is the source repository itself (id \(source.config.repositoryId))", exitStatus: .invalidParameter)
         }
+        guard source.chunkIdentity.namesLike(target.chunkIdentity) else {
+            throw EngineError(code: "Copy.ChunkIdsDiffer", "\(source.location) and \(target.location) name chunks differently (one is encrypted, or they have different chunk-id keys): copying between them is not supported yet", exitStatus: .invalidParameter)
+        }
         let sourceLock = try source.lock(.shared, for: "copy")
         let readers = try source.readersLock()
         let targetLock = try target.lock(.shared, for: "copy")
@@ -234,7 +237,7 @@ public struct Copier {
         // packs before then does not wait for it, so their chunks must not count as present.
         let condemned = Set((try target.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
-        let previousIndex = previous.flatMap { try? FixedIndexReader(path: target.fixedIndexPath($0.snapshotId)) }
+        let previousIndex = previous.flatMap { try? FixedIndexReader(target, $0.snapshotId) }
         let chunkSize = snapshot.chunkSize
         let runs = WorkPlan.runs(dataRanges: snapshot.size > 0 ? [ByteRange(start: 0, end: snapshot.size)] : [],
                                  chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
@@ -291,8 +294,8 @@ public struct Copier {
     }
 
     /// Copies a file into a new one, fsynced.
-    static func copyFile(_ file: OpenFile, to path: String) throws {
-        let size = try file.status().size
+    static func copyFile(_ file: any RandomAccessReading, to path: String) throws {
+        let size = try file.size()
         let out = try OpenFile(path: path, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
         defer { buffer.deallocate() }
@@ -417,13 +420,13 @@ private struct CopyWork: Sendable {
             guard location.blockOffset == covered else { return false }  // a gap: a chunk not wanted here
             covered += location.rawLength
         }
-        if first.encoding == .raw && covered != first.storedLength { return false }
+        if first.encoding == .raw && covered != first.storedLength - (packs.repository.isEncrypted ? UInt32(PackFormat.sealedOverhead) : 0) { return false }
         return try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(block[0].chunk)).start) {
             try reader.withBlock(at: first) { stored, decoded in
                 guard decoded.count == Int(covered) else { return false }
                 for (c, location) in block {
                     let start = Int(location.blockOffset)
-                    guard ChunkDigest(hashing: UnsafeRawBufferPointer(rebasing: decoded[start..<start + Int(location.rawLength)])) == digests[c] else {
+                    guard packs.repository.chunkIdentity.digest(of: UnsafeRawBufferPointer(rebasing: decoded[start..<start + Int(location.rawLength)])) == digests[c] else {
                         throw StoreError(.chunkCorrupt, "chunk \(digests[c]) in pack \(packs.packID(location.pack)) at offset \(location.offset): content does not match its digest")
                     }
                 }

@@ -40,15 +40,28 @@ final class FixedIndexBuilder: Sendable {
 /// Reads a published fixed index after checking its header and the checksum of its entries.
 struct FixedIndexReader {
     let header: FixedIndexHeader
-    let file: OpenFile
+    let file: any RandomAccessReading
 
     static let entriesPerRead = 1 << 15
 
+    /// The fixed index of snapshot `id` in `repository` (opened through its key when sealed).
+    init(_ repository: Repository, _ id: SnapshotID) throws {
+        let path = repository.fixedIndexPath(id)
+        guard FileSystem.exists(path) else { throw FormatError(file: path, "fixed index is missing") }
+        try self.init(file: try repository.openFixedIndex(id.rawValue))
+    }
+
+    /// A plain fixed index file (a work area's).
     init(path: String) throws {
         guard FileSystem.exists(path) else { throw FormatError(file: path, "fixed index is missing") }
-        file = try OpenFile(path: path)
+        try self.init(file: try OpenFile(path: path))
+    }
+
+    init(file: any RandomAccessReading) throws {
+        self.file = file
+        let path = file.path
         header = try FixedIndexHeader.decode(try file.readBytes(count: FixedIndexHeader.size, at: 0), file: path)
-        let size = try file.status().size
+        let size = try file.size()
         guard size == header.fileSize else {
             throw FormatError(file: path, "is \(size) bytes; its header says \(header.fileSize) (truncated or extended)")
         }
@@ -57,7 +70,7 @@ struct FixedIndexReader {
         }
     }
 
-    static func digestEntries(file: OpenFile, count: UInt64) throws -> ChunkDigest {
+    static func digestEntries(file: any RandomAccessReading, count: UInt64) throws -> ChunkDigest {
         var hasher = StreamingDigest()
         var buffer = [UInt8](repeating: 0, count: entriesPerRead * FixedIndexHeader.entrySize)
         var done: UInt64 = 0

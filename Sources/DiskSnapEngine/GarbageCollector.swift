@@ -153,7 +153,7 @@ public struct GarbageCollector {
         for record in accomplished + damaged {
             let fixed: FixedIndexReader
             do {
-                fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+                fixed = try FixedIndexReader(repository, record.snapshotId)
             } catch let error as any CodedError {
                 if record.status == .damaged { continue }
                 throw ContextError(underlying: error, context: "gc stops: snapshot \(record.snapshotId) cannot be marked")
@@ -218,7 +218,7 @@ public struct GarbageCollector {
             let capacity = max(Snapshotter.blockBytes, Int(repository.config.chunkSize.bytes))
             let writer = ChunkWriter(repository: repository, store: ChunkLocator(), area: area)
             let builder = writer.makePackBuilder(compression: repository.config.compression, blockCapacity: capacity)
-            let decoder = BlockDecoder()
+            let decoder = BlockDecoder(repository: repository)
             // The builder keeps pointers to the chunks until the block ends: they are read
             // back to back into a block-sized buffer, which is reused only after endBlock.
             let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 64)
@@ -229,7 +229,7 @@ public struct GarbageCollector {
                 let toc: [PackEntry]
                 do {
                     file = try repository.openPack(pack)
-                    toc = try PackReader.tableOfContents(file)
+                    toc = try PackReader.tableOfContents(file, pack: pack, repository: repository)
                 } catch let error as any CodedError {
                     throw ContextError(underlying: error, context: "gc stops before removing anything: condemned pack \(pack) cannot be read (run check)")
                 }
@@ -269,7 +269,7 @@ public struct GarbageCollector {
         var replaced: [String] = []
         for name in try repository.indexSegmentNames() {
             let path = repository.segmentPath(name)
-            let segment = try IndexSegments.open(path)
+            let segment = try IndexSegments.open(file: repository.openSegment(name))
             guard segment.packs.contains(where: { condemned.contains($0) }) else {
                 named.formUnion(segment.packs)
                 continue

@@ -80,6 +80,7 @@ final class InPlaceWork: Sendable {
     private func work(_ queue: WorkQueue) throws {
         let chunkSize = snapshot.chunkSize
         let reader = ChunkReader(index: index, packs: packs)
+        let identity = packs.repository.chunkIdentity
         let current = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
         let desired = WorkPlan.allocateRunBuffer(runs, chunkSize: chunkSize)
         defer {
@@ -124,7 +125,7 @@ final class InPlaceWork: Sendable {
                 if digests[c].isZero {
                     same = isAllZero(have)
                 } else if clip == chunk {
-                    same = !isAllZero(have) && ChunkDigest(hashing: have) == digests[c]
+                    same = !isAllZero(have) && identity.digest(of: have) == digests[c]
                 } else {
                     try fetch(c)
                     same = memcmp(have.baseAddress!, slot(desired, clip).baseAddress!, have.count) == 0

@@ -40,12 +40,12 @@ public struct Repairer {
         let area = try TemporaryArea(repository: repository)
         defer { area.remove() }
         let runs = SpilledRuns(area: area, expectedEntries: 1 << 20)
-        let decoder = BlockDecoder()
+        let decoder = BlockDecoder(repository: repository)
         var bytes: [UInt8] = []
         for id in try repository.packIDs().sorted(by: { $0.hex < $1.hex }) {
             let toc: [PackEntry]
             do {
-                toc = try PackReader.tableOfContents(repository.openPack(id))
+                toc = try PackReader.tableOfContents(repository.openPack(id), pack: id, repository: repository)
             } catch {
                 result.packsUnreadable.append(id.hex)
                 continue
@@ -88,7 +88,7 @@ public struct Repairer {
         for record in try catalog.records().records where record.status == .accomplished {
             var reason: String?
             do {
-                let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+                let fixed = try FixedIndexReader(repository, record.snapshotId)
                 guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
                     throw FormatError(file: fixed.file.path, "does not match its snapshot record (size or id)")
                 }

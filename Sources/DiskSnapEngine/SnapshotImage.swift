@@ -14,7 +14,7 @@ struct OpenedSnapshot: Sendable {
         guard record.status == .accomplished else {
             throw EngineError.snapshotNotRestorable("snapshot \(record.snapshotId) is \(record.status.rawValue); only an accomplished snapshot can be read")
         }
-        let fixed = try FixedIndexReader(path: repository.fixedIndexPath(record.snapshotId))
+        let fixed = try FixedIndexReader(repository, record.snapshotId)
         guard fixed.header.diskSize == record.sourceSize, fixed.header.snapshotID == record.snapshotId.rawValue else {
             throw FormatError(file: fixed.file.path, "does not belong to snapshot \(record.snapshotId) (size or id differ)")
         }

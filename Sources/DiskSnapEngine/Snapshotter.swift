@@ -271,7 +271,7 @@ public struct Snapshotter: Sendable {
         PhaseTimer.mark("create: chunk index opened")
         TestHooks.pause(at: "create-after-index")
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
-        let previousIndex = previous.flatMap { try? FixedIndexReader(path: repository.fixedIndexPath($0.snapshotId)) }
+        let previousIndex = previous.flatMap { try? FixedIndexReader(repository, $0.snapshotId) }
         let writer = ChunkWriter(repository: repository, store: index, area: area, expectedChunks: record.chunkCount)
         let fixed = try FixedIndexBuilder(path: area.path("index.fidx"), diskSize: source.size, chunkSize: UInt32(chunkSize))
         let counters = Counters()
@@ -461,6 +461,7 @@ private struct Pipeline: Sendable {
     private func process(_ i: Int, _ span: UnsafeMutableRawBufferPointer, _ entries: inout [UInt8], _ packs: PackBuilder) throws {
         let run = runs[i]
         let start = run.first * chunkSize, end = start + UInt64(span.count)
+        let identity = writer.repository.chunkIdentity
         var before: [ChunkDigest] = []
         if let previous, run.first < previous.header.chunkCount {
             before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
@@ -473,7 +474,7 @@ private struct Pipeline: Sendable {
             var digest = ChunkDigest.zero
             if !isAllZero(chunk) {
                 nonZero += UInt64(chunk.count)
-                digest = ChunkDigest(hashing: chunk)
+                digest = identity.digest(of: chunk)
                 if c < before.count && before[c] == digest, try !verifyPrevious || writer.store.contains(digest) {
                     counters.sameAsPrevious.wrappingAdd(1, ordering: .relaxed)
                 } else if try writer.claim(digest) {

@@ -1,3 +1,4 @@
+import Foundation
 import Crypto
 
 /// The SHA-256 of a chunk's uncompressed bytes: its name in the store.
@@ -94,4 +95,44 @@ public struct StreamingDigest {
     public consuming func finish() -> ChunkDigest {
         hasher.finalize().withUnsafeBytes { ChunkDigest(bytes: $0) }
     }
+}
+
+/// How a repository names its chunks: SHA-256 of the bytes, or, in an encrypted repository,
+/// HMAC-SHA-256 under its chunk-id key (docs/FORMAT.md, "Encryption"), so that the SHA-256
+/// of a known block appears nowhere in it. Every place that names or verifies a chunk asks
+/// the repository's identity, never SHA-256 directly.
+public struct ChunkIdentity: Sendable {
+    public static let sha256 = ChunkIdentity(template: nil, keyDigest: nil)
+
+    /// HMAC with the key already absorbed: each chunk starts from a copy (copy-on-write).
+    private let template: KeyedTemplate?
+    /// SHA-256 of the key: tells two keyed identities apart without revealing either.
+    public let keyDigest: ChunkDigest?
+
+    private struct KeyedTemplate: @unchecked Sendable {  // never mutated: each use copies it
+        let mac: HMAC<SHA256>
+    }
+
+    private init(template: KeyedTemplate?, keyDigest: ChunkDigest?) {
+        self.template = template
+        self.keyDigest = keyDigest
+    }
+
+    /// HMAC-SHA-256 under `key` (32 bytes).
+    public init(key: [UInt8]) {
+        template = KeyedTemplate(mac: HMAC<SHA256>(key: SymmetricKey(data: key)))
+        keyDigest = key.withUnsafeBytes { ChunkDigest(hashing: $0) }
+    }
+
+    public var isKeyed: Bool { template != nil }
+
+    public func digest(of data: UnsafeRawBufferPointer) -> ChunkDigest {
+        guard let template else { return ChunkDigest(hashing: data) }
+        var mac = template.mac
+        mac.update(data: data)
+        return mac.finalize().withUnsafeBytes { ChunkDigest(bytes: $0) }
+    }
+
+    /// The same names: both SHA-256, or both keyed with one key.
+    public func namesLike(_ other: ChunkIdentity) -> Bool { keyDigest == other.keyDigest }
 }

@@ -74,6 +74,9 @@ public struct RepositoryConfig: VersionedRecord, Sendable, Equatable {
     public var profile: String?
     /// Repository-wide cap on snapshots; absent means none.
     public var maxSnapshots: Int?
+    /// `none` when `init --encryption none` chose it; `aes-256-gcm` inside an encrypted
+    /// repository's sealed settings (`EncryptedConfig`); absent in repositories made before.
+    public var encryption: String?
 
     public init(chunkSize: ChunkSize, compression: Compression) {
         formatVersion = Self.formatVersion
@@ -81,6 +84,39 @@ public struct RepositoryConfig: VersionedRecord, Sendable, Equatable {
         self.chunkSize = chunkSize
         self.compression = compression
         creationTime = ISOTime.now()
+    }
+}
+
+/// `config.json` of an encrypted repository (format version 2): what must stay readable
+/// without the key, and nothing else. The settings (`RepositoryConfig`, chunk size and all)
+/// are sealed in `SealedConfig`; a disksnap that reads version 1 only refuses the repository.
+public struct EncryptedConfig: VersionedRecord, Sendable, Equatable {
+    public static let noun = "repository"
+    public static let formatVersion = 2
+    public var formatVersion: Int = Self.formatVersion
+    public var repositoryId: String
+    public var encryption: Scheme
+    /// Base64 of the sealed `RepositoryConfig` (context `config`).
+    public var sealedConfig: String
+
+    public struct Scheme: Codable, Sendable, Equatable {
+        /// `AES-256-GCM`: blocks, tables of contents, records and index files.
+        public var cipher: String
+        /// `HMAC-SHA-256`: chunk ids.
+        public var chunkIds: String
+        public static let current = Scheme(cipher: "AES-256-GCM", chunkIds: "HMAC-SHA-256")
+    }
+
+    public init(repositoryId: String, sealedConfig: String) {
+        self.repositoryId = repositoryId
+        encryption = .current
+        self.sealedConfig = sealedConfig
+    }
+
+    /// The format version of a `config.json`, read before knowing which of the two it is.
+    public static func version(of bytes: [UInt8], file: String) throws(FormatError) -> Int {
+        struct Probe: Decodable { var formatVersion: Int }
+        return try RecordJSON.decode(Probe.self, from: bytes, file: file).formatVersion
     }
 }
 

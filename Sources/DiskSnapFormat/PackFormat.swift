@@ -1,8 +1,10 @@
-/// Pack file, version 2 (docs/FORMAT.md, "Pack file"); version 1 is still read.
+/// Pack file, version 2 (docs/FORMAT.md, "Pack file"); version 1 is still read. Version 3 is
+/// a sealed pack of an encrypted repository: each block and the table of contents sealed
+/// (`Sealer`, 48 bytes more each), the trailer's checksum over the sealed table.
 ///
 ///     header   16 bytes   magic[8] version:u32 reserved:u32
 ///     blocks   ...        stored blocks back to back; a block holds one or more chunks
-///     toc      n x 56     PackEntry each (one per chunk)
+///     toc      n x 56     PackEntry each (one per chunk); sealed in version 3: n x 56 + 48
 ///     trailer  56 bytes   tocOffset:u64 entryCount:u32 version:u32 tocSHA256[32] magic[8]
 ///
 /// The trailer ends with the magic, so a pack cut short anywhere is recognized as such.
@@ -10,7 +12,11 @@ public enum PackFormat {
     public static let magic: [UInt8] = [0x08, 0xc1, 0x77, 0x5d, 0xf5, 0xa1, 0xbd, 0xe6]  // SHA-256("disksnap pack v1")[0..<8]
     /// Written. Version 1 (one chunk per block, `blockOffset` always 0) is read too.
     public static let version: UInt32 = 2
-    public static let readableVersions: ClosedRange<UInt32> = 1...2
+    /// A sealed pack (encrypted repositories).
+    public static let sealedVersion: UInt32 = 3
+    public static let readableVersions: ClosedRange<UInt32> = 1...3
+    /// What sealing adds to a block or a table of contents (`Sealer.overhead`).
+    public static let sealedOverhead = 48
     public static let headerSize = 16
     public static let entrySize = 56
     public static let trailerSize = 56
@@ -30,10 +36,10 @@ public enum PackFormat {
         UInt64(blockOffset) + UInt64(rawLength) <= (encoding == .raw ? UInt64(storedLength) : UInt64(maximumBlockBytes))
     }
 
-    public static func encodeHeader() -> [UInt8] {
+    public static func encodeHeader(sealed: Bool = false) -> [UInt8] {
         var w = ByteWriter(capacity: headerSize)
         w.append(magic)
-        w.append(version)
+        w.append(sealed ? sealedVersion : version)
         w.append(UInt32(0))
         return w.bytes
     }
@@ -46,15 +52,25 @@ public enum PackFormat {
     }
 
     public static func encodeTrailer(entries: [PackEntry], tocOffset: UInt64) -> (toc: [UInt8], trailer: [UInt8]) {
+        let toc = encodeTOC(entries)
+        return (toc, encodeTrailer(storedTOC: toc, entryCount: entries.count, tocOffset: tocOffset, sealed: false))
+    }
+
+    public static func encodeTOC(_ entries: [PackEntry]) -> [UInt8] {
         var toc = ByteWriter(capacity: entries.count * entrySize)
         for entry in entries { entry.encode(into: &toc) }
+        return toc.bytes
+    }
+
+    /// The trailer after the table of contents as stored (sealed in a sealed pack).
+    public static func encodeTrailer(storedTOC: [UInt8], entryCount: Int, tocOffset: UInt64, sealed: Bool) -> [UInt8] {
         var w = ByteWriter(capacity: trailerSize)
         w.append(tocOffset)
-        w.append(UInt32(entries.count))
-        w.append(version)
-        w.append(toc.bytes.withUnsafeBytes { ChunkDigest(hashing: $0) })
+        w.append(UInt32(entryCount))
+        w.append(sealed ? sealedVersion : version)
+        w.append(storedTOC.withUnsafeBytes { ChunkDigest(hashing: $0) })
         w.append(magic)
-        return (toc.bytes, w.bytes)
+        return w.bytes
     }
 
     public struct Trailer: Sendable {
@@ -62,6 +78,10 @@ public enum PackFormat {
         public let entryCount: Int
         public let tocDigest: ChunkDigest
         public let version: UInt32
+
+        public var isSealed: Bool { version == PackFormat.sealedVersion }
+        /// Bytes of the table of contents as stored.
+        public var storedTOCBytes: Int { entryCount * PackFormat.entrySize + (isSealed ? PackFormat.sealedOverhead : 0) }
     }
 
     public static func decodeTrailer(_ bytes: [UInt8], fileSize: UInt64, file: String) throws(FormatError) -> Trailer {
@@ -74,7 +94,7 @@ public enum PackFormat {
         guard readableVersions.contains(v) else { throw FormatError(file: file, "pack version \(v) is not supported") }
         // A damaged trailer may hold any numbers: the arithmetic must not overflow (found by
         // tools/fuzz: the overflow trapped instead of reporting the pack as damaged).
-        let tocBytes = UInt64(count) * UInt64(entrySize)
+        let tocBytes = UInt64(count) * UInt64(entrySize) + (v == sealedVersion ? UInt64(sealedOverhead) : 0)
         let (tocEnd, overflow) = tocOffset.addingReportingOverflow(tocBytes)
         guard !overflow, tocOffset >= UInt64(headerSize), tocEnd <= UInt64.max - UInt64(trailerSize),
               tocEnd + UInt64(trailerSize) == fileSize else {
@@ -83,9 +103,22 @@ public enum PackFormat {
         return Trailer(tocOffset: tocOffset, entryCount: Int(count), tocDigest: digest, version: v)
     }
 
-    public static func decodeTOC(_ bytes: [UInt8], trailer: Trailer, file: String) throws(FormatError) -> [PackEntry] {
-        let digest = bytes.withUnsafeBytes { ChunkDigest(hashing: $0) }
+    /// The entries of the table of contents `stored` (as read at `trailer.tocOffset`). A
+    /// sealed pack's table is checked against the trailer, then opened with `open` (the
+    /// repository's key); a sealed pack without a key, or an unsealed one where a key is
+    /// given (an encrypted repository holds sealed packs only), is refused.
+    public static func decodeTOC(_ stored: [UInt8], trailer: Trailer, file: String,
+                                 open: (([UInt8]) throws -> [UInt8])? = nil) throws -> [PackEntry] {
+        let digest = stored.withUnsafeBytes { ChunkDigest(hashing: $0) }
         guard digest == trailer.tocDigest else { throw FormatError(file: file, "table of contents checksum mismatch") }
+        let bytes: [UInt8]
+        switch (trailer.isSealed, open) {
+        case (true, let open?): bytes = try open(stored)
+        case (false, nil): bytes = stored
+        case (true, nil): throw FormatError(file: file, "is a sealed pack (an encrypted repository's): this repository is not encrypted")
+        case (false, _?): throw FormatError(file: file, "is not sealed, in an encrypted repository (planted, or from another repository)")
+        }
+        guard bytes.count == trailer.entryCount * entrySize else { throw FormatError(file: file, "table of contents is \(bytes.count) bytes, not \(trailer.entryCount) entries") }
         var r = ByteReader(bytes, file: file)
         var entries: [PackEntry] = []
         entries.reserveCapacity(trailer.entryCount)

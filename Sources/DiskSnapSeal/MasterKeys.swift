@@ -29,9 +29,11 @@ public struct MasterKeys: Sendable, Equatable {
 
     /// A chunk's id in an encrypted repository: HMAC-SHA-256 under the chunk-id key.
     public func chunkDigest(of chunk: UnsafeRawBufferPointer) -> ChunkDigest {
-        let mac = HMAC<SHA256>.authenticationCode(for: chunk, using: SymmetricKey(data: chunkID))
-        return mac.withUnsafeBytes { ChunkDigest(bytes: $0) }
+        chunkIdentity.digest(of: chunk)
     }
+
+    /// How the repository these keys open names chunks.
+    public var chunkIdentity: ChunkIdentity { ChunkIdentity(key: chunkID) }
 }
 
 /// Errors of encryption: a key that does not open the repository, a sealed object that does

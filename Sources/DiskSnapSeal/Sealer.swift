@@ -13,9 +13,15 @@ import DiskSnapFormat
 public struct Sealer: Sendable {
     public static let magic: [UInt8] = Array("DSE1".utf8)
     public static let overhead = 4 + 16 + 12 + 16
-    let keys: MasterKeys
+    public let keys: MasterKeys
 
-    public init(keys: MasterKeys) { self.keys = keys }
+    /// Chunk names under the keys' chunk-id key.
+    public let chunkIdentity: ChunkIdentity
+
+    public init(keys: MasterKeys) {
+        self.keys = keys
+        chunkIdentity = keys.chunkIdentity
+    }
 
     /// What an object is and where it belongs: `pack-block` + pack id + block offset,
     /// `record` + snapshot id, ...
@@ -25,8 +31,7 @@ public struct Sealer: Sendable {
     }
 
     public func seal(_ plaintext: some DataProtocol, context: Context) -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
-        let salt = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let salt = Self.randomBytes(16)
         let key = subkey(salt: salt, context: context)
         // Sealing with a fresh 32-byte key and a fresh nonce cannot fail.
         let box = try! AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: context.bytes)
@@ -36,13 +41,18 @@ public struct Sealer: Sendable {
     /// The plaintext, or `Repository.Corrupt` when anything was changed: a flipped bit, a
     /// truncation, another context.
     public func open(_ sealed: [UInt8], context: Context, what: String) throws(SealError) -> [UInt8] {
-        guard sealed.count >= Self.overhead, Array(sealed[0..<4]) == Self.magic else {
+        try open(sealed[...], context: context, what: what)
+    }
+
+    public func open(_ sealed: ArraySlice<UInt8>, context: Context, what: String) throws(SealError) -> [UInt8] {
+        let start = sealed.startIndex, end = sealed.endIndex
+        guard sealed.count >= Self.overhead, Array(sealed[start..<start + 4]) == Self.magic else {
             throw .corrupt("\(what): not a sealed object (too short, or no DSE1 header)")
         }
-        let salt = Array(sealed[4..<20])
+        let salt = Array(sealed[start + 4..<start + 20])
         do {
-            let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: sealed[20..<32]),
-                                            ciphertext: sealed[32..<(sealed.count - 16)], tag: sealed[(sealed.count - 16)...])
+            let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: sealed[start + 20..<start + 32]),
+                                            ciphertext: sealed[start + 32..<end - 16], tag: sealed[(end - 16)...])
             return Array(try AES.GCM.open(box, using: subkey(salt: salt, context: context), authenticating: context.bytes))
         } catch {
             throw .corrupt("\(what): does not authenticate (changed, truncated, or sealed for another place)")

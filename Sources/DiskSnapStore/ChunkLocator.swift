@@ -76,7 +76,7 @@ public final class ChunkLocator: Sendable {
         while true {
             do {
                 let segments = try repository.indexSegmentNames().sorted().map { name in
-                    try IndexSegments.open(repository.segmentPath(name))
+                    try IndexSegments.open(file: repository.openSegment(name))
                 }
                 return ChunkLocator(segments: segments, excluding: excluding)
             } catch let error as SystemError where error.errno == ENOENT && attempt < 10 {

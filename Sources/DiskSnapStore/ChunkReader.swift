@@ -1,10 +1,11 @@
 import Synchronization
 import DiskSnapSys
 import DiskSnapFormat
+import DiskSnapSeal
 
 /// Open pack files shared by reader threads, at most `limit` at once.
 public final class PackFiles: Sendable {
-    private let repository: Repository
+    public let repository: Repository
     private let packs: [PackID]
     private let open = Mutex<[UInt32: any PackData]>([:])
     private let limit: Int
@@ -33,11 +34,12 @@ public final class PackFiles: Sendable {
 public final class ChunkReader {
     private let index: ChunkLocator
     private let packs: PackFiles
-    private let decoder = BlockDecoder()
+    private let decoder: BlockDecoder
 
     public init(index: ChunkLocator, packs: PackFiles) {
         self.index = index
         self.packs = packs
+        decoder = BlockDecoder(repository: packs.repository)
     }
 
     /// Where `digest` is stored.
@@ -109,14 +111,31 @@ public final class ChunkReader {
 /// Cuts verified chunks out of stored blocks. Keeps the last decompressed block: the chunks
 /// of a block are read one after another in the common cases (a restore follows the disk
 /// order the block was written in; `check` walks a pack's entries in order), so each block
-/// is decompressed once. Chunks of raw blocks are read alone. One per thread.
+/// is decompressed once. Chunks of raw blocks are read alone, but in a bucket (a request
+/// each) or an encrypted repository (a sealed block opens whole), where the block is read
+/// once and kept. One per thread.
 public final class BlockDecoder {
     private let decompressor = ZstdDecompressor()
+    /// An encrypted repository's key: each block is opened before it is decoded.
+    private let sealer: Sealer?
+    /// How chunks are named: what each chunk read is verified against.
+    private let identity: ChunkIdentity
+    /// The last compressed block's bytes as stored (opened when sealed), and its length.
     private var stored: [UInt8] = []
+    private var storedCount = 0
+    /// The last block decoded (or a raw block kept whole).
     private var block: [UInt8] = []
     private var cached: (pack: PackID, offset: UInt64, length: Int)?
 
-    public init() {}
+    public init(sealer: Sealer? = nil, identity: ChunkIdentity = .sha256) {
+        self.sealer = sealer
+        self.identity = identity
+    }
+
+    /// A decoder for `repository`'s packs: its key, its chunk names.
+    public convenience init(repository: Repository) {
+        self.init(sealer: repository.sealer, identity: repository.chunkIdentity)
+    }
 
     /// Reads, decodes and verifies one chunk from an open pack.
     public func read(digest: ChunkDigest, location: ChunkLocation, pack: PackID, file: any PackData,
@@ -129,16 +148,17 @@ public final class BlockDecoder {
             guard start + count <= Int(location.storedLength) else {
                 throw StoreError(.chunkCorrupt, "\(what): lies outside its \(location.storedLength)-byte block")
             }
-            if file.eachReadIsCostly {
-                // A request per chunk would cost more than the bytes: the block is read whole
-                // once and its chunks cut from it, as a compressed block's are.
+            if file.eachReadIsCostly || sealer != nil {
+                // A request per chunk would cost more than the bytes, and a sealed block opens
+                // whole: the block is read whole once and its chunks cut from it, as a
+                // compressed block's are.
                 if cached?.pack != pack || cached?.offset != location.offset {
                     cached = nil
-                    let length = Int(location.storedLength)
-                    if block.count < length { block = [UInt8](repeating: 0, count: length) }
-                    let n = try block.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<length]), at: location.offset) }
-                    guard n == length else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(length - n) bytes early (truncated)") }
+                    let length = try readEncoded(file, pack, location, into: &block, what: what)
                     cached = (pack, location.offset, length)
+                }
+                guard let length = cached?.length, start + count <= length else {
+                    throw StoreError(.chunkCorrupt, "\(what): lies outside its block")
                 }
                 block.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
             } else {
@@ -156,7 +176,7 @@ public final class BlockDecoder {
             }
             block.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
         }
-        guard ChunkDigest(hashing: UnsafeRawBufferPointer(output)) == digest else {
+        guard identity.digest(of: UnsafeRawBufferPointer(output)) == digest else {
             throw StoreError(.chunkCorrupt, "\(what): content does not match its digest")
         }
     }
@@ -192,6 +212,25 @@ public final class BlockDecoder {
         return try file.read(into: buffer, at: offset)
     }
 
+    /// The block at `location` as encoded (zstd or raw) into `buffer`, grown as needed: its
+    /// stored bytes, opened first in an encrypted repository (a block that does not
+    /// authenticate is `Chunk.Corrupt`). Returns its length.
+    private func readEncoded(_ file: any PackData, _ pack: PackID, _ location: ChunkLocation, into buffer: inout [UInt8], what: String) throws -> Int {
+        let count = Int(location.storedLength)
+        if buffer.count < count { buffer = [UInt8](repeating: 0, count: count) }
+        let n = try buffer.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
+        guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
+        guard let sealer else { return count }
+        let opened: [UInt8]
+        do {
+            opened = try sealer.open(buffer[..<count], context: Repository.blockContext(pack, offset: location.offset), what: what)
+        } catch {
+            throw StoreError(.chunkCorrupt, error.message)
+        }
+        buffer.withUnsafeMutableBytes { target in opened.withUnsafeBytes { target.copyMemory(from: $0) } }
+        return opened.count
+    }
+
     /// Reads, decodes and verifies the chunk of a pack's table-of-contents entry (`check`,
     /// `check --repair` and gc walk packs by their own tables, not the chunk index).
     public func read(_ entry: PackEntry, pack: PackID, file: any PackData, into output: UnsafeMutableRawBufferPointer) throws {
@@ -200,9 +239,10 @@ public final class BlockDecoder {
         try read(digest: entry.digest, location: location, pack: pack, file: file, into: output)
     }
 
-    /// Reads the whole block at `location` and calls `body` with its stored bytes and its
-    /// decoded bytes (the same bytes for a raw block); nothing is verified here (`copy` hashes
-    /// every chunk it passes on). Valid only inside `body`.
+    /// Reads the whole block at `location` and calls `body` with its bytes as encoded (opened
+    /// when sealed: what a pack builder seals again for its own place) and its decoded bytes
+    /// (the same bytes for a raw block); nothing is verified here (`copy` hashes every chunk
+    /// it passes on). Valid only inside `body`.
     public func withBlock<T>(at location: ChunkLocation, pack: PackID, file: any PackData,
                              _ body: (_ stored: UnsafeRawBufferPointer, _ decoded: UnsafeRawBufferPointer) throws -> T) throws -> T {
         let what = "block in pack \(pack) at offset \(location.offset)"
@@ -213,7 +253,7 @@ public final class BlockDecoder {
                 let length = try decompressBlock(location: location, pack: pack, file: file, what: what)
                 cached = (pack, location.offset, length)
             }
-            let count = Int(location.storedLength), length = cached!.length
+            let count = storedCount, length = cached!.length
             return try stored.withUnsafeBytes { storedBytes in
                 try block.withUnsafeBytes { decoded in
                     try body(UnsafeRawBufferPointer(rebasing: storedBytes[..<count]), UnsafeRawBufferPointer(rebasing: decoded[..<length]))
@@ -221,11 +261,8 @@ public final class BlockDecoder {
             }
         case .raw:
             cached = nil  // `block` is about to hold this raw block, not a decoded one
-            let count = Int(location.storedLength)
-            if block.count < count { block = [UInt8](repeating: 0, count: count) }
-            let n = try block.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
-            guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
-            if file.eachReadIsCostly { cached = (pack, location.offset, count) }
+            let count = try readEncoded(file, pack, location, into: &block, what: what)
+            if file.eachReadIsCostly || sealer != nil { cached = (pack, location.offset, count) }
             return try block.withUnsafeBytes { raw in
                 let bytes = UnsafeRawBufferPointer(rebasing: raw[..<count])
                 return try body(bytes, bytes)
@@ -233,12 +270,11 @@ public final class BlockDecoder {
         }
     }
 
-    /// Reads and decompresses the block at `location` into `block`; returns its length.
+    /// Reads (and opens) and decompresses the block at `location` into `block`; returns its length.
     private func decompressBlock(location: ChunkLocation, pack: PackID, file: any PackData, what: String) throws -> Int {
-        let count = Int(location.storedLength)
-        if stored.count < count { stored = [UInt8](repeating: 0, count: count) }
-        let n = try stored.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
-        guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
+        storedCount = 0
+        let count = try readEncoded(file, pack, location, into: &stored, what: what)
+        storedCount = count
         return try stored.withUnsafeBytes { storedBytes in
             let input = UnsafeRawBufferPointer(rebasing: storedBytes[..<count])
             guard let size = ZstdDecompressor.contentSize(input), size <= UInt64(PackFormat.maximumBlockBytes) else {

@@ -238,10 +238,18 @@ public final class PackBuilder {
                         chunks: [(digest: ChunkDigest, rawLength: UInt32, blockOffset: UInt32)]) throws {
         if current == nil { try openPack() }
         let offset = current!.size
-        try stage(stored)
-        current!.blockBytes += UInt64(stored.count)
+        var storedLength = stored.count
+        if let sealer = writer.repository.sealer {
+            // Sealed where it lies: the context names this pack and offset (docs/FORMAT.md).
+            let sealed = sealer.seal(stored, context: Repository.blockContext(current!.id, offset: offset))
+            storedLength = sealed.count
+            try stage(sealed)
+        } else {
+            try stage(stored)
+        }
+        current!.blockBytes += UInt64(storedLength)
         for chunk in chunks {
-            current!.entries.append(PackEntry(digest: chunk.digest, offset: offset, storedLength: UInt32(stored.count),
+            current!.entries.append(PackEntry(digest: chunk.digest, offset: offset, storedLength: UInt32(storedLength),
                                               rawLength: chunk.rawLength, encoding: encoding, blockOffset: chunk.blockOffset))
         }
         if current!.size >= writer.packTargetSize || current!.entries.count >= PackFormat.maximumEntriesPerPack { try close() }
@@ -260,7 +268,7 @@ public final class PackBuilder {
         fill = 0
         current = OpenPack(id: id, writer: DirectWriter(file: file), size: 0)
         current!.entries.reserveCapacity(1024)
-        try stage(PackFormat.encodeHeader())
+        try stage(PackFormat.encodeHeader(sealed: writer.repository.isEncrypted))
     }
 
     private func stage(_ bytes: [UInt8]) throws {
@@ -301,7 +309,10 @@ public final class PackBuilder {
         fill = 0
         let pack = current!
         current = nil
-        let (toc, trailer) = PackFormat.encodeTrailer(entries: pack.entries, tocOffset: pack.size)
+        var toc = PackFormat.encodeTOC(pack.entries)
+        if let sealer = writer.repository.sealer { toc = sealer.seal(toc, context: Repository.tocContext(pack.id)) }
+        let trailer = PackFormat.encodeTrailer(storedTOC: toc, entryCount: pack.entries.count, tocOffset: pack.size,
+                                               sealed: writer.repository.isEncrypted)
         try pack.file.write(toc + trailer, at: pack.size)
         try pack.file.sync()
         try writer.closed(id: pack.id, entries: pack.entries, storedBytes: pack.blockBytes)

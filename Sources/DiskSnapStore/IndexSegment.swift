@@ -30,15 +30,17 @@ public protocol SegmentCursor: AnyObject {
 }
 
 public enum IndexSegments {
-    /// Opens a segment file of any version.
-    public static func open(_ path: String) throws -> any IndexSegment {
-        let file = try OpenFile(path: path)
+    /// Opens a plain segment file of any version (a work area's).
+    public static func open(_ path: String) throws -> any IndexSegment { try open(file: try OpenFile(path: path)) }
+
+    /// Opens a segment of any version read through `file` (a repository's: `Repository.openSegment`).
+    public static func open(file: any RandomAccessReading) throws -> any IndexSegment {
         let head = try file.readBytes(count: 12, at: 0)
-        var r = ByteReader(head, file: path)
+        var r = ByteReader(head, file: file.path)
         try r.expectMagic(ChunkIndexFormat.magic, what: "disksnap chunk index segment")
         let version: UInt32 = try r.read()
         if version == SortedSegmentFormat.version { return try SortedSegment(file: file) }
-        return try LegacySegment(path: path)
+        return try LegacySegment(file: file)
     }
 }
 
@@ -49,7 +51,7 @@ public final class SortedSegment: IndexSegment {
     public let header: SortedSegmentFormat.Header
     public let packs: [PackID]
     private let fanout: [UInt32]
-    private let file: OpenFile
+    private let file: any RandomAccessReading
     /// Pages a stream (cursor, `forEach`) reads at once: 64 KiB per input of a k-way merge.
     static let pagesPerRead = 16
 
@@ -59,10 +61,10 @@ public final class SortedSegment: IndexSegment {
 
     public convenience init(path: String) throws { try self.init(file: try OpenFile(path: path)) }
 
-    init(file: OpenFile) throws {
+    init(file: any RandomAccessReading) throws {
         self.file = file
         path = file.path
-        let size = try file.status().size
+        let size = try file.size()
         guard size >= UInt64(SortedSegmentFormat.pageSize) else {
             throw FormatError(file: path, "truncated: \(size) bytes is shorter than a segment header")
         }
@@ -247,9 +249,11 @@ public final class LegacySegment: IndexSegment {
     public let storedBytes: UInt64
     public let rawBytes: UInt64
 
-    public init(path: String) throws {
-        self.path = path
-        let segment = try ChunkIndexFormat.decode(try FileSystem.readFile(path), file: path)
+    public convenience init(path: String) throws { try self.init(file: try OpenFile(path: path)) }
+
+    init(file: any RandomAccessReading) throws {
+        path = file.path
+        let segment = try ChunkIndexFormat.decode(try file.readBytes(count: Int(try file.size()), at: 0), file: path)
         packs = segment.packs
         var stored: UInt64 = 0, raw: UInt64 = 0
         var lastBlock: (pack: UInt32, offset: UInt64)?

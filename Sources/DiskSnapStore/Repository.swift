@@ -1,8 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import DiskSnapSys
 import DiskSnapFormat
+import DiskSnapSeal
 
 /// A repository directory (docs/FORMAT.md, "Repository layout"):
 ///
@@ -13,6 +15,13 @@ import DiskSnapFormat
 ///     snapshots/<snap>.json snapshot records
 ///     locks/               flock files (docs/DESIGN.md, "Locking")
 ///     tmp/                 per-process work areas, removed when their owner is gone
+///     keys/<key>.json      an encrypted repository's key files (docs/FORMAT.md, "Encryption")
+///
+/// An encrypted repository (`sealer` set) seals every object as it is written and opens it
+/// as it is read, here: records, disk records and the gc state whole, index segments and
+/// fixed indexes a page at a time (`SealedFileReader`), pack blocks and tables of contents
+/// in the pack writer and readers (`PackBuilder`, `BlockDecoder`). Chunks are named by its
+/// `chunkIdentity`. Nothing above this type sees a sealed byte.
 ///
 /// A repository may also live in a bucket (`remote`): `root` is then its local cache, which
 /// holds copies of the metadata objects in the same layout, and the locks and work areas of
@@ -23,6 +32,18 @@ public final class Repository: Sendable {
     public let config: RepositoryConfig
     /// The bucket (a store rooted at the repository's prefix), nil for a local repository.
     public let remote: (any BlobStore)?
+    /// An encrypted repository's keys (its objects are sealed); nil for one that is not.
+    public let sealer: Sealer?
+    /// The key file that opened an encrypted repository.
+    public let openedKey: KeyFile?
+
+    public var isEncrypted: Bool { sealer != nil }
+    /// How chunks are named here: SHA-256, or HMAC-SHA-256 under the chunk-id key.
+    public var chunkIdentity: ChunkIdentity { sealer?.chunkIdentity ?? .sha256 }
+
+    /// Asked for the passphrase or key file when the repository turns out to be encrypted
+    /// (not before: an unencrypted repository never asks).
+    public typealias KeyProvider = @Sendable () throws -> KeySecret
 
     /// For messages: the directory, or `s3://bucket/prefix`.
     public var location: String { remote?.location ?? root }
@@ -35,6 +56,7 @@ public final class Repository: Sendable {
     public var disksDirectory: String { root + "/disks" }
     public var locksDirectory: String { root + "/locks" }
     public var temporaryDirectory: String { root + "/tmp" }
+    public var keysDirectory: String { root + "/keys" }
 
     public func packPath(_ id: PackID) -> String { "\(packsDirectory)/\(id.hex).pack" }
     public func fixedIndexPath(_ id: SnapshotID) -> String { "\(fixedIndexDirectory)/\(id.rawValue).fidx" }
@@ -45,27 +67,80 @@ public final class Repository: Sendable {
     /// The pending garbage-collection state, if a gc condemned packs that are not removed yet.
     public func gcState() throws -> GCState? {
         guard FileSystem.exists(gcStatePath) else { return nil }
-        return try GCState.decode(try FileSystem.readFile(gcStatePath), file: gcStatePath)
+        return try GCState.decode(try readObject(gcStatePath), file: gcStatePath)
     }
 
-    private init(root: String, config: RepositoryConfig, remote: (any BlobStore)? = nil) {
+    private init(root: String, config: RepositoryConfig, remote: (any BlobStore)? = nil, unlocked: Unlocked? = nil) {
         self.root = root
         self.config = config
         self.remote = remote
+        sealer = unlocked?.sealer
+        openedKey = unlocked?.key
+    }
+
+    /// An encrypted repository's settings and keys, once a key file opened.
+    struct Unlocked {
+        let config: RepositoryConfig
+        let sealer: Sealer
+        let key: KeyFile
+    }
+
+    /// The settings in `config.json` (`bytes`): as they are, or for an encrypted repository
+    /// (format version 2) opened with the master keys of the first key file `secret` opens.
+    static func readConfig(_ bytes: [UInt8], file: String, location: String, keyFiles: () throws -> [KeyFile],
+                           keys: KeyProvider?) throws -> (RepositoryConfig, Unlocked?) {
+        guard try EncryptedConfig.version(of: bytes, file: file) == EncryptedConfig.formatVersion else {
+            return (try RepositoryConfig.decode(bytes, file: file), nil)
+        }
+        let envelope = try EncryptedConfig.decode(bytes, file: file)
+        guard envelope.encryption == .current else {
+            throw FormatError(file: file, "encryption \(envelope.encryption.cipher) with \(envelope.encryption.chunkIds) chunk ids is not one this disksnap reads")
+        }
+        guard let keys else {
+            throw SealError.wrongKey("repository \(location) is encrypted: give its passphrase ($DISKSNAP_PASSWORD, --password-file, --password-command, or at a terminal) or --key-file")
+        }
+        let files = try keyFiles()
+        guard !files.isEmpty else { throw SealError.corrupt("repository \(location) is encrypted but holds no key file (keys/ is empty)") }
+        let (master, key) = try KeyFile.unlock(files, repositoryId: envelope.repositoryId, with: try keys())
+        let sealer = Sealer(keys: master)
+        guard let sealed = Data(base64Encoded: envelope.sealedConfig) else { throw FormatError(file: file, "SealedConfig is not base64") }
+        let inner = try sealer.open(Array(sealed), context: Self.configContext(envelope.repositoryId), what: "\(file): sealed settings")
+        let config = try RepositoryConfig.decode(inner, file: file)
+        guard config.repositoryId == envelope.repositoryId else {
+            throw FormatError(file: file, "sealed settings name repository \(config.repositoryId), not \(envelope.repositoryId)")
+        }
+        return (config, Unlocked(config: config, sealer: sealer, key: key))
+    }
+
+    static func configContext(_ repositoryId: String) -> Sealer.Context { Sealer.Context(kind: "config", id: repositoryId) }
+
+    /// `config.json` for a new repository: the settings as they are, or (`secret` given)
+    /// sealed under new master keys, with the first key file, which `secret` opens.
+    static func newConfig(_ config: RepositoryConfig, secret: KeySecret?) throws -> (bytes: [UInt8], key: KeyFile?) {
+        guard let secret else { return (RecordJSON.encode(config), nil) }
+        var sealedSettings = config
+        sealedSettings.encryption = "aes-256-gcm"
+        let master = MasterKeys.generate()
+        let key = try KeyFile.make(keys: master, secret: secret, repositoryId: config.repositoryId,
+                                   hostname: ProcessInfo.processInfo.hostName, username: FileSystem.environment("USER") ?? "")
+        let sealed = Sealer(keys: master).seal(RecordJSON.encode(sealedSettings), context: configContext(config.repositoryId))
+        let envelope = EncryptedConfig(repositoryId: config.repositoryId, sealedConfig: Data(sealed).base64EncodedString())
+        return (RecordJSON.encode(envelope), key)
     }
 
     static let configKey = BlobKey(validated: "config.json")
 
     /// Opens the repository in `remote`, with its cache under `cacheRoot` (one directory per
     /// repository id inside it), brought up to date with the bucket first.
-    public static func open(remote: any BlobStore, cacheRoot: String) throws -> Repository {
+    public static func open(remote: any BlobStore, cacheRoot: String, keys: KeyProvider? = nil) throws -> Repository {
         let bytes: [UInt8]
         do {
             bytes = try remote.read(configKey).bytes
         } catch let error as BlobStoreError where error.kind == .notFound {
             throw StoreError(.repositoryNotFound, "no disksnap repository at \(remote.location) (run 'disksnap --repo \(remote.location) init')")
         }
-        let config = try RepositoryConfig.decode(bytes, file: "\(remote.location)/config.json")
+        let (config, unlocked) = try readConfig(bytes, file: "\(remote.location)/config.json", location: remote.location,
+                                                keyFiles: { try bucketKeyFiles(remote) }, keys: keys)
         let root = cacheRoot + "/" + config.repositoryId
         for directory in subdirectories(of: root) { try FileSystem.makeDirectories(directory) }
         let cachedConfig = root + "/config.json"
@@ -73,18 +148,41 @@ public final class Repository: Sendable {
             try FileSystem.writeAtomically(bytes, to: cachedConfig, temporaryDirectory: root + "/tmp")
         }
         try RepositoryCache.synchronize(remote, root: root)
-        return Repository(root: root, config: config, remote: remote)
+        return Repository(root: root, config: config, remote: remote, unlocked: unlocked)
     }
 
     /// Creates a repository in `remote`: `config.json` is created create-only, so of two
-    /// racing inits exactly one wins.
-    public static func initialize(remote: any BlobStore, cacheRoot: String, config: RepositoryConfig) throws -> Repository {
+    /// racing inits exactly one wins. Encrypted (`secret`): the key file goes up first, and is
+    /// removed again if another init won.
+    public static func initialize(remote: any BlobStore, cacheRoot: String, config: RepositoryConfig, secret: KeySecret? = nil) throws -> Repository {
+        let (bytes, key) = try newConfig(config, secret: secret)
+        if let key { try remote.create(keyBlobKey(key.keyId), RecordJSON.encode(key)) }
         do {
-            try remote.create(configKey, RecordJSON.encode(config))
+            try remote.create(configKey, bytes)
         } catch let error as BlobStoreError where error.kind == .alreadyExists {
+            if let key { try? remote.delete(keyBlobKey(key.keyId)) }
             throw StoreError(.repositoryExists, "a disksnap repository already exists at \(remote.location)")
         }
-        return try open(remote: remote, cacheRoot: cacheRoot)
+        return try open(remote: remote, cacheRoot: cacheRoot, keys: secret.map { secret in { @Sendable in secret } })
+    }
+
+    static func keyBlobKey(_ keyId: String) -> BlobKey { BlobKey(validated: "keys/\(keyId).json") }
+
+    /// The key files in a bucket (any that does not parse is left out: another may open).
+    static func bucketKeyFiles(_ remote: any BlobStore) throws -> [KeyFile] {
+        try remote.listAll(prefix: "keys/").compactMap { blob in
+            guard blob.key.path.hasSuffix(".json") else { return nil }
+            return try? KeyFile.decode(try remote.read(blob.key).bytes, file: "\(remote.location)/\(blob.key)")
+        }
+    }
+
+    /// The key files in a directory (any that does not parse is left out).
+    static func localKeyFiles(_ root: String) throws -> [KeyFile] {
+        let directory = root + "/keys"
+        guard FileSystem.exists(directory) else { return [] }
+        return try FileSystem.listDirectory(directory).filter { $0.hasSuffix(".json") }.compactMap { name in
+            try? KeyFile.decode(try FileSystem.readFile(directory + "/" + name), file: directory + "/" + name)
+        }
     }
 
     static func subdirectories(of root: String) -> [String] {
@@ -92,22 +190,24 @@ public final class Repository: Sendable {
     }
 
     /// Opens an existing repository.
-    public static func open(at path: String) throws -> Repository {
+    public static func open(at path: String, keys: KeyProvider? = nil) throws -> Repository {
         let root = FileSystem.absolutePath(path)
         let configPath = root + "/config.json"
         guard FileSystem.exists(configPath) else {
             throw StoreError(.repositoryNotFound, "no disksnap repository at \(root) (run 'disksnap --repo \(path) init' or 'create')")
         }
-        let config = try RepositoryConfig.decode(try FileSystem.readFile(configPath), file: configPath)
+        let (config, unlocked) = try readConfig(try FileSystem.readFile(configPath), file: configPath, location: root,
+                                                keyFiles: { try localKeyFiles(root) }, keys: keys)
         for directory in subdirectories(of: root) where !FileSystem.exists(directory) {
             throw FormatError(file: directory, "directory is missing")
         }
-        return Repository(root: root, config: config)
+        return Repository(root: root, config: config, unlocked: unlocked)
     }
 
-    /// Creates a repository. The directories come first and `config.json` last, published
-    /// with link(2) so that of two racing inits exactly one wins.
-    public static func initialize(at path: String, config: RepositoryConfig) throws -> Repository {
+    /// Creates a repository. The directories come first (and an encrypted repository's first
+    /// key file) and `config.json` last, published with link(2) so that of two racing inits
+    /// exactly one wins.
+    public static func initialize(at path: String, config: RepositoryConfig, secret: KeySecret? = nil) throws -> Repository {
         let root = FileSystem.absolutePath(path)
         try FileSystem.makeDirectories(root)
         for directory in subdirectories(of: root) { try FileSystem.makeDirectory(directory) }
@@ -115,27 +215,34 @@ public final class Repository: Sendable {
         if FileSystem.exists(configPath) {
             throw StoreError(.repositoryExists, "a disksnap repository already exists at \(root)")
         }
+        let (bytes, key) = try newConfig(config, secret: secret)
+        if let key {
+            try FileSystem.makeDirectory(root + "/keys")
+            try FileSystem.writeAtomically(RecordJSON.encode(key), to: "\(root)/keys/\(key.keyId).json", temporaryDirectory: root + "/tmp")
+            try FileSystem.syncDirectory(root + "/keys")
+        }
         let temporary = root + "/tmp/" + FileSystem.uniqueTemporaryName(for: configPath)
-        try FileSystem.writeAtomically(RecordJSON.encode(config), to: temporary, temporaryDirectory: root + "/tmp")
+        try FileSystem.writeAtomically(bytes, to: temporary, temporaryDirectory: root + "/tmp")
         let linked = Result { () throws(SystemError) in try FileSystem.link(temporary, to: configPath) }
         try? FileSystem.removeIfExists(temporary)
         if case .failure(let error) = linked {
+            if let key { try? FileSystem.removeIfExists("\(root)/keys/\(key.keyId).json") }  // names a repository that lost
             if error.code == "IO.Exists" {
                 throw StoreError(.repositoryExists, "a disksnap repository already exists at \(root)")
             }
             throw error
         }
         try FileSystem.syncDirectory(root)
-        return Repository(root: root, config: config)
+        return try open(at: root, keys: secret.map { secret in { @Sendable in secret } })
     }
 
     /// Opens the repository, creating it with the default settings when nothing is there yet.
-    public static func openOrInitialize(at path: String) throws -> Repository {
-        if FileSystem.exists(FileSystem.absolutePath(path) + "/config.json") { return try open(at: path) }
+    public static func openOrInitialize(at path: String, keys: KeyProvider? = nil) throws -> Repository {
+        if FileSystem.exists(FileSystem.absolutePath(path) + "/config.json") { return try open(at: path, keys: keys) }
         do {
             return try initialize(at: path, config: RepositoryConfig(chunkSize: .default, compression: .default))
         } catch let error as StoreError where error.kind == .repositoryExists {
-            return try open(at: path)  // another process initialized it first
+            return try open(at: path, keys: keys)  // another process initialized it first
         }
     }
 
@@ -278,11 +385,120 @@ public final class Repository: Sendable {
     /// `localOnly`: a progress update of a running create, which a bucket is not asked to
     /// store four times a second; the cache's copy has it, the next full write takes it along.
     public func writeRecord(_ bytes: [UInt8], _ id: SnapshotID, localOnly: Bool = false) throws {
+        let key = "snapshots/\(id.rawValue).json"
         if localOnly && remote != nil {
-            try FileSystem.writeAtomically(bytes, to: recordPath(id), temporaryDirectory: temporaryDirectory)
+            try FileSystem.writeAtomically(sealed(bytes, key), to: recordPath(id), temporaryDirectory: temporaryDirectory)
             return
         }
-        try writeMutable(bytes, key: "snapshots/\(id.rawValue).json", path: recordPath(id))
+        try writeMutable(sealed(bytes, key), key: key, path: recordPath(id))
+    }
+
+    // MARK: Sealing
+    //
+    // In an encrypted repository every object is sealed here on its way out and opened here
+    // on its way in; its context (what it is and where: the key it is stored under) is bound
+    // into it, so an object moved to another name does not open.
+
+    /// `bytes` as stored under `key`: sealed in an encrypted repository.
+    private func sealed(_ bytes: [UInt8], _ key: String) -> [UInt8] {
+        guard let sealer else { return bytes }
+        return sealer.seal(bytes, context: Self.objectContext(key))
+    }
+
+    static func objectContext(_ key: String) -> Sealer.Context { Sealer.Context(kind: "object", id: key) }
+
+    /// A small metadata object under `root` (a record, a disk record, the gc state) as
+    /// written: read, and opened in an encrypted repository (`Repository.Corrupt` when it
+    /// does not authenticate).
+    public func readObject(_ path: String) throws -> [UInt8] {
+        let bytes = try FileSystem.readFile(path)
+        guard let sealer else { return bytes }
+        do {
+            return try sealer.open(bytes, context: Self.objectContext(relativeKey(path)), what: path)
+        } catch {
+            throw FormatError(file: path, "does not authenticate (changed, truncated, or sealed for another place)")  // damaged, as any record that does not parse
+        }
+    }
+
+    /// `snapshots/x.json` for `<root>/snapshots/x.json`.
+    private func relativeKey(_ path: String) -> String {
+        precondition(path.hasPrefix(root + "/"), "\(path) lies outside the repository")
+        return String(path.dropFirst(root.count + 1))
+    }
+
+    /// An index segment or fixed index (`key`, e.g. `index/<name>.idx`) for reading: the
+    /// file, or in an encrypted repository its pages opened as they are read.
+    private func openPaged(_ key: String) throws -> any RandomAccessReading {
+        let file = try OpenFile(path: root + "/" + key)
+        guard let sealer else { return file }
+        return try SealedFileReader(file: file, sealer: sealer, context: Self.objectContext(key))
+    }
+
+    /// A finished work-area file about to be published as `key`: itself, or in an encrypted
+    /// repository a sealed copy beside it (the plain one removed).
+    private func sealedFile(_ path: String, _ key: String) throws -> String {
+        guard let sealer else { return path }
+        let sealedPath = path + ".sealed"
+        try? FileSystem.removeIfExists(sealedPath)
+        try sealer.sealFile(path, to: sealedPath, context: Self.objectContext(key))
+        try FileSystem.removeIfExists(path)
+        return sealedPath
+    }
+
+    /// An index segment (a name from `indexSegmentNames`), for reading.
+    public func openSegment(_ name: String) throws -> any RandomAccessReading { try openPaged("index/\(name)") }
+
+    /// A snapshot's fixed index, for reading; `IO.NotFound` when it is absent.
+    public func openFixedIndex(_ id: String) throws -> any RandomAccessReading { try openPaged("fixed/\(id).fidx") }
+
+    /// The sealer of a pack's blocks and table of contents: `pack-block/<pack>/<offset>`, `pack-toc/<pack>`.
+    public static func blockContext(_ pack: PackID, offset: UInt64) -> Sealer.Context {
+        Sealer.Context(kind: "pack-block", id: "\(pack.hex)/\(offset)")
+    }
+
+    public static func tocContext(_ pack: PackID) -> Sealer.Context { Sealer.Context(kind: "pack-toc", id: pack.hex) }
+
+    // MARK: Keys
+
+    /// The key files of an encrypted repository.
+    public func keyFiles() throws -> [KeyFile] {
+        if let remote { return try Self.bucketKeyFiles(remote) }
+        return try Self.localKeyFiles(root)
+    }
+
+    /// Adds a key file (create-only).
+    public func addKeyFile(_ key: KeyFile) throws {
+        let bytes = RecordJSON.encode(key)
+        if let remote {
+            try remote.create(Self.keyBlobKey(key.keyId), bytes)
+            return
+        }
+        try FileSystem.makeDirectory(keysDirectory)
+        let path = "\(keysDirectory)/\(key.keyId).json"
+        guard !FileSystem.exists(path) else { throw StoreError(.repositoryExists, "key \(key.keyId) exists already") }
+        try publish(bytes, to: path)
+        try FileSystem.syncDirectory(keysDirectory)
+    }
+
+    /// Rewrites a key file in place (a changed passphrase: the same id, the same master keys).
+    public func replaceKeyFile(_ key: KeyFile) throws {
+        let bytes = RecordJSON.encode(key)
+        if let remote {
+            let blob = Self.keyBlobKey(key.keyId)
+            try remote.replace(blob, bytes, ifVersion: try remote.info(blob)?.version)
+            return
+        }
+        try publish(bytes, to: "\(keysDirectory)/\(key.keyId).json")
+        try FileSystem.syncDirectory(keysDirectory)
+    }
+
+    public func removeKeyFile(_ keyId: String) throws {
+        if let remote {
+            try remote.delete(Self.keyBlobKey(keyId))
+            return
+        }
+        try FileSystem.removeIfExists("\(keysDirectory)/\(keyId).json")
+        try FileSystem.syncDirectory(keysDirectory)
     }
 
     /// Removes a snapshot record, durably (`fsync(snapshots/)`).
@@ -330,7 +546,8 @@ public final class Repository: Sendable {
     }
 
     public func writeDisk(_ bytes: [UInt8], _ id: DiskID) throws {
-        try writeMutable(bytes, key: "disks/\(id.rawValue).json", path: diskPath(id))
+        let key = "disks/\(id.rawValue).json"
+        try writeMutable(sealed(bytes, key), key: key, path: diskPath(id))
     }
 
     public func removeDisk(_ id: DiskID) throws {
@@ -341,13 +558,14 @@ public final class Repository: Sendable {
         try FileSystem.listDirectory(disksDirectory).filter { $0.hasSuffix(".json") }
     }
 
-    public func writeGCState(_ bytes: [UInt8]) throws { try writeMutable(bytes, key: "gc.json", path: gcStatePath) }
+    public func writeGCState(_ bytes: [UInt8]) throws { try writeMutable(sealed(bytes, "gc.json"), key: "gc.json", path: gcStatePath) }
 
     public func removeGCState() throws { try removeObject(key: "gc.json", path: gcStatePath) }
 
     /// Publishes a finished fixed index (a synced work-area file on this filesystem).
     public func publishFixedIndex(_ path: String, _ id: SnapshotID) throws {
-        try publishFile(path, key: "fixed/\(id.rawValue).fidx", path: fixedIndexPath(id), cache: true)
+        let key = "fixed/\(id.rawValue).fidx"
+        try publishFile(try sealedFile(path, key), key: key, path: fixedIndexPath(id), cache: true)
         try FileSystem.syncDirectory(fixedIndexDirectory)
     }
 
@@ -425,7 +643,8 @@ public final class Repository: Sendable {
     /// Publishes a finished, fsynced segment file (a work-area file on this filesystem) in
     /// `index/`: renamed, then the directory fsynced. `name` defaults to a fresh random one.
     public func publishSegment(_ path: String, name: String = PackID.generate().hex) throws {
-        try publishFile(path, key: "index/\(name).idx", path: "\(indexDirectory)/\(name).idx", cache: true)
+        let key = "index/\(name).idx"
+        try publishFile(try sealedFile(path, key), key: key, path: "\(indexDirectory)/\(name).idx", cache: true)
         try FileSystem.syncDirectory(indexDirectory)
     }
 
@@ -468,5 +687,4 @@ extension PackData {
 
 extension OpenFile: PackData {
     public var name: String { path }
-    public func size() throws -> UInt64 { try status().size }
 }

@@ -265,3 +265,37 @@ public final class PageCacheCourtesy: Sendable {
         _ = vector.withUnsafeBufferPointer { ds_drop_pages_not_resident(file.descriptor, Int64(offset), length, $0.baseAddress) }
     }
 }
+
+/// A file read at offsets: an open file, or a sealed file read through its key
+/// (`SealedFileReader`). Index segments and fixed indexes are read through this, so that
+/// one reader serves plain and encrypted repositories.
+public protocol RandomAccessReading: Sendable {
+    /// For messages.
+    var path: String { get }
+    /// The bytes a reader sees (a sealed file's plaintext size).
+    func size() throws -> UInt64
+    /// Reads until `buffer` is full or the end; returns the bytes read.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int
+}
+
+extension RandomAccessReading {
+    /// Exactly `buffer.count` bytes, or an `EIO`-coded short-read error.
+    public func readExactly(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        let n = try read(into: buffer, at: offset)
+        if n != buffer.count {
+            throw SystemError(errno: EIO, operation: "read \(buffer.count) bytes at \(offset) (file ends after \(n))", path: path)
+        }
+    }
+
+    /// Up to `count` bytes at `offset`; fewer only at the end.
+    public func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let n = try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
+        bytes.removeSubrange(n...)
+        return bytes
+    }
+}
+
+extension OpenFile: RandomAccessReading {
+    public func size() throws -> UInt64 { try status().size }
+}

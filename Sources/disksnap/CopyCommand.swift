@@ -2,6 +2,7 @@ import ArgumentParser
 import DiskSnapSys
 import DiskSnapFormat
 import DiskSnapEngine
+import DiskSnapStore
 
 struct Copy: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,6 +14,12 @@ struct Copy: ParsableCommand {
     var snapshots: [String] = []
     @Option(help: "The target repository, which must exist (disksnap --repo TARGET init).")
     var to: String
+    @Option(help: "The target's passphrase, when it differs from the source's: the first line of this file (also $DISKSNAP_TO_PASSWORD_FILE, $DISKSNAP_TO_PASSWORD).")
+    var toPasswordFile: String?
+    @Option(help: "The target's passphrase: the first line this shell command prints (also $DISKSNAP_TO_PASSWORD_COMMAND).")
+    var toPasswordCommand: String?
+    @Option(help: "The target's key file (also $DISKSNAP_TO_KEY_FILE).")
+    var toKeyFile: String?
     @Flag(help: "Copy every accomplished snapshot of the source.")
     var all = false
     @Flag(help: "Print the result as JSON.")
@@ -22,10 +29,20 @@ struct Copy: ParsableCommand {
         guard all != !snapshots.isEmpty else { throw ValidationError("name at least one snapshot, or pass --all (not both)") }
     }
 
+    /// The target's own passphrase sources (`--to-*`, `$DISKSNAP_TO_*`); without any, the source's.
+    var targetKeys: Repository.KeyProvider {
+        let own = SecretSources(keyFile: toKeyFile, passwordFile: toPasswordFile, passwordCommand: toPasswordCommand,
+                                environmentPrefix: "DISKSNAP_TO", location: to)
+        let given = toKeyFile != nil || toPasswordFile != nil || toPasswordCommand != nil
+            || ["KEY_FILE", "PASSWORD_FILE", "PASSWORD_COMMAND", "PASSWORD"].contains { FileSystem.environment("DISKSNAP_TO_\($0)")?.isEmpty == false }
+        return given ? own.provider : SecretSources(keyFile: global.keyFile, passwordFile: global.passwordFile,
+                                                    passwordCommand: global.passwordCommand, location: to).provider
+    }
+
     func run() throws {
         try runReporting(json: json) {
             let source = try global.openRepository()
-            let target = try GlobalOptions.openRepository(at: to)
+            let target = try GlobalOptions.openRepository(at: to, keys: targetKeys)
             var request = CopyRequest(snapshots: snapshots, all: all)
             request.progress = json ? nil : TerminalProgress.ifTerminal
             // One worker per core, from a bucket too: each holds ~20 MiB (a run, two pack staging

@@ -4,6 +4,7 @@ import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapS3
 import DiskSnapEngine
+import DiskSnapSeal
 
 @main
 struct DiskSnap: ParsableCommand {
@@ -12,7 +13,7 @@ struct DiskSnap: ParsableCommand {
         abstract: "Point-in-time snapshots of disks into a deduplicated, compressed store.",
         discussion: "Exit statuses: 0 success, 1 check found problems, 2 invalid parameter, 3 not found, 4 conflict, 5 busy, 6 repository corrupt, 7 I/O error, 8 quota exceeded, 70 internal error, 64 usage. See docs/CLI.md.",
         version: "0.1.0",
-        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Copy.self, Modify.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, Serve.self, GuestThawWatchdog.self]
+        subcommands: [Init.self, Disk.self, Probe.self, Create.self, Auto.self, Bench.self, List.self, Show.self, Restore.self, Diff.self, Mount.self, Export.self, Copy.self, Modify.self, Delete.self, Prune.self, GC.self, Check.self, Stats.self, Key.self, Serve.self, GuestThawWatchdog.self]
     )
 
     /// Lets `--repo` stand before the subcommand as well as after it.
@@ -29,41 +30,60 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "Repository: a directory, or s3://BUCKET[/PREFIX] (default: $DISKSNAP_REPO, else ~/.local/share/disksnap).")
     var repo: String?
 
+    @Option(name: .long, help: "An encrypted repository's passphrase: the first line of this file (also $DISKSNAP_PASSWORD_FILE; or $DISKSNAP_PASSWORD, --password-command, a prompt).")
+    var passwordFile: String?
+    @Option(name: .long, help: "An encrypted repository's passphrase: the first line this shell command prints (also $DISKSNAP_PASSWORD_COMMAND).")
+    var passwordCommand: String?
+    @Option(name: .long, help: "Open an encrypted repository with this key file instead of a passphrase; init creates it when absent (also $DISKSNAP_KEY_FILE).")
+    var keyFile: String?
+
+    /// Where this command's passphrase comes from.
+    var secrets: SecretSources {
+        SecretSources(keyFile: keyFile, passwordFile: passwordFile, passwordCommand: passwordCommand, location: repositoryPath)
+    }
+
     var repositoryPath: String {
         if let repo { return repo }
         if let env = FileSystem.environment("DISKSNAP_REPO"), !env.isEmpty { return env }
         return (FileSystem.environment("HOME") ?? "/root") + "/.local/share/disksnap"
     }
 
-    func openRepository() throws -> Repository { try Self.openRepository(at: repositoryPath) }
+    func openRepository() throws -> Repository { try Self.openRepository(at: repositoryPath, keys: secrets.provider) }
 
-    /// Opens the repository at `location`: a directory, or `s3://BUCKET[/PREFIX]`.
-    static func openRepository(at location: String) throws -> Repository {
-        guard let bucket = try bucket(location) else { return try Repository.open(at: location) }
-        return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)
+    /// Opens the repository at `location`: a directory, or `s3://BUCKET[/PREFIX]`; `keys`
+    /// is asked for a passphrase only if it is encrypted.
+    static func openRepository(at location: String, keys: Repository.KeyProvider?) throws -> Repository {
+        guard let bucket = try bucket(location) else { return try Repository.open(at: location, keys: keys) }
+        return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot, keys: keys)
     }
 
     /// Opens the repository, creating it with the default settings when nothing is there yet.
     func openOrInitializeRepository() throws -> Repository {
-        guard let bucket = try Self.bucket(repositoryPath) else { return try Repository.openOrInitialize(at: repositoryPath) }
+        guard let bucket = try Self.bucket(repositoryPath) else {
+            return try Repository.openOrInitialize(at: repositoryPath, keys: secrets.provider)
+        }
         do {
-            return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)
+            return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot, keys: secrets.provider)
         } catch let error as StoreError where error.kind == .repositoryNotFound {
             do {
                 return try initializeRepository(RepositoryConfig(chunkSize: .default, compression: .default))
             } catch let error as StoreError where error.kind == .repositoryExists {
-                return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot)  // another process was first
+                return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot, keys: secrets.provider)  // another process was first
             }
         }
     }
 
-    /// Creates the repository; in a bucket only once the server has shown that it honours
-    /// conditional writes (a server that ignores them is refused: BlobStore.Unsupported).
-    func initializeRepository(_ config: RepositoryConfig) throws -> Repository {
-        guard let bucket = try Self.bucket(repositoryPath) else { return try Repository.initialize(at: repositoryPath, config: config) }
+    /// Creates the repository, encrypted when `secret` is given; in a bucket only once the
+    /// server has shown that it honours conditional writes (a server that ignores them is
+    /// refused: BlobStore.Unsupported).
+    func initializeRepository(_ config: RepositoryConfig, secret: KeySecret? = nil) throws -> Repository {
+        guard let bucket = try Self.bucket(repositoryPath) else {
+            return try Repository.initialize(at: repositoryPath, config: config, secret: secret)
+        }
         try bucket.s3.checkConditionalWrites()
-        return try Repository.initialize(remote: bucket.store, cacheRoot: Self.cacheRoot, config: config)
+        return try Repository.initialize(remote: bucket.store, cacheRoot: Self.cacheRoot, config: config, secret: secret)
     }
+
 
     /// The bucket `s3://...` names: the store the repository uses (retrying transient
     /// faults) and the S3 store under it (for init's probe of conditional writes); nil for a directory.

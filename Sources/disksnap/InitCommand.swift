@@ -15,6 +15,8 @@ struct Init: ParsableCommand {
     var profile: String = "ecs"
     @Option(help: "Repository-wide cap on snapshots, on top of the profile's limits.")
     var maxSnapshots: Int?
+    @Option(help: ArgumentHelp("Encryption at rest: aes-256-gcm (chunks, indexes and records sealed, chunk ids keyed) or none (the default).", valueName: "aes-256-gcm|none"))
+    var encryption: String?
     @Flag(help: "Print the repository settings as JSON.")
     var json = false
 
@@ -28,14 +30,23 @@ struct Init: ParsableCommand {
             if let cap = maxSnapshots, cap < 1 {
                 throw CatalogError.invalid("InvalidParameter.MaxSnapshots", "--max-snapshots \(cap) must be at least 1")
             }
+            let encrypted: Bool
+            switch encryption ?? "none" {
+            case "aes-256-gcm": encrypted = true
+            case "none": encrypted = false
+            case let other: throw CatalogError.invalid("InvalidParameter.Encryption", "--encryption '\(other)' is not aes-256-gcm or none")
+            }
             var config = RepositoryConfig(chunkSize: size, compression: method)
             config.profile = chosen.rawValue
             config.maxSnapshots = maxSnapshots
-            let repository = try global.initializeRepository(config)
+            if !encrypted && encryption != nil { config.encryption = "none" }  // chosen, and recorded
+            let secret = encrypted ? try global.secrets.secret(creating: true) : nil
+            let repository = try global.initializeRepository(config, secret: secret)
             if json {
                 Output.json(repository.config)
             } else {
-                Output.line("initialized repository \(repository.location) (chunk size \(size), compression \(method), profile \(chosen.rawValue)\(maxSnapshots.map { ", at most \($0) snapshots" } ?? ""))")
+                let sealing = encrypted ? ", encrypted (AES-256-GCM, key \(repository.openedKey!.keyId))" : ""
+                Output.line("initialized repository \(repository.location) (chunk size \(size), compression \(method), profile \(chosen.rawValue)\(maxSnapshots.map { ", at most \($0) snapshots" } ?? "")\(sealing))")
             }
         }
     }

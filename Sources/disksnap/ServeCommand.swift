@@ -60,7 +60,7 @@ struct Serve: ParsableCommand {
             }
             let settings = APIService.Settings(region: region, projectID: projectId)
             let services = try [APIService(repository: repository, settings: settings)]
-                + alsoRepo.map { try APIService(repository: try GlobalOptions.openRepository(at: $0), settings: settings) }
+                + alsoRepo.map { try APIService(repository: try GlobalOptions.openRepository(at: $0, keys: global.secrets.provider), settings: settings) }
             let gateway = try APIGateway(services: services)
             guard (tlsCert == nil) == (tlsKey == nil) else {
                 throw APIError("InvalidParameter.TLS", "--tls-cert and --tls-key go together", status: 400)
