@@ -85,7 +85,7 @@ let package = Package(
         ]),
         // Every decoder of a repository file under libFuzzer (tools/fuzz), or replaying the
         // corpus in Tests/Fuzz (a plain build).
-        .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore", "DiskSnapAPIWire"], path: "Sources/disksnap-fuzz"),
+        .executableTarget(name: "disksnap-fuzz", dependencies: ["DiskSnapFormat", "DiskSnapSys", "DiskSnapQcow2", "DiskSnapStore", "DiskSnapAPIWire", "DiskSnapSeal"], path: "Sources/disksnap-fuzz"),
         .testTarget(name: "DiskSnapTests", dependencies: [
             "DiskSnapSys", "DiskSnapFormat", "DiskSnapStore", "DiskSnapCatalog", "DiskSnapEngine", "DiskSnapServe", "DiskSnapQemu", "DiskSnapS3", "DiskSnapAPI", "DiskSnapAPIWire", "DiskSnapSeal",
         ], exclude: ["Fixtures"]),

@@ -30,6 +30,35 @@ public struct Sealer: Sendable {
         public init(kind: String, id: String) { bytes = Array("disksnap/\(kind)/\(id)".utf8) }
     }
 
+    /// Seals `plaintext` and hands the sealed object to `emit` in pieces, in order (header,
+    /// ciphertext, tag; `overhead` bytes more than the plaintext in all): a pack builder
+    /// stages them where they go, with no copy of a whole block in between.
+    public func seal(_ plaintext: UnsafeRawBufferPointer, context: Context, emit: (UnsafeRawBufferPointer) throws -> Void) rethrows {
+        let salt = Self.randomBytes(16)
+        let key = subkey(salt: salt, context: context)
+        let box = try! AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: context.bytes)
+        try (Self.magic + salt + Array(box.nonce)).withUnsafeBytes { try emit($0) }
+        try box.ciphertext.withUnsafeBytes { try emit($0) }
+        try box.tag.withUnsafeBytes { try emit($0) }
+    }
+
+    /// Opens the sealed object `sealed` into `output` (at least `sealed.count - overhead`
+    /// bytes); returns the plaintext's length. `Repository.Corrupt` as `open`.
+    public func open(_ sealed: UnsafeRawBufferPointer, context: Context, into output: UnsafeMutableRawBufferPointer, what: String) throws(SealError) -> Int {
+        guard sealed.count >= Self.overhead, sealed.starts(with: Self.magic) else {
+            throw .corrupt("\(what): not a sealed object (too short, or no DSE1 header)")
+        }
+        precondition(output.count >= sealed.count - Self.overhead, "the output holds the plaintext")
+        let salt = Array(sealed[4..<20])
+        do {
+            let box = try AES.GCM.SealedBox(combined: UnsafeRawBufferPointer(rebasing: sealed[20...]))
+            let plaintext = try AES.GCM.open(box, using: subkey(salt: salt, context: context), authenticating: context.bytes)
+            return plaintext.copyBytes(to: output)
+        } catch {
+            throw .corrupt("\(what): does not authenticate (changed, truncated, or sealed for another place)")
+        }
+    }
+
     public func seal(_ plaintext: some DataProtocol, context: Context) -> [UInt8] {
         let salt = Self.randomBytes(16)
         let key = subkey(salt: salt, context: context)

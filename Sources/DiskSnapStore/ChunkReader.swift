@@ -126,6 +126,8 @@ public final class BlockDecoder {
     /// The last block decoded (or a raw block kept whole).
     private var block: [UInt8] = []
     private var cached: (pack: PackID, offset: UInt64, length: Int)?
+    /// A sealed block as read, before it is opened.
+    private var sealedScratch: [UInt8] = []
 
     public init(sealer: Sealer? = nil, identity: ChunkIdentity = .sha256) {
         self.sealer = sealer
@@ -218,17 +220,25 @@ public final class BlockDecoder {
     private func readEncoded(_ file: any PackData, _ pack: PackID, _ location: ChunkLocation, into buffer: inout [UInt8], what: String) throws -> Int {
         let count = Int(location.storedLength)
         if buffer.count < count { buffer = [UInt8](repeating: 0, count: count) }
-        let n = try buffer.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
+        guard let sealer else {
+            let n = try buffer.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
+            guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
+            return count
+        }
+        // Sealed: read into a scratch buffer kept from block to block, opened into `buffer`.
+        if sealedScratch.count < count { sealedScratch = [UInt8](repeating: 0, count: count) }
+        let n = try sealedScratch.withUnsafeMutableBytes { try readStored(file, pack, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: location.offset) }
         guard n == count else { throw StoreError(.chunkCorrupt, "\(what): pack ends \(count - n) bytes early (truncated)") }
-        guard let sealer else { return count }
-        let opened: [UInt8]
         do {
-            opened = try sealer.open(buffer[..<count], context: Repository.blockContext(pack, offset: location.offset), what: what)
-        } catch {
+            return try sealedScratch.withUnsafeBytes { sealed in
+                try buffer.withUnsafeMutableBytes { output in
+                    try sealer.open(UnsafeRawBufferPointer(rebasing: sealed[..<count]), context: Repository.blockContext(pack, offset: location.offset),
+                                    into: output, what: what)
+                }
+            }
+        } catch let error as SealError {
             throw StoreError(.chunkCorrupt, error.message)
         }
-        buffer.withUnsafeMutableBytes { target in opened.withUnsafeBytes { target.copyMemory(from: $0) } }
-        return opened.count
     }
 
     /// Reads, decodes and verifies the chunk of a pack's table-of-contents entry (`check`,

@@ -2,6 +2,7 @@ import Synchronization
 import Dispatch
 import DiskSnapSys
 import DiskSnapFormat
+import DiskSnapSeal
 
 /// Stores new chunks for one writer process: packs are filled in its temporary area, each
 /// fsynced when closed; `finish` moves them into `packs/` and publishes one chunk index
@@ -241,9 +242,8 @@ public final class PackBuilder {
         var storedLength = stored.count
         if let sealer = writer.repository.sealer {
             // Sealed where it lies: the context names this pack and offset (docs/FORMAT.md).
-            let sealed = sealer.seal(stored, context: Repository.blockContext(current!.id, offset: offset))
-            storedLength = sealed.count
-            try stage(sealed)
+            storedLength = stored.count + Sealer.overhead
+            try sealer.seal(stored, context: Repository.blockContext(current!.id, offset: offset)) { try stage($0) }
         } else {
             try stage(stored)
         }

@@ -10,6 +10,7 @@ import DiskSnapSys
 import DiskSnapQcow2
 import DiskSnapStore
 import DiskSnapAPIWire
+import DiskSnapSeal
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,7 +31,92 @@ enum FuzzDecoders {
     /// keep choosing the decoders they were found for.
     static let laterDecoders: [(String, @Sendable ([UInt8]) throws -> Void)] = [
         ("API request", decodeAPIRequest),
+        ("key file", decodeKeyFile),
+        ("sealed object", decodeSealedObject),
+        ("sealed file", decodeSealedFile),
+        ("sealed pack", decodeSealedPack),
+        ("encrypted config", { _ = try EncryptedConfig.decode($0, file: "config.json") }),
     ]
+
+    /// The keys the sealed decoders open with (seeds are sealed under them: `--make-seeds`).
+    static let keys = MasterKeys(raw: (0..<64).map { UInt8($0) })!
+    static let sealer = Sealer(keys: keys)
+    static let context = Sealer.Context(kind: "object", id: "fuzz")
+
+    /// A key file: decoded, its KDF's bounds checked, and opened when its cost is small
+    /// (a file may ask for up to 1 GiB of scrypt, which is bounded, not cheap).
+    static func decodeKeyFile(_ bytes: [UInt8]) throws {
+        let file = try KeyFile.decode(bytes, file: "key.json")
+        guard file.kdf.takesKeyFile || file.kdf.logN <= 12 && file.kdf.r <= 8 && file.kdf.p <= 2 else { return }
+        let secret: KeySecret = file.kdf.takesKeyFile ? .keyFile(path: "fuzz.key", bytes: Array(repeating: 9, count: 32)) : .passphrase("fuzz")
+        _ = try KeyFile.unlock([file], repositoryId: file.repositoryId, with: secret)
+    }
+
+    /// A sealed object (a record, a block): opened whole, and into a buffer.
+    static func decodeSealedObject(_ bytes: [UInt8]) throws {
+        _ = try sealer.open(bytes, context: context, what: "fuzz")
+        var output = [UInt8](repeating: 0, count: max(0, bytes.count - Sealer.overhead))
+        _ = try bytes.withUnsafeBytes { sealed in
+            try output.withUnsafeMutableBytes { try sealer.open(sealed, context: context, into: $0, what: "fuzz") }
+        }
+    }
+
+    /// A file sealed a page at a time (segments, fixed indexes): opened, read whole and at
+    /// a page boundary, and, when it opens, read as a segment.
+    static func decodeSealedFile(_ bytes: [UInt8]) throws {
+        let path = "/dev/shm/disksnap-fuzz-\(getpid()).sealed"
+        let file = try OpenFile(path: path, mode: [.writeOnly, .create, .truncate])
+        try file.write(bytes, at: 0)
+        defer { unlink(path) }
+        let reader = try SealedFileReader(file: try OpenFile(path: path), sealer: sealer, context: context)
+        let size = try reader.size()
+        guard size <= 1 << 20 else { return }
+        _ = try reader.readBytes(count: Int(size), at: 0)
+        _ = try reader.readBytes(count: 100, at: 4090)
+        _ = try IndexSegments.open(file: reader)
+    }
+
+    /// A sealed pack, read as `PackReader` reads one: header, trailer, sealed table opened.
+    static func decodeSealedPack(_ bytes: [UInt8]) throws {
+        guard bytes.count >= PackFormat.headerSize + PackFormat.trailerSize else { return }
+        try PackFormat.decodeHeader(Array(bytes[..<PackFormat.headerSize]), file: "fuzz.pack")
+        let trailer = try PackFormat.decodeTrailer(Array(bytes[(bytes.count - PackFormat.trailerSize)...]),
+                                                   fileSize: UInt64(bytes.count), file: "fuzz.pack")
+        let start = Int(trailer.tocOffset), end = start + trailer.storedTOCBytes
+        _ = try PackFormat.decodeTOC(Array(bytes[start..<end]), trailer: trailer, file: "fuzz.pack") { sealed in
+            try sealer.open(sealed, context: context, what: "fuzz.pack")
+        }
+    }
+
+    /// Seed inputs for the sealed decoders, sealed under `keys` (their selectors first).
+    static func seeds() throws -> [(String, [UInt8])] {
+        let later = { (name: String) in UInt8(0xF0 + laterDecoders.firstIndex { $0.0 == name }!) }
+        var out: [(String, [UInt8])] = []
+        let record = Array(#"{"FormatVersion":1,"Fuzz":true}"#.utf8)
+        out.append(("sealed-object", [later("sealed object")] + sealer.seal(record, context: context)))
+        let plainPath = "/dev/shm/disksnap-fuzz-seed-\(getpid())", sealedPath = plainPath + ".sealed"
+        defer { unlink(plainPath); unlink(sealedPath) }
+        for (name, size) in [("sealed-file-empty", 0), ("sealed-file-2-pages", 5000)] {
+            unlink(plainPath); unlink(sealedPath)
+            let plain = try OpenFile(path: plainPath, mode: [.writeOnly, .create, .truncate])
+            try plain.write((0..<size).map { UInt8(truncatingIfNeeded: $0) }, at: 0)
+            try sealer.sealFile(plainPath, to: sealedPath, context: context)
+            out.append((name, [later("sealed file")] + (try OpenFile(path: sealedPath).readBytes(count: 1 << 20, at: 0))))
+        }
+        let entry = PackEntry(digest: .zero, offset: 16, storedLength: 60, rawLength: 12, encoding: .raw)
+        let toc = sealer.seal(PackFormat.encodeTOC([entry]), context: context)
+        let block = sealer.seal(Array(repeating: UInt8(7), count: 12), context: context)
+        let pack = PackFormat.encodeHeader(sealed: true) + block + toc
+            + PackFormat.encodeTrailer(storedTOC: toc, entryCount: 1, tocOffset: UInt64(16 + block.count), sealed: true)
+        out.append(("sealed-pack", [later("sealed pack")] + pack))
+        var cheap = KeyFile.Derivation.standard(salt: Array(repeating: 3, count: 32))
+        cheap.logN = 10
+        let key = try KeyFile.make(keys: keys, secret: .passphrase("fuzz"), repositoryId: "r-fuzz", hostname: "h", username: "u", kdf: cheap)
+        out.append(("key-file", [later("key file")] + RecordJSON.encode(key)))
+        let envelope = EncryptedConfig(repositoryId: "r-fuzz", sealedConfig: "AAAA")
+        out.append(("encrypted-config", [later("encrypted config")] + RecordJSON.encode(envelope)))
+        return out
+    }
 
     /// A request to `disksnap serve`, as its server hands it over: the bytes split at NUL into
     /// method, path, query, headers (`name:value` lines) and body; then each signature
@@ -149,6 +235,12 @@ import Foundation
 struct Replay {
     static func main() throws {
         var files = 0
+        if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--make-seeds" {
+            for (name, bytes) in try FuzzDecoders.seeds() {
+                FileManager.default.createFile(atPath: CommandLine.arguments[2] + "/seed-" + name, contents: Data(bytes))
+            }
+            return
+        }
         for path in CommandLine.arguments.dropFirst() {
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {

@@ -2,6 +2,7 @@ import Testing
 import Foundation
 @testable import DiskSnapSeal
 @testable import DiskSnapFormat
+import DiskSnapSys
 
 /// Issue 17's foundation: key files, sealing and keyed chunk ids.
 @Suite struct SealTests {
@@ -80,5 +81,55 @@ import Foundation
         #expect(keyed != plain)
         #expect(keyed == chunk.withUnsafeBytes { one.chunkDigest(of: $0) })
         #expect(keyed != chunk.withUnsafeBytes { other.chunkDigest(of: $0) })
+    }
+
+    /// A file sealed a page at a time reads back at any offset, and every way of cutting,
+    /// moving or changing its pages is caught.
+    @Test func sealedFilesReadAtAnyOffsetAndRefuseEveryTampering() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("seal-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let sealer = Sealer(keys: .generate())
+        let context = Sealer.Context(kind: "object", id: "index/a.idx")
+        for size in [0, 1, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 100] {
+            let plain = (0..<size).map { UInt8(truncatingIfNeeded: $0 * 7 + $0 / 251) }
+            let plainPath = "\(directory)/p\(size)", sealedPath = "\(directory)/s\(size)"
+            FileManager.default.createFile(atPath: plainPath, contents: Data(plain))
+            try sealer.sealFile(plainPath, to: sealedPath, context: context)
+            let pages = SealedFileFormat.pageCount(plaintextSize: UInt64(size))
+            #expect(try FileSystem.status(sealedPath).size == UInt64(24 + size) + pages * 16)
+            let reader = try SealedFileReader(file: try OpenFile(path: sealedPath), sealer: sealer, context: context)
+            #expect(try reader.size() == UInt64(size))
+            #expect(try reader.readBytes(count: size + 10, at: 0) == plain)
+            if size > 5000 { #expect(try reader.readBytes(count: 200, at: 4000) == Array(plain[4000..<4200])) }
+            // Another name: does not open.
+            #expect(throws: SealError.self) {
+                _ = try SealedFileReader(file: try OpenFile(path: sealedPath), sealer: sealer, context: Sealer.Context(kind: "object", id: "index/b.idx"))
+            }
+            let sealed = Array(FileManager.default.contents(atPath: sealedPath)!)
+            func refused(_ bytes: [UInt8], _ what: String) throws {
+                let path = "\(directory)/t"
+                FileManager.default.createFile(atPath: path, contents: Data(bytes))
+                let opened = Result { try SealedFileReader(file: try OpenFile(path: path), sealer: sealer, context: context) }
+                switch opened {
+                case .failure: break
+                case .success(let tampered):
+                    #expect(throws: SealError.self, "\(what), \(size) bytes") { _ = try tampered.readBytes(count: size, at: 0) }
+                }
+            }
+            // A flipped bit anywhere (header, every page), a cut at a page boundary, an
+            // extra page, two pages swapped.
+            for offset in stride(from: 4, to: sealed.count, by: max(1, sealed.count / 9)) {
+                var flipped = sealed
+                flipped[offset] ^= 0x20
+                try refused(flipped, "bit flipped at \(offset)")
+            }
+            if pages > 1 { try refused(Array(sealed[..<(24 + 4112)]), "cut after the first page") }
+            if pages > 2 {
+                let first = Array(sealed[24..<(24 + 4112)]), second = Array(sealed[(24 + 4112)..<(24 + 2 * 4112)])
+                try refused(Array(sealed[..<24]) + second + first + Array(sealed[(24 + 2 * 4112)...]), "pages swapped")
+            }
+            try refused(sealed + Array(sealed[24..<min(sealed.count, 24 + 4112)]), "a page appended")
+        }
     }
 }
