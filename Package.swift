@@ -31,8 +31,10 @@ let package = Package(
                        providers: [.apt(["libnbd-dev"])]),
         // libcurl for S3, loaded at run time (only its headers at build time: libcurl4-openssl-dev).
         .target(name: "CCurlGlue", path: "Sources/CCurlGlue"),
+        // AES-256-GCM in place from OpenSSL's libcrypto, loaded at run time (headers: libssl-dev).
+        .target(name: "CCryptoGlue", path: "Sources/CCryptoGlue"),
         // Swift face of the operating system and the C libraries.
-        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD", "CCurlGlue"]),
+        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD", "CCurlGlue", "CCryptoGlue"]),
         // qcow2 images as the guest sees them: header, L1/L2 tables, backing chains, writer.
         .target(name: "DiskSnapQcow2", dependencies: ["DiskSnapSys"]),
         // A running VM: QMP, its block graph, point-in-time views and dirty bitmaps; libvirt's

@@ -74,9 +74,6 @@ public struct Copier {
         guard source.config.repositoryId != target.config.repositoryId else {
             throw EngineError(code: "Copy.SameRepository", "\(target.location) is the source repository itself (id \(source.config.repositoryId))", exitStatus: .invalidParameter)
         }
-        guard source.chunkIdentity.namesLike(target.chunkIdentity) else {
-            throw EngineError(code: "Copy.ChunkIdsDiffer", "\(source.location) and \(target.location) name chunks differently (one is encrypted, or they have different chunk-id keys): copying between them is not supported yet", exitStatus: .invalidParameter)
-        }
         let sourceLock = try source.lock(.shared, for: "copy")
         let readers = try source.readersLock()
         let targetLock = try target.lock(.shared, for: "copy")
@@ -237,8 +234,14 @@ public struct Copier {
         // packs before then does not wait for it, so their chunks must not count as present.
         let condemned = Set((try target.gcState()?.condemnedPacks ?? []).compactMap(PackID.init(hex:)))
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
-        let previousIndex = previous.flatMap { try? FixedIndexReader(target, $0.snapshotId) }
+        // Repositories that name chunks differently (one encrypted, or two with their own
+        // chunk-id keys): every chunk is read, named anew, and the fixed index written anew.
+        let renaming = !source.chunkIdentity.namesLike(target.chunkIdentity)
+        let previousIndex = renaming ? nil : previous.flatMap { try? FixedIndexReader(target, $0.snapshotId) }
         let chunkSize = snapshot.chunkSize
+        let fixedArea = try TemporaryArea(repository: target)
+        defer { fixedArea.remove() }
+        let renamed = renaming ? try FixedIndexBuilder(path: fixedArea.path("renamed.fidx"), diskSize: snapshot.size, chunkSize: UInt32(chunkSize)) : nil
         let runs = WorkPlan.runs(dataRanges: snapshot.size > 0 ? [ByteRange(start: 0, end: snapshot.size)] : [],
                                  chunkSize: chunkSize, maxChunks: UInt64(max(1, Snapshotter.runBytes / Int(chunkSize))))
         let progress = Progress(label: "copy \(snapshot.record.snapshotId)", total: snapshot.size, observer: request.progress)
@@ -255,7 +258,7 @@ public struct Copier {
             let round = Array(runs[done...])
             let queue = WorkQueue(count: round.count)
             let work = CopyWork(snapshot: snapshot, index: index, packs: packs, writer: writer, previous: previousIndex,
-                                verifyPrevious: !condemned.isEmpty, runs: round, compression: target.config.compression,
+                                renamed: renamed, verifyPrevious: !condemned.isEmpty, runs: round, compression: target.config.compression,
                                 sameCompression: source.config.compression == target.config.compression,
                                 counters: counters, progress: progress,
                                 checkpoint: counters.bytesCopied.load(ordering: .relaxed) + request.checkpointBytes)
@@ -274,16 +277,20 @@ public struct Copier {
             done += queue.handedOut
             if done < runs.count { TestHooks.pause(at: "copy-after-checkpoint") }
         }
-        // The fixed index, byte for byte: the same entries, header and digest as the source's.
-        let area = try TemporaryArea(repository: target)
-        defer { area.remove() }
-        let path = area.path("index.fidx")
-        try Self.copyFile(snapshot.fixed.file, to: path)
-        let copied = try FixedIndexReader(path: path)
-        guard copied.header.entriesDigest == snapshot.fixed.header.entriesDigest else {
-            throw FormatError(file: path, "the copied fixed index does not read back as the source's")
+        if let renamed {
+            // Every entry was written by the runs, each chunk named as the target names it.
+            let digest = try renamed.publish(in: target, snapshotID: record.snapshotId, createdUnixSeconds: snapshot.fixed.header.createdUnixSeconds)
+            record.fixedIndexDigest = digest.hex  // the target's names, not the source's
+        } else {
+            // The fixed index, byte for byte: the same entries, header and digest as the source's.
+            let path = fixedArea.path("index.fidx")
+            try Self.copyFile(snapshot.fixed.file, to: path)
+            let copied = try FixedIndexReader(path: path)
+            guard copied.header.entriesDigest == snapshot.fixed.header.entriesDigest else {
+                throw FormatError(file: path, "the copied fixed index does not read back as the source's")
+            }
+            try target.publishFixedIndex(path, record.snapshotId)
         }
-        try target.publishFixedIndex(path, record.snapshotId)
         outcome.chunksCopied = counters.chunksCopied.load(ordering: .relaxed)
         outcome.bytesCopied = counters.bytesCopied.load(ordering: .relaxed)
         outcome.chunksPresent = counters.chunksPresent.load(ordering: .relaxed)
@@ -331,6 +338,8 @@ private struct CopyWork: Sendable {
     let packs: PackFiles
     let writer: ChunkWriter
     let previous: FixedIndexReader?
+    /// The target's fixed index being written, when the target names chunks otherwise.
+    let renamed: FixedIndexBuilder?
     let verifyPrevious: Bool
     let runs: [ChunkRun]
     let compression: Compression
@@ -350,6 +359,12 @@ private struct CopyWork: Sendable {
             let run = runs[i]
             let count = Int(run.end - run.first)
             let digests = try snapshot.fixed.entries(first: run.first, count: count)
+            if let renamed {
+                try rename(run, digests: digests, reader: reader, buffer: buffer, builder: builder, into: renamed)
+                if counters.bytesCopied.load(ordering: .relaxed) >= checkpoint { queue.close() }
+                progress.add(min(run.end * snapshot.chunkSize, snapshot.size) - snapshot.chunkRange(run.first).start)
+                continue
+            }
             var before: [ChunkDigest] = []
             if let previous, run.first < previous.header.chunkCount {
                 before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
@@ -406,6 +421,49 @@ private struct CopyWork: Sendable {
             progress.add(min(run.end * snapshot.chunkSize, snapshot.size) - snapshot.chunkRange(run.first).start)
         }
         try builder.finish()
+    }
+
+    /// A run copied into a repository that names chunks otherwise: each non-zero chunk is
+    /// read (in the source's store order, verified under the source's names), named as the
+    /// target names it, stored unless the target has it, and its new name written into the
+    /// target's fixed index at its place.
+    private func rename(_ run: ChunkRun, digests: [ChunkDigest], reader: ChunkReader, buffer: UnsafeMutableRawBufferPointer,
+                        builder: PackBuilder, into renamed: FixedIndexBuilder) throws {
+        let chunkSize = Int(snapshot.chunkSize)
+        func slot(_ c: Int) -> UnsafeMutableRawBufferPointer {
+            let range = snapshot.chunkRange(run.first + UInt64(c))
+            return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
+        }
+        var located: [(chunk: Int, location: ChunkLocation)] = []
+        for c in 0..<digests.count where digests[c] != .zero {
+            located.append((c, try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.locate(digests[c]) }))
+        }
+        located.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
+        for (k, (c, location)) in located.enumerated() {
+            try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) {
+                try reader.readAhead(located[k...].lazy.map(\.location))
+                try reader.read(digests[c], at: location, into: slot(c))
+            }
+        }
+        var names = [UInt8](repeating: 0, count: digests.count * 32)
+        var copied: UInt64 = 0, bytes: UInt64 = 0
+        for c in located.map(\.chunk).sorted() {
+            let chunk = UnsafeRawBufferPointer(slot(c))
+            let name = writer.repository.chunkIdentity.digest(of: chunk)
+            if try writer.claim(name) {
+                try builder.add(name, chunk)
+                copied += 1
+                bytes += UInt64(chunk.count)
+            }
+            names.withUnsafeMutableBytes { out in
+                name.withBytes { UnsafeMutableRawBufferPointer(rebasing: out[c * 32..<(c + 1) * 32]).copyMemory(from: $0) }
+            }
+        }
+        try builder.endBlock()
+        try names.withUnsafeBytes { try renamed.write(entries: $0, firstChunk: run.first) }
+        counters.chunksCopied.wrappingAdd(copied, ordering: .relaxed)
+        counters.chunksPresent.wrappingAdd(UInt64(located.count) - copied, ordering: .relaxed)
+        counters.bytesCopied.wrappingAdd(bytes, ordering: .relaxed)
     }
 
     /// Stores one source block as it is stored, when `block` (the wanted chunks located in it,

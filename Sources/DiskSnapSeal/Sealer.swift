@@ -1,5 +1,6 @@
 import Foundation
 import Crypto
+import DiskSnapSys
 import DiskSnapFormat
 
 /// AES-256-GCM sealing of repository objects (docs/FORMAT.md, "Sealed objects").
@@ -30,62 +31,73 @@ public struct Sealer: Sendable {
         public init(kind: String, id: String) { bytes = Array("disksnap/\(kind)/\(id)".utf8) }
     }
 
-    /// Seals `plaintext` and hands the sealed object to `emit` in pieces, in order (header,
-    /// ciphertext, tag; `overhead` bytes more than the plaintext in all): a pack builder
-    /// stages them where they go, with no copy of a whole block in between.
-    public func seal(_ plaintext: UnsafeRawBufferPointer, context: Context, emit: (UnsafeRawBufferPointer) throws -> Void) rethrows {
-        let salt = Self.randomBytes(16)
-        let key = subkey(salt: salt, context: context)
-        let box = try! AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: context.bytes)
-        try (Self.magic + salt + Array(box.nonce)).withUnsafeBytes { try emit($0) }
-        try box.ciphertext.withUnsafeBytes { try emit($0) }
-        try box.tag.withUnsafeBytes { try emit($0) }
+    /// Seals `plaintext` into `output` (at least `plaintext.count + overhead` bytes): no
+    /// buffer is allocated, so a pack builder seals a block straight into its own memory.
+    /// Returns the sealed length.
+    public func seal(_ plaintext: UnsafeRawBufferPointer, context: Context, into output: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = plaintext.count + Self.overhead
+        precondition(output.count >= count, "the output holds the sealed object")
+        let salt = Self.randomBytes(16), nonce = Self.randomBytes(12)
+        let key = subkeyBytes(salt: salt, context: context)
+        UnsafeMutableRawBufferPointer(rebasing: output[0..<32]).copyMemory(from: (Self.magic + salt + nonce).withUnsafeBytes { $0 })
+        try key.withUnsafeBytes { key in
+            try nonce.withUnsafeBytes { nonce in
+                try context.bytes.withUnsafeBytes { aad in
+                    try AESGCM.seal(key: key, nonce: nonce, aad: aad, plaintext, into: UnsafeMutableRawBufferPointer(rebasing: output[32..<(count - 16)]),
+                                    tag: UnsafeMutableRawBufferPointer(rebasing: output[(count - 16)..<count]))
+                }
+            }
+        }
+        return count
     }
 
     /// Opens the sealed object `sealed` into `output` (at least `sealed.count - overhead`
-    /// bytes); returns the plaintext's length. `Repository.Corrupt` as `open`.
-    public func open(_ sealed: UnsafeRawBufferPointer, context: Context, into output: UnsafeMutableRawBufferPointer, what: String) throws(SealError) -> Int {
+    /// bytes; not `sealed` itself); returns the plaintext's length. `Repository.Corrupt`
+    /// when anything was changed: a flipped bit, a truncation, another context.
+    public func open(_ sealed: UnsafeRawBufferPointer, context: Context, into output: UnsafeMutableRawBufferPointer, what: String) throws -> Int {
         guard sealed.count >= Self.overhead, sealed.starts(with: Self.magic) else {
-            throw .corrupt("\(what): not a sealed object (too short, or no DSE1 header)")
+            throw SealError.corrupt("\(what): not a sealed object (too short, or no DSE1 header)")
         }
-        precondition(output.count >= sealed.count - Self.overhead, "the output holds the plaintext")
-        let salt = Array(sealed[4..<20])
-        do {
-            let box = try AES.GCM.SealedBox(combined: UnsafeRawBufferPointer(rebasing: sealed[20...]))
-            let plaintext = try AES.GCM.open(box, using: subkey(salt: salt, context: context), authenticating: context.bytes)
-            return plaintext.copyBytes(to: output)
-        } catch {
-            throw .corrupt("\(what): does not authenticate (changed, truncated, or sealed for another place)")
+        let count = sealed.count - Self.overhead
+        precondition(output.count >= count, "the output holds the plaintext")
+        let key = subkeyBytes(salt: Array(sealed[4..<20]), context: context)
+        let opened = try key.withUnsafeBytes { key in
+            try context.bytes.withUnsafeBytes { aad in
+                try AESGCM.open(key: key, nonce: UnsafeRawBufferPointer(rebasing: sealed[20..<32]), aad: aad,
+                                UnsafeRawBufferPointer(rebasing: sealed[32..<(32 + count)]),
+                                tag: UnsafeRawBufferPointer(rebasing: sealed[(32 + count)...]), into: output)
+            }
         }
+        guard opened else { throw SealError.corrupt("\(what): does not authenticate (changed, truncated, or sealed for another place)") }
+        return count
     }
 
-    public func seal(_ plaintext: some DataProtocol, context: Context) -> [UInt8] {
-        let salt = Self.randomBytes(16)
-        let key = subkey(salt: salt, context: context)
-        // Sealing with a fresh 32-byte key and a fresh nonce cannot fail.
-        let box = try! AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: context.bytes)
-        return Self.magic + salt + Array(box.nonce) + Array(box.ciphertext) + Array(box.tag)
+    /// `plaintext` sealed (small objects: records, settings, tables of contents).
+    public func seal(_ plaintext: some DataProtocol, context: Context) throws -> [UInt8] {
+        let bytes = Array(plaintext)
+        var sealed = [UInt8](repeating: 0, count: bytes.count + Self.overhead)
+        _ = try bytes.withUnsafeBytes { input in
+            try sealed.withUnsafeMutableBytes { output in try seal(input, context: context, into: output) }
+        }
+        return sealed
     }
 
-    /// The plaintext, or `Repository.Corrupt` when anything was changed: a flipped bit, a
-    /// truncation, another context.
-    public func open(_ sealed: [UInt8], context: Context, what: String) throws(SealError) -> [UInt8] {
+    /// The plaintext of a sealed object (`open(_:context:into:what:)`).
+    public func open(_ sealed: [UInt8], context: Context, what: String) throws -> [UInt8] {
         try open(sealed[...], context: context, what: what)
     }
 
-    public func open(_ sealed: ArraySlice<UInt8>, context: Context, what: String) throws(SealError) -> [UInt8] {
-        let start = sealed.startIndex, end = sealed.endIndex
-        guard sealed.count >= Self.overhead, Array(sealed[start..<start + 4]) == Self.magic else {
-            throw .corrupt("\(what): not a sealed object (too short, or no DSE1 header)")
+    public func open(_ sealed: ArraySlice<UInt8>, context: Context, what: String) throws -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: max(0, sealed.count - Self.overhead))
+        let count = try sealed.withUnsafeBytes { input in
+            try output.withUnsafeMutableBytes { out in try open(input, context: context, into: out, what: what) }
         }
-        let salt = Array(sealed[start + 4..<start + 20])
-        do {
-            let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: sealed[start + 20..<start + 32]),
-                                            ciphertext: sealed[start + 32..<end - 16], tag: sealed[(end - 16)...])
-            return Array(try AES.GCM.open(box, using: subkey(salt: salt, context: context), authenticating: context.bytes))
-        } catch {
-            throw .corrupt("\(what): does not authenticate (changed, truncated, or sealed for another place)")
-        }
+        return Array(output[..<count])
+    }
+
+    /// The object's own key, as bytes for the cipher.
+    func subkeyBytes(salt: [UInt8], context: Context) -> [UInt8] {
+        subkey(salt: salt, context: context).withUnsafeBytes { Array($0) }
     }
 
     func subkey(salt: [UInt8], context: Context) -> SymmetricKey {

@@ -159,6 +159,8 @@ public final class PackBuilder {
     /// Where non-adjacent chunks are put back to back for compression.
     private let block: UnsafeMutableRawBufferPointer
     private let compressed: UnsafeMutableRawBufferPointer
+    /// An encrypted repository's block, sealed (grown to the largest block sealed).
+    private var sealedBlock = UnsafeMutableRawBufferPointer.allocate(byteCount: 0, alignment: 64)
 
     init(writer: ChunkWriter, compression: Compression, blockCapacity: Int) {
         self.writer = writer
@@ -173,6 +175,7 @@ public final class PackBuilder {
         spare.deallocate()
         block.deallocate()
         compressed.deallocate()
+        sealedBlock.deallocate()
     }
 
     /// Adds one claimed chunk to the block being gathered (ending that block first when the
@@ -242,8 +245,13 @@ public final class PackBuilder {
         var storedLength = stored.count
         if let sealer = writer.repository.sealer {
             // Sealed where it lies: the context names this pack and offset (docs/FORMAT.md).
-            storedLength = stored.count + Sealer.overhead
-            try sealer.seal(stored, context: Repository.blockContext(current!.id, offset: offset)) { try stage($0) }
+            // Into a buffer kept from block to block, then staged: no allocation per block.
+            if sealedBlock.count < stored.count + Sealer.overhead {
+                sealedBlock.deallocate()
+                sealedBlock = .allocate(byteCount: stored.count + Sealer.overhead, alignment: 64)
+            }
+            storedLength = try sealer.seal(stored, context: Repository.blockContext(current!.id, offset: offset), into: sealedBlock)
+            try stage(UnsafeRawBufferPointer(rebasing: sealedBlock[..<storedLength]))
         } else {
             try stage(stored)
         }
@@ -310,7 +318,7 @@ public final class PackBuilder {
         let pack = current!
         current = nil
         var toc = PackFormat.encodeTOC(pack.entries)
-        if let sealer = writer.repository.sealer { toc = sealer.seal(toc, context: Repository.tocContext(pack.id)) }
+        if let sealer = writer.repository.sealer { toc = try sealer.seal(toc, context: Repository.tocContext(pack.id)) }
         let trailer = PackFormat.encodeTrailer(storedTOC: toc, entryCount: pack.entries.count, tocOffset: pack.size,
                                                sealed: writer.repository.isEncrypted)
         try pack.file.write(toc + trailer, at: pack.size)

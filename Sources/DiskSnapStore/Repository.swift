@@ -123,7 +123,7 @@ public final class Repository: Sendable {
         let master = MasterKeys.generate()
         let key = try KeyFile.make(keys: master, secret: secret, repositoryId: config.repositoryId,
                                    hostname: ProcessInfo.processInfo.hostName, username: FileSystem.environment("USER") ?? "")
-        let sealed = Sealer(keys: master).seal(RecordJSON.encode(sealedSettings), context: configContext(config.repositoryId))
+        let sealed = try Sealer(keys: master).seal(RecordJSON.encode(sealedSettings), context: configContext(config.repositoryId))
         let envelope = EncryptedConfig(repositoryId: config.repositoryId, sealedConfig: Data(sealed).base64EncodedString())
         return (RecordJSON.encode(envelope), key)
     }
@@ -387,10 +387,10 @@ public final class Repository: Sendable {
     public func writeRecord(_ bytes: [UInt8], _ id: SnapshotID, localOnly: Bool = false) throws {
         let key = "snapshots/\(id.rawValue).json"
         if localOnly && remote != nil {
-            try FileSystem.writeAtomically(sealed(bytes, key), to: recordPath(id), temporaryDirectory: temporaryDirectory)
+            try FileSystem.writeAtomically(try sealed(bytes, key), to: recordPath(id), temporaryDirectory: temporaryDirectory)
             return
         }
-        try writeMutable(sealed(bytes, key), key: key, path: recordPath(id))
+        try writeMutable(try sealed(bytes, key), key: key, path: recordPath(id))
     }
 
     // MARK: Sealing
@@ -400,9 +400,9 @@ public final class Repository: Sendable {
     // into it, so an object moved to another name does not open.
 
     /// `bytes` as stored under `key`: sealed in an encrypted repository.
-    private func sealed(_ bytes: [UInt8], _ key: String) -> [UInt8] {
+    private func sealed(_ bytes: [UInt8], _ key: String) throws -> [UInt8] {
         guard let sealer else { return bytes }
-        return sealer.seal(bytes, context: Self.objectContext(key))
+        return try sealer.seal(bytes, context: Self.objectContext(key))
     }
 
     static func objectContext(_ key: String) -> Sealer.Context { Sealer.Context(kind: "object", id: key) }
@@ -547,7 +547,7 @@ public final class Repository: Sendable {
 
     public func writeDisk(_ bytes: [UInt8], _ id: DiskID) throws {
         let key = "disks/\(id.rawValue).json"
-        try writeMutable(sealed(bytes, key), key: key, path: diskPath(id))
+        try writeMutable(try sealed(bytes, key), key: key, path: diskPath(id))
     }
 
     public func removeDisk(_ id: DiskID) throws {
@@ -558,7 +558,7 @@ public final class Repository: Sendable {
         try FileSystem.listDirectory(disksDirectory).filter { $0.hasSuffix(".json") }
     }
 
-    public func writeGCState(_ bytes: [UInt8]) throws { try writeMutable(sealed(bytes, "gc.json"), key: "gc.json", path: gcStatePath) }
+    public func writeGCState(_ bytes: [UInt8]) throws { try writeMutable(try sealed(bytes, "gc.json"), key: "gc.json", path: gcStatePath) }
 
     public func removeGCState() throws { try removeObject(key: "gc.json", path: gcStatePath) }
 

@@ -93,7 +93,7 @@ enum FuzzDecoders {
         let later = { (name: String) in UInt8(0xF0 + laterDecoders.firstIndex { $0.0 == name }!) }
         var out: [(String, [UInt8])] = []
         let record = Array(#"{"FormatVersion":1,"Fuzz":true}"#.utf8)
-        out.append(("sealed-object", [later("sealed object")] + sealer.seal(record, context: context)))
+        out.append(("sealed-object", [later("sealed object")] + (try sealer.seal(record, context: context))))
         let plainPath = "/dev/shm/disksnap-fuzz-seed-\(getpid())", sealedPath = plainPath + ".sealed"
         defer { unlink(plainPath); unlink(sealedPath) }
         for (name, size) in [("sealed-file-empty", 0), ("sealed-file-2-pages", 5000)] {
@@ -104,8 +104,8 @@ enum FuzzDecoders {
             out.append((name, [later("sealed file")] + (try OpenFile(path: sealedPath).readBytes(count: 1 << 20, at: 0))))
         }
         let entry = PackEntry(digest: .zero, offset: 16, storedLength: 60, rawLength: 12, encoding: .raw)
-        let toc = sealer.seal(PackFormat.encodeTOC([entry]), context: context)
-        let block = sealer.seal(Array(repeating: UInt8(7), count: 12), context: context)
+        let toc = try sealer.seal(PackFormat.encodeTOC([entry]), context: context)
+        let block = try sealer.seal(Array(repeating: UInt8(7), count: 12), context: context)
         let pack = PackFormat.encodeHeader(sealed: true) + block + toc
             + PackFormat.encodeTrailer(storedTOC: toc, entryCount: 1, tocOffset: UInt64(16 + block.count), sealed: true)
         out.append(("sealed-pack", [later("sealed pack")] + pack))

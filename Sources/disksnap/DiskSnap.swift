@@ -66,7 +66,9 @@ struct GlobalOptions: ParsableArguments {
             return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot, keys: secrets.provider)
         } catch let error as StoreError where error.kind == .repositoryNotFound {
             do {
-                return try initializeRepository(RepositoryConfig(chunkSize: .default, compression: .default))
+                // A bucket is encrypted by default, as `init` makes it: the passphrase is needed now.
+                return try initializeRepository(RepositoryConfig(chunkSize: .default, compression: .default),
+                                                secret: try secrets.secret(creating: true))
             } catch let error as StoreError where error.kind == .repositoryExists {
                 return try Repository.open(remote: bucket.store, cacheRoot: Self.cacheRoot, keys: secrets.provider)  // another process was first
             }
@@ -84,6 +86,9 @@ struct GlobalOptions: ParsableArguments {
         return try Repository.initialize(remote: bucket.store, cacheRoot: Self.cacheRoot, config: config, secret: secret)
     }
 
+
+    /// Whether `location` names a bucket (`s3://`).
+    static func isBucket(_ location: String) -> Bool { S3Settings.isS3(location) }
 
     /// The bucket `s3://...` names: the store the repository uses (retrying transient
     /// faults) and the S3 store under it (for init's probe of conditional writes); nil for a directory.

@@ -15,7 +15,7 @@ struct Init: ParsableCommand {
     var profile: String = "ecs"
     @Option(help: "Repository-wide cap on snapshots, on top of the profile's limits.")
     var maxSnapshots: Int?
-    @Option(help: ArgumentHelp("Encryption at rest: aes-256-gcm (chunks, indexes and records sealed, chunk ids keyed) or none (the default).", valueName: "aes-256-gcm|none"))
+    @Option(help: ArgumentHelp("Encryption at rest: aes-256-gcm (chunks, indexes and records sealed, chunk ids keyed; the default for s3:// repositories) or none (the default for a directory).", valueName: "aes-256-gcm|none"))
     var encryption: String?
     @Flag(help: "Print the repository settings as JSON.")
     var json = false
@@ -31,7 +31,7 @@ struct Init: ParsableCommand {
                 throw CatalogError.invalid("InvalidParameter.MaxSnapshots", "--max-snapshots \(cap) must be at least 1")
             }
             let encrypted: Bool
-            switch encryption ?? "none" {
+            switch encryption ?? (GlobalOptions.isBucket(global.repositoryPath) ? "aes-256-gcm" : "none") {
             case "aes-256-gcm": encrypted = true
             case "none": encrypted = false
             case let other: throw CatalogError.invalid("InvalidParameter.Encryption", "--encryption '\(other)' is not aes-256-gcm or none")

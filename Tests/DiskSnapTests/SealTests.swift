@@ -1,4 +1,5 @@
 import Testing
+import Crypto
 import Foundation
 @testable import DiskSnapSeal
 @testable import DiskSnapFormat
@@ -57,12 +58,12 @@ import DiskSnapSys
         let sealer = Sealer(keys: .generate())
         let plaintext = Array("a block of a disk: the marker DISKSNAP-SECRET".utf8)
         let here = Sealer.Context(kind: "pack-block", id: "p-1/0")
-        let sealed = sealer.seal(plaintext, context: here)
+        let sealed = try sealer.seal(plaintext, context: here)
         #expect(sealed.count == plaintext.count + Sealer.overhead)
         #expect(try sealer.open(sealed, context: here, what: "block") == plaintext)
         #expect(!String(decoding: sealed, as: UTF8.self).contains("DISKSNAP-SECRET"))
         // Two seals of the same bytes share nothing but the header.
-        #expect(sealer.seal(plaintext, context: here)[4...] != sealed[4...])
+        #expect(try sealer.seal(plaintext, context: here)[4...] != sealed[4...])
         for i in sealed.indices {
             var flipped = sealed
             flipped[i] ^= 1
@@ -130,6 +131,36 @@ import DiskSnapSys
                 try refused(Array(sealed[..<24]) + second + first + Array(sealed[(24 + 2 * 4112)...]), "pages swapped")
             }
             try refused(sealed + Array(sealed[24..<min(sealed.count, 24 + 4112)]), "a page appended")
+        }
+    }
+
+    /// The cipher under the sealing (libcrypto, in place) is AES-256-GCM as swift-crypto
+    /// computes it, both ways, and refuses a changed tag.
+    @Test func theInPlaceCipherIsAESGCMAsSwiftCryptoComputesIt() throws {
+        let key = (0..<32).map { UInt8($0 * 3) }, nonce = (0..<12).map { UInt8(200 - $0) }
+        let aad = Array("disksnap/object/x".utf8)
+        for size in [0, 1, 15, 16, 4096, 100_000] {
+            let plain = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+            var cipher = [UInt8](repeating: 0, count: size), tag = [UInt8](repeating: 0, count: 16)
+            try key.withUnsafeBytes { k in try nonce.withUnsafeBytes { n in try aad.withUnsafeBytes { a in try plain.withUnsafeBytes { p in
+                try cipher.withUnsafeMutableBytes { c in try tag.withUnsafeMutableBytes { t in
+                    try AESGCM.seal(key: k, nonce: n, aad: a, p, into: c, tag: t)
+                } }
+            } } } }
+            let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: cipher, tag: tag)
+            #expect(Array(try AES.GCM.open(box, using: SymmetricKey(data: key), authenticating: aad)) == plain)
+            let theirs = try AES.GCM.seal(plain, using: SymmetricKey(data: key), nonce: AES.GCM.Nonce(data: nonce), authenticating: aad)
+            #expect(Array(theirs.ciphertext) == cipher && Array(theirs.tag) == tag)
+            var opened = [UInt8](repeating: 0, count: size)
+            var badTag = tag
+            badTag[0] ^= 1
+            for (t, expected) in [(tag, true), (badTag, false)] {
+                let ok = try key.withUnsafeBytes { k in try nonce.withUnsafeBytes { n in try aad.withUnsafeBytes { a in try cipher.withUnsafeBytes { c in
+                    try t.withUnsafeBytes { t in try opened.withUnsafeMutableBytes { o in try AESGCM.open(key: k, nonce: n, aad: a, c, tag: t, into: o) } }
+                } } } }
+                #expect(ok == expected)
+                if expected { #expect(opened == plain) }
+            }
         }
     }
 }

@@ -261,7 +261,12 @@ def test_an_encrypted_repository_in_a_bucket_and_its_cache_hold_nothing_readable
     server = connect("seaweedfs")
     b = Bucket(server, tmp_path)
     b.env["DISKSNAP_PASSWORD"] = PASSWORD
-    b.run("init", "--encryption", "aes-256-gcm")
+    b.run("init")  # a bucket is encrypted by default
+    config_copies = [p for p in files_under(tmp_path / "cache") if p.endswith("/config.json")]
+    assert [json.load(open(p))["FormatVersion"] for p in config_copies] == [2]
+    plain = Bucket(server, tmp_path, cache="plain-cache")
+    plain.run("init", "--encryption", "none")
+    assert holders(str(tmp_path / "plain-cache"), [b'"Encryption" : "none"'])
     snap = b.run("create", marked_disk, "--name", SECRET_NAME, "--tag", f"owner={SECRET_TAG}", "--json").json()["SnapshotId"]
     target = tmp_path / "restored.img"
     b.run("restore", snap, target)
@@ -286,3 +291,33 @@ print(json.dumps({'found': found, 'count': count}))
     assert result["count"] >= 6 and result["found"] == []
     cache = tmp_path / "cache"
     assert any(files_under(cache)) and holders(str(cache), needles) == []
+
+
+def test_copies_between_repositories_that_name_chunks_differently_read_and_rename_every_chunk(marked_disk, tmp_path):
+    plain = DiskSnap(str(tmp_path / "plain"))
+    plain.run("init")
+    one = plain.create(marked_disk, "one")
+    enc = Encrypted(str(tmp_path / "enc"))
+    enc.run("init", "--encryption", "aes-256-gcm")
+    # Unencrypted to encrypted: the target's names are keyed, nothing readable arrives.
+    r = plain.run("copy", "--all", "--to", enc.repo, "--json", env=enc.env).json()
+    assert [s["Copied"] for s in r["Snapshots"]] == [True] and r["Snapshots"][0]["ChunksCopied"] > 0
+    shas = chunk_shas(marked_disk)
+    assert holders(enc.repo, [MARKER] + sorted(shas)) == []
+    assert enc.run("check", "--read-data", "--json").json()["Problems"] == []
+    # To a second encrypted repository (keys of its own, its own passphrase), then back to an
+    # unencrypted one: the bytes survive every renaming, and names are SHA-256 again.
+    other = Encrypted(str(tmp_path / "other"), password="another passphrase")
+    other.run("init", "--encryption", "aes-256-gcm")
+    enc.run("copy", "--all", "--to", other.repo, env=dict(enc.env, DISKSNAP_TO_PASSWORD="another passphrase"))
+    back = DiskSnap(str(tmp_path / "back"))
+    back.run("init")
+    other.run("copy", "--all", "--to", back.repo)
+    for ds in (enc, other, back):
+        target = tmp_path / f"{os.path.basename(ds.repo)}.img"
+        ds.run("restore", one, target)
+        assert sha256(target) == sha256(marked_disk)
+    assert holders(back.repo, sorted(shas)), "the unencrypted copy names chunks by SHA-256"
+    # Copied once: the second time there is nothing to do.
+    again = plain.run("copy", "--all", "--to", enc.repo, "--json", env=enc.env).json()
+    assert [s["Copied"] for s in again["Snapshots"]] == [False]

@@ -70,8 +70,14 @@ def seaweedfs():
     return connect("seaweedfs")
 
 
+# A repository in a bucket is encrypted unless `init --encryption none` says otherwise: every
+# command here gets the passphrase.
+PASSWORD = "bucket passphrase"
+
+
 class Bucket:
-    """`disksnap --repo s3://BUCKET/PREFIX` with the AWS environment of a server and a cache of its own."""
+    """`disksnap --repo s3://BUCKET/PREFIX` with the AWS environment of a server, a cache of
+    its own, and the passphrase."""
 
     def __init__(self, server, tmp_path, prefix=None, cache="cache"):
         self.server = server
@@ -79,7 +85,7 @@ class Bucket:
         self.repo = f"s3://{BUCKET}/{self.prefix}"
         self.env = dict(os.environ, AWS_ENDPOINT_URL=server["endpoint"], AWS_ACCESS_KEY_ID=server["key"],
                         AWS_SECRET_ACCESS_KEY=server["secret"], AWS_REGION="us-east-1",
-                        XDG_CACHE_HOME=str(tmp_path / cache))
+                        XDG_CACHE_HOME=str(tmp_path / cache), DISKSNAP_PASSWORD=PASSWORD)
 
     def run(self, *args, check=True, env=None):
         argv = [BIN, "--repo", self.repo] + [str(a) for a in args]
