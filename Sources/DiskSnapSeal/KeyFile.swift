@@ -24,8 +24,18 @@ public struct KeyFile: VersionedRecord, Sendable, Equatable {
         public var salt: String
 
         /// 2^15 x 8 x 128 bytes = 32 MiB, about 0.1 s here: scrypt's interactive parameters.
-        public static func standard(salt: [UInt8]) -> Derivation {
-            Derivation(name: "scrypt", logN: 15, r: 8, p: 1, salt: Data(salt).base64EncodedString())
+        public static func standard(salt: [UInt8], logN: Int = 15) -> Derivation {
+            Derivation(name: "scrypt", logN: logN, r: 8, p: 1, salt: Data(salt).base64EncodedString())
+        }
+
+        /// The cost of new passphrase keys: `$DISKSNAP_KDF_LOGN` (10 to 20), else 15. A
+        /// repository's keys share the first one's (`KeyRing`); opening reads each file's own.
+        public static func configuredLogN() throws -> Int {
+            guard let text = FileSystem.environment("DISKSNAP_KDF_LOGN"), !text.isEmpty else { return 15 }
+            guard let value = Int(text), (10...20).contains(value) else {
+                throw SealError(code: "InvalidParameter.KdfCost", message: "$DISKSNAP_KDF_LOGN '\(text)' is not a whole number from 10 to 20", exitStatus: .invalidParameter)
+            }
+            return value
         }
 
         public static func keyFile(salt: [UInt8]) -> Derivation {
@@ -51,7 +61,7 @@ public struct KeyFile: VersionedRecord, Sendable, Equatable {
     /// `keyId` is given when a passphrase changes (the file keeps its id).
     public static func make(keys: MasterKeys, secret: KeySecret, repositoryId: String, hostname: String, username: String,
                             kdf: Derivation? = nil, keyId: String? = nil) throws -> KeyFile {
-        let kdf = kdf ?? (secret.isKeyFile ? .keyFile(salt: Sealer.randomBytes(32)) : .standard(salt: Sealer.randomBytes(32)))
+        let kdf = try kdf ?? (secret.isKeyFile ? .keyFile(salt: Sealer.randomBytes(32)) : .standard(salt: Sealer.randomBytes(32), logN: Derivation.configuredLogN()))
         precondition(kdf.takesKeyFile == secret.isKeyFile, "a derivation for the other kind of secret")
         let keyId = keyId ?? "k-" + String(SnapshotID.generate().rawValue.dropFirst(2))
         let wrapping = try wrappingKey(secret, kdf)

@@ -18,6 +18,12 @@ public struct MasterKeys: Sendable, Equatable {
         return MasterKeys(raw: bytes)!
     }
 
+    /// A new data key, and `other`'s chunk-id key: a repository whose chunks are named as
+    /// `other`'s are, so that copies between the two deduplicate (`init --chunk-ids-from`).
+    public static func generate(sharingChunkIdsOf other: MasterKeys) -> MasterKeys {
+        MasterKeys(raw: Array(generate().data) + other.chunkID)!
+    }
+
     /// From the 64 bytes a key file seals (data key, then chunk-id key).
     public init?(raw: [UInt8]) {
         guard raw.count == Self.byteCount else { return nil }

@@ -115,12 +115,14 @@ public final class Repository: Sendable {
     static func configContext(_ repositoryId: String) -> Sealer.Context { Sealer.Context(kind: "config", id: repositoryId) }
 
     /// `config.json` for a new repository: the settings as they are, or (`secret` given)
-    /// sealed under new master keys, with the first key file, which `secret` opens.
-    static func newConfig(_ config: RepositoryConfig, secret: KeySecret?) throws -> (bytes: [UInt8], key: KeyFile?) {
+    /// sealed under new master keys, with the first key file, which `secret` opens. With
+    /// `other`, the new keys share its chunk-id key (`init --chunk-ids-from`), the data key
+    /// drawn anew.
+    static func newConfig(_ config: RepositoryConfig, secret: KeySecret?, sharingChunkIdsOf other: MasterKeys?) throws -> (bytes: [UInt8], key: KeyFile?) {
         guard let secret else { return (RecordJSON.encode(config), nil) }
         var sealedSettings = config
         sealedSettings.encryption = "aes-256-gcm"
-        let master = MasterKeys.generate()
+        let master = other.map { MasterKeys.generate(sharingChunkIdsOf: $0) } ?? MasterKeys.generate()
         let key = try KeyFile.make(keys: master, secret: secret, repositoryId: config.repositoryId,
                                    hostname: ProcessInfo.processInfo.hostName, username: FileSystem.environment("USER") ?? "")
         let sealed = try Sealer(keys: master).seal(RecordJSON.encode(sealedSettings), context: configContext(config.repositoryId))
@@ -154,8 +156,9 @@ public final class Repository: Sendable {
     /// Creates a repository in `remote`: `config.json` is created create-only, so of two
     /// racing inits exactly one wins. Encrypted (`secret`): the key file goes up first, and is
     /// removed again if another init won.
-    public static func initialize(remote: any BlobStore, cacheRoot: String, config: RepositoryConfig, secret: KeySecret? = nil) throws -> Repository {
-        let (bytes, key) = try newConfig(config, secret: secret)
+    public static func initialize(remote: any BlobStore, cacheRoot: String, config: RepositoryConfig, secret: KeySecret? = nil,
+                                  sharingChunkIdsOf other: MasterKeys? = nil) throws -> Repository {
+        let (bytes, key) = try newConfig(config, secret: secret, sharingChunkIdsOf: other)
         if let key { try remote.create(keyBlobKey(key.keyId), RecordJSON.encode(key)) }
         do {
             try remote.create(configKey, bytes)
@@ -207,7 +210,8 @@ public final class Repository: Sendable {
     /// Creates a repository. The directories come first (and an encrypted repository's first
     /// key file) and `config.json` last, published with link(2) so that of two racing inits
     /// exactly one wins.
-    public static func initialize(at path: String, config: RepositoryConfig, secret: KeySecret? = nil) throws -> Repository {
+    public static func initialize(at path: String, config: RepositoryConfig, secret: KeySecret? = nil,
+                                  sharingChunkIdsOf other: MasterKeys? = nil) throws -> Repository {
         let root = FileSystem.absolutePath(path)
         try FileSystem.makeDirectories(root)
         for directory in subdirectories(of: root) { try FileSystem.makeDirectory(directory) }
@@ -215,7 +219,7 @@ public final class Repository: Sendable {
         if FileSystem.exists(configPath) {
             throw StoreError(.repositoryExists, "a disksnap repository already exists at \(root)")
         }
-        let (bytes, key) = try newConfig(config, secret: secret)
+        let (bytes, key) = try newConfig(config, secret: secret, sharingChunkIdsOf: other)
         if let key {
             try FileSystem.makeDirectory(root + "/keys")
             try FileSystem.writeAtomically(RecordJSON.encode(key), to: "\(root)/keys/\(key.keyId).json", temporaryDirectory: root + "/tmp")

@@ -31,12 +31,8 @@ struct Copy: ParsableCommand {
 
     /// The target's own passphrase sources (`--to-*`, `$DISKSNAP_TO_*`); without any, the source's.
     var targetKeys: Repository.KeyProvider {
-        let own = SecretSources(keyFile: toKeyFile, passwordFile: toPasswordFile, passwordCommand: toPasswordCommand,
-                                environmentPrefix: "DISKSNAP_TO", location: to)
-        let given = toKeyFile != nil || toPasswordFile != nil || toPasswordCommand != nil
-            || ["KEY_FILE", "PASSWORD_FILE", "PASSWORD_COMMAND", "PASSWORD"].contains { FileSystem.environment("DISKSNAP_TO_\($0)")?.isEmpty == false }
-        return given ? own.provider : SecretSources(keyFile: global.keyFile, passwordFile: global.passwordFile,
-                                                    passwordCommand: global.passwordCommand, location: to).provider
+        SecretSources.other(keyFile: toKeyFile, passwordFile: toPasswordFile, passwordCommand: toPasswordCommand,
+                            environmentPrefix: "DISKSNAP_TO", location: to, fallback: global.secrets)
     }
 
     func run() throws {

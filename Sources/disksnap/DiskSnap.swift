@@ -78,12 +78,12 @@ struct GlobalOptions: ParsableArguments {
     /// Creates the repository, encrypted when `secret` is given; in a bucket only once the
     /// server has shown that it honours conditional writes (a server that ignores them is
     /// refused: BlobStore.Unsupported).
-    func initializeRepository(_ config: RepositoryConfig, secret: KeySecret? = nil) throws -> Repository {
+    func initializeRepository(_ config: RepositoryConfig, secret: KeySecret? = nil, sharingChunkIdsOf other: MasterKeys? = nil) throws -> Repository {
         guard let bucket = try Self.bucket(repositoryPath) else {
-            return try Repository.initialize(at: repositoryPath, config: config, secret: secret)
+            return try Repository.initialize(at: repositoryPath, config: config, secret: secret, sharingChunkIdsOf: other)
         }
         try bucket.s3.checkConditionalWrites()
-        return try Repository.initialize(remote: bucket.store, cacheRoot: Self.cacheRoot, config: config, secret: secret)
+        return try Repository.initialize(remote: bucket.store, cacheRoot: Self.cacheRoot, config: config, secret: secret, sharingChunkIdsOf: other)
     }
 
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapCatalog
+import DiskSnapSeal
 
 struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a repository (create does this with defaults when needed).")
@@ -17,6 +18,14 @@ struct Init: ParsableCommand {
     var maxSnapshots: Int?
     @Option(help: ArgumentHelp("Encryption at rest: aes-256-gcm (chunks, indexes and records sealed, chunk ids keyed; the default for s3:// repositories) or none (the default for a directory).", valueName: "aes-256-gcm|none"))
     var encryption: String?
+    @Option(help: "Share the chunk-id key of this encrypted repository, so that copies between the two deduplicate and pass blocks on instead of renaming every chunk (its key: --from-password-file, --from-password-command, --from-key-file, $DISKSNAP_FROM_PASSWORD, else this repository's).")
+    var chunkIdsFrom: String?
+    @Option(help: "The --chunk-ids-from repository's passphrase: the first line of this file.")
+    var fromPasswordFile: String?
+    @Option(help: "The --chunk-ids-from repository's passphrase: the first line this shell command prints.")
+    var fromPasswordCommand: String?
+    @Option(help: "The --chunk-ids-from repository's key file.")
+    var fromKeyFile: String?
     @Flag(help: "Print the repository settings as JSON.")
     var json = false
 
@@ -40,8 +49,20 @@ struct Init: ParsableCommand {
             config.profile = chosen.rawValue
             config.maxSnapshots = maxSnapshots
             if !encrypted && encryption != nil { config.encryption = "none" }  // chosen, and recorded
+            var sharing: MasterKeys?
+            if let chunkIdsFrom {
+                guard encrypted else {
+                    throw CatalogError.invalid("InvalidParameter.ChunkIdsFrom", "--chunk-ids-from needs an encrypted repository (--encryption aes-256-gcm)")
+                }
+                let keys = SecretSources.other(keyFile: fromKeyFile, passwordFile: fromPasswordFile, passwordCommand: fromPasswordCommand,
+                                               environmentPrefix: "DISKSNAP_FROM", location: chunkIdsFrom, fallback: global.secrets)
+                guard let sealer = try GlobalOptions.openRepository(at: chunkIdsFrom, keys: keys).sealer else {
+                    throw CatalogError.invalid("InvalidParameter.ChunkIdsFrom", "\(chunkIdsFrom) is not encrypted: it names chunks by SHA-256, which an encrypted repository must not")
+                }
+                sharing = sealer.keys
+            }
             let secret = encrypted ? try global.secrets.secret(creating: true) : nil
-            let repository = try global.initializeRepository(config, secret: secret)
+            let repository = try global.initializeRepository(config, secret: secret, sharingChunkIdsOf: sharing)
             if json {
                 Output.json(repository.config)
             } else {

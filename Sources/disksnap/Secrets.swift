@@ -83,6 +83,19 @@ struct SecretSources {
         return firstLine(Array(bytes))
     }
 
+    /// The key sources of a second repository (`copy --to`'s target, `init --chunk-ids-from`'s
+    /// source): its own options and `$<prefix>_*` variables; without any, `fallback`'s.
+    static func other(keyFile: String?, passwordFile: String?, passwordCommand: String?, environmentPrefix: String,
+                      location: String, fallback: SecretSources) -> Repository.KeyProvider {
+        let own = SecretSources(keyFile: keyFile, passwordFile: passwordFile, passwordCommand: passwordCommand,
+                                environmentPrefix: environmentPrefix, location: location)
+        let given = keyFile != nil || passwordFile != nil || passwordCommand != nil
+            || ["KEY_FILE", "PASSWORD_FILE", "PASSWORD_COMMAND", "PASSWORD"].contains { FileSystem.environment("\(environmentPrefix)_\($0)")?.isEmpty == false }
+        var theirs = fallback
+        theirs.location = location
+        return given ? own.provider : theirs.provider
+    }
+
     /// Asked only if the repository turns out to be encrypted.
     var provider: Repository.KeyProvider {
         let sources = self

@@ -25,6 +25,10 @@ class Result:
 # representative part of the suite both ways): every repository a test makes through
 # `DiskSnap` is initialized with --encryption aes-256-gcm, and every command gets the passphrase.
 ENCRYPTED = os.environ.get("DISKSNAP_TEST_ENCRYPTION") == "1"
+# New passphrase keys at scrypt N=2^10, not 2^15: a debug build's scrypt takes 0.4 s at 2^15,
+# and every command that opens an encrypted repository runs it once. test_encryption checks
+# the default cost itself.
+os.environ.setdefault("DISKSNAP_KDF_LOGN", "10")
 TEST_PASSWORD = "integration-test passphrase"
 if ENCRYPTED:
     os.environ.setdefault("DISKSNAP_PASSWORD", TEST_PASSWORD)  # also for the processes tests start themselves

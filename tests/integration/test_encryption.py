@@ -196,10 +196,11 @@ def test_one_flipped_byte_in_any_kind_of_file_is_reported_and_never_restored(mar
 
 def test_keys_are_added_changed_and_removed_and_the_last_one_stays(marked_disk, tmp_path):
     enc = Encrypted(str(tmp_path / "enc"))
-    enc.run("init", "--encryption", "aes-256-gcm")
+    standard = {k: v for k, v in enc.env.items() if k != "DISKSNAP_KDF_LOGN"}
+    enc.run("init", "--encryption", "aes-256-gcm", env=standard)  # scrypt's standard cost: 2^15, r 8, p 1
     enc.run("create", marked_disk, "--name", "one")
     first = enc.run("key", "list", "--json").json()
-    assert len(first) == 1 and first[0]["Current"] and first[0]["Kind"].startswith("passphrase (scrypt N=2^15")
+    assert len(first) == 1 and first[0]["Current"] and first[0]["Kind"] == "passphrase (scrypt N=2^15 r=8 p=1)"
     second = enc.run("key", "add", "--json", env=dict(enc.env, DISKSNAP_NEW_PASSWORD="second passphrase")).json()["KeyId"]
     other = Encrypted(enc.repo, password="second passphrase")
     assert {k["KeyId"] for k in other.run("key", "list", "--json").json()} == {first[0]["KeyId"], second}
@@ -250,6 +251,8 @@ def test_the_passphrase_comes_from_a_file_a_command_or_the_environment(marked_di
     assert ds.run("list", env=dict(bare, DISKSNAP_PASSWORD_FILE=str(password_file))).code == 0
     r = ds.run("list", "--password-command", "exit 3", env=bare, check=False)
     assert r.code == 2 and "status 3" in r.err
+    r = Encrypted(str(tmp_path / "costly")).run("init", "--encryption", "aes-256-gcm", env=dict(os.environ, DISKSNAP_PASSWORD=PASSWORD, DISKSNAP_KDF_LOGN="9"), check=False)
+    assert r.code == 2 and "InvalidParameter.KdfCost" in r.err
     # An unencrypted repository never asks.
     plain = DiskSnap(str(tmp_path / "plain"))
     plain.run("init")
@@ -321,3 +324,75 @@ def test_copies_between_repositories_that_name_chunks_differently_read_and_renam
     # Copied once: the second time there is nothing to do.
     again = plain.run("copy", "--all", "--to", enc.repo, "--json", env=enc.env).json()
     assert [s["Copied"] for s in again["Snapshots"]] == [False]
+
+
+def test_a_repository_sharing_a_chunk_id_key_takes_copies_as_stored(marked_disk, tmp_path):
+    first = Encrypted(str(tmp_path / "first"))
+    first.run("init", "--encryption", "aes-256-gcm")
+    one = first.create(marked_disk, "one")
+    # Sharing the first one's chunk ids (its passphrase given apart), with a data key and a
+    # passphrase of its own.
+    password_file = tmp_path / "first-pw"
+    password_file.write_text(PASSWORD + "\n")
+    sharing = Encrypted(str(tmp_path / "sharing"), password="the sharing one")
+    sharing.run("init", "--encryption", "aes-256-gcm", "--chunk-ids-from", first.repo, "--from-password-file", password_file)
+    r = first.run("copy", one, "--to", sharing.repo, "--json", env=dict(first.env, DISKSNAP_TO_PASSWORD="the sharing one")).json()
+    assert r["Snapshots"][0]["Copied"] and r["Snapshots"][0]["ChunksAsStored"] > 0, r
+    target = tmp_path / "sharing.img"
+    sharing.run("restore", one, target)
+    assert sha256(target) == sha256(marked_disk)
+    # The same names, sealed under the sharing one's own data key.
+    assert sharing.run("check", "--read-data", "--json").json()["Problems"] == []
+    # A repository of its own renames every chunk: nothing goes over as stored.
+    alone = Encrypted(str(tmp_path / "alone"))
+    alone.run("init", "--encryption", "aes-256-gcm")
+    r = first.run("copy", one, "--to", alone.repo, "--json").json()
+    assert r["Snapshots"][0]["ChunksAsStored"] == 0
+    # Refused: sharing with an unencrypted repository, or without encryption.
+    plain = DiskSnap(str(tmp_path / "plain"))
+    plain.run("init")
+    r = Encrypted(str(tmp_path / "bad")).run("init", "--encryption", "aes-256-gcm", "--chunk-ids-from", plain.repo, check=False)
+    assert r.code == 2 and "InvalidParameter.ChunkIdsFrom" in r.err
+    r = DiskSnap(str(tmp_path / "bad2")).run("init", "--chunk-ids-from", first.repo, check=False)
+    assert r.code == 2 and "InvalidParameter.ChunkIdsFrom" in r.err
+
+
+def at_terminal(argv, answers, env):
+    """Runs `argv` on a new pseudo-terminal (its controlling terminal), typing each answer
+    after the prompt before it appears; returns (exit status, everything the terminal showed)."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(argv[0], argv, env)
+    shown, pending = b"", list(answers)
+    while True:
+        ready, _, _ = select.select([fd], [], [], 30)
+        assert ready, f"no output for 30 s: {shown!r}"
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        shown += data
+        if pending and shown.rstrip().endswith(pending[0][0].encode()):
+            os.write(fd, pending.pop(0)[1].encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_a_passphrase_typed_at_the_terminal_is_not_echoed_and_asked_twice_at_init(marked_disk, tmp_path):
+    repo = str(tmp_path / "enc")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISKSNAP_PASSWORD")}
+    code, shown = at_terminal([BIN, "--repo", repo, "init", "--encryption", "aes-256-gcm"],
+                              [("Passphrase for " + repo + ":", "typed secret"), ("The same passphrase again:", "typed secret")], env)
+    assert code == 0, shown
+    assert "typed secret" not in shown and "encrypted" in shown
+    code, shown = at_terminal([BIN, "--repo", repo, "list"], [("Passphrase for " + repo + ":", "typed secret")], env)
+    assert code == 0 and "typed secret" not in shown, shown
+    # Two different answers at init: refused, nothing made.
+    other = str(tmp_path / "other")
+    code, shown = at_terminal([BIN, "--repo", other, "init", "--encryption", "aes-256-gcm"],
+                              [("Passphrase for " + other + ":", "one"), ("The same passphrase again:", "two")], env)
+    assert code == 2 and "Repository.WrongKey" in shown and not os.path.exists(os.path.join(other, "config.json"))
