@@ -3,6 +3,7 @@ import DiskSnapAPIWire
 import Synchronization
 import DiskSnapSys
 import DiskSnapFormat
+import DiskSnapStore
 import DiskSnapEngine
 
 /// ECS automatic-snapshot policies, run by `disksnap serve`: each policy names hours (UTC)
@@ -33,22 +34,21 @@ struct PolicyStore: Sendable {
         var policies: [AutoSnapshotPolicy]
     }
     static let formatVersion = 1
-    let root: String
-    var path: String { root + "/api/auto-snapshot-policies.json" }
+    let repository: Repository
+    var path: String { repository.root + "/api/auto-snapshot-policies.json" }
 
     func load() throws -> [AutoSnapshotPolicy] {
         guard FileSystem.exists(path) else { return [] }
-        let file = try RecordJSON.decode(File.self, from: try FileSystem.readFile(path), file: path)
+        let file = try RecordJSON.decode(File.self, from: try repository.readObject(path), file: path)
         guard file.formatVersion == Self.formatVersion else {
             throw APIError("Repository.Corrupt", "\(path) has format version \(file.formatVersion); this disksnap reads \(Self.formatVersion)", status: 500, exit: .corrupt)
         }
         return file.policies
     }
 
+    /// Written atomically, sealed in an encrypted repository.
     func save(_ policies: [AutoSnapshotPolicy]) throws {
-        let directory = FileSystem.directoryName(of: path)
-        if !FileSystem.exists(directory) { try FileSystem.makeDirectory(directory, permissions: 0o700) }
-        try FileSystem.writeAtomically(RecordJSON.encode(File(formatVersion: Self.formatVersion, policies: policies)), to: path, temporaryDirectory: directory)
+        try repository.writeLocalObject(RecordJSON.encode(File(formatVersion: Self.formatVersion, policies: policies)), to: path)
     }
 }
 

@@ -2,6 +2,7 @@ import Foundation
 import DiskSnapAPIWire
 import DiskSnapSys
 import DiskSnapFormat
+import DiskSnapStore
 
 /// The key pairs that may call a repository's API (`serve --new-key`, `--remove-key`): one
 /// file, `api/credentials.json` under the repository's local directory (a bucket's local
@@ -26,24 +27,23 @@ public struct APICredentials: Sendable, Equatable {
 
     /// The keys in the file; none when there is no file. A file others may read is refused:
     /// the secrets in it would not be secret.
-    public static func load(repositoryRoot: String) throws -> APICredentials {
-        let path = path(repositoryRoot: repositoryRoot)
+    public static func load(repository: Repository) throws -> APICredentials {
+        let path = path(repositoryRoot: repository.root)
         guard let status = try FileSystem.statusIfExists(path) else { return APICredentials(keys: []) }
         guard status.mode & 0o077 == 0 else {
             throw APIError("Credentials.Unsafe", "\(path) can be read by others (mode \(String(status.mode & 0o777, radix: 8))); chmod 600 it", status: 500, exit: .ioError)
         }
-        let file = try RecordJSON.decode(File.self, from: try FileSystem.readFile(path), file: path)
+        let file = try RecordJSON.decode(File.self, from: try repository.readObject(path), file: path)
         guard file.formatVersion == formatVersion else {
             throw APIError("Credentials.Unsupported", "\(path) has format version \(file.formatVersion); this disksnap reads \(formatVersion)", status: 500, exit: .corrupt)
         }
         return APICredentials(keys: file.keys)
     }
 
-    public func save(repositoryRoot: String) throws {
-        let path = Self.path(repositoryRoot: repositoryRoot)
-        let directory = FileSystem.directoryName(of: path)
-        if !FileSystem.exists(directory) { try FileSystem.makeDirectory(directory, permissions: 0o700) }
-        try FileSystem.writeAtomically(RecordJSON.encode(File(formatVersion: Self.formatVersion, keys: keys)), to: path, temporaryDirectory: directory)
+    /// Written atomically, sealed in an encrypted repository.
+    public func save(repository: Repository) throws {
+        try repository.writeLocalObject(RecordJSON.encode(File(formatVersion: Self.formatVersion, keys: keys)),
+                                        to: Self.path(repositoryRoot: repository.root))
     }
 
     public func secret(for accessKeyId: String) -> String? { keys.first { $0.accessKeyId == accessKeyId }?.accessKeySecret }

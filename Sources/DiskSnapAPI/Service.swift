@@ -39,7 +39,7 @@ public final class APIService: Sendable {
     let recordCache = RecordCache()
     /// Serializes changes of the automatic-snapshot policies (the scheduler's among them).
     let policies = Mutex(())
-    var policyStore: PolicyStore { PolicyStore(root: repository.root) }
+    var policyStore: PolicyStore { PolicyStore(repository: repository) }
 
     /// A problem of background work (a create, a reset, a schedule) that has no client to
     /// answer: one line on standard error; the records say the rest.
@@ -52,7 +52,7 @@ public final class APIService: Sendable {
         self.repository = repository
         self.settings = settings
         let path = APICredentials.path(repositoryRoot: repository.root)
-        keys = Mutex((try APICredentials.load(repositoryRoot: repository.root), try FileSystem.statusIfExists(path)))
+        keys = Mutex((try APICredentials.load(repository: repository), try FileSystem.statusIfExists(path)))
     }
 
     /// The keys of the credentials file, read again when it changed (a key added or
@@ -62,7 +62,7 @@ public final class APIService: Sendable {
         let now = try FileSystem.statusIfExists(path)
         return try keys.withLock { state in
             if state.stamp?.inode != now?.inode || state.stamp?.changeTime != now?.changeTime || state.stamp?.size != now?.size {
-                state = (try APICredentials.load(repositoryRoot: repository.root), now)
+                state = (try APICredentials.load(repository: repository), now)
             }
             return state.credentials.secret(for: accessKeyId)
         }

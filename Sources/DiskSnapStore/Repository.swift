@@ -424,6 +424,15 @@ public final class Repository: Sendable {
         }
     }
 
+    /// A file of this host's under the repository's directory (`api/`: a server's access
+    /// keys and policies; in a bucket, the cache's), written atomically, mode 0600, and
+    /// sealed in an encrypted repository as the objects are (read back with `readObject`).
+    public func writeLocalObject(_ bytes: [UInt8], to path: String) throws {
+        let directory = FileSystem.directoryName(of: path)
+        if !FileSystem.exists(directory) { try FileSystem.makeDirectory(directory, permissions: 0o700) }
+        try FileSystem.writeAtomically(try sealed(bytes, relativeKey(path)), to: path, temporaryDirectory: directory)
+    }
+
     /// `snapshots/x.json` for `<root>/snapshots/x.json`.
     private func relativeKey(_ path: String) -> String {
         precondition(path.hasPrefix(root + "/"), "\(path) lies outside the repository")

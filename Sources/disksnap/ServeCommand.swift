@@ -38,19 +38,19 @@ struct Serve: ParsableCommand {
                 guard !(newKey && removeKey != nil) else {
                     throw APIError("InvalidParameter.Key", "--new-key and --remove-key are separate calls", status: 400)
                 }
-                var credentials = try APICredentials.load(repositoryRoot: repository.root)
+                var credentials = try APICredentials.load(repository: repository)
                 if let removeKey {
                     guard credentials.keys.contains(where: { $0.accessKeyId == removeKey }) else {
                         throw APIError("InvalidAccessKeyId.NotFound", "no key \(removeKey) in \(APICredentials.path(repositoryRoot: repository.root))", status: 404)
                     }
                     credentials.keys.removeAll { $0.accessKeyId == removeKey }
-                    try credentials.save(repositoryRoot: repository.root)
+                    try credentials.save(repository: repository)
                     Output.line("removed \(removeKey)")
                     return
                 }
                 let key = APICredentials.generateKey()
                 credentials.keys.append(key)
-                try credentials.save(repositoryRoot: repository.root)
+                try credentials.save(repository: repository)
                 if json {
                     Output.json(NewKeyResponse(accessKeyId: key.accessKeyId, accessKeySecret: key.accessKeySecret))
                 } else {

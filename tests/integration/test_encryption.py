@@ -396,3 +396,19 @@ def test_a_passphrase_typed_at_the_terminal_is_not_echoed_and_asked_twice_at_ini
     code, shown = at_terminal([BIN, "--repo", other, "init", "--encryption", "aes-256-gcm"],
                               [("Passphrase for " + other + ":", "one"), ("The same passphrase again:", "two")], env)
     assert code == 2 and "Repository.WrongKey" in shown and not os.path.exists(os.path.join(other, "config.json"))
+
+
+def test_the_api_servers_keys_in_an_encrypted_repository_are_sealed(tmp_path):
+    enc = Encrypted(str(tmp_path / "enc"))
+    enc.run("init", "--encryption", "aes-256-gcm")
+    first = enc.run("serve", "--new-key", "--json").json()
+    second = enc.run("serve", "--new-key", "--json").json()
+    secrets = [k["AccessKeySecret"].encode() for k in (first, second)]
+    assert os.path.exists(os.path.join(enc.repo, "api", "credentials.json"))
+    assert holders(enc.repo, secrets + [first["AccessKeyId"].encode()]) == []
+    # Read back through the key: one removed, the other still there, the wrong passphrase refused.
+    assert enc.run("serve", "--remove-key", first["AccessKeyId"]).code == 0
+    r = enc.run("serve", "--remove-key", first["AccessKeyId"], check=False)
+    assert r.code == 3 and "InvalidAccessKeyId.NotFound" in r.err
+    r = enc.run("serve", "--new-key", env=dict(enc.env, DISKSNAP_PASSWORD="wrong"), check=False)
+    assert r.code == 2 and "Repository.WrongKey" in r.err
