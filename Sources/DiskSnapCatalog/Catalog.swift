@@ -22,7 +22,7 @@ public struct Catalog: Sendable {
     public func record(_ id: SnapshotID) throws -> SnapshotRecord {
         let path = repository.recordPath(id)
         guard FileSystem.exists(path) else { throw CatalogError.notFound("no snapshot \(id) in \(repository.location)") }
-        return effective(try SnapshotRecord.decode(try repository.readObject(path), file: path))
+        return effective(try SnapshotRecord.decode(try repository.readObject(path), file: path), path: path)
     }
 
     /// Every readable record, oldest first, and the errors of those that do not parse: one
@@ -55,8 +55,8 @@ public struct Catalog: Sendable {
                 } else {
                     stored = try SnapshotRecord.decode(try repository.readObject(path), file: path)
                 }
-                let seen = effective(stored)
-                if markingDeadFailed && seen.status != stored.status { try save(seen) }
+                let seen = effective(stored, path: path)
+                if markingDeadFailed && seen.status == .failed && stored.status == .progressing { try save(seen) }
                 result.append(seen)
             } catch let error as FormatError {
                 damaged.append(error)
@@ -69,10 +69,20 @@ public struct Catalog: Sendable {
 
     /// The record as readers should see it: `progressing` with no living creator is `failed`.
     /// A creation lock that cannot be probed counts as held: the record stays `progressing`.
-    func effective(_ record: SnapshotRecord) -> SnapshotRecord {
+    ///
+    /// `record` was read from `path` before the lock was probed: its creator may have
+    /// committed and let go in between (a creator writes its last record before it lets go of
+    /// its lock). So a free lock is followed by a second read, which is then the creator's last
+    /// word; only a record still `progressing` after it is the record of a creator that died.
+    /// (Without it, an admission's marking overwrote a snapshot accomplished in that moment
+    /// with `failed`: seen under load in test_api's parallel creates.)
+    func effective(_ record: SnapshotRecord, path: String) -> SnapshotRecord {
         guard record.status == .progressing,
               (try? repository.isLockHeld(name: Self.creationLockName(record.snapshotId))) == false else {
             return record
+        }
+        if let now = try? SnapshotRecord.decode(try repository.readObject(path), file: path), now.status != .progressing {
+            return now
         }
         var failed = record
         failed.status = .failed
