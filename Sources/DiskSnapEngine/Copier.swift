@@ -357,98 +357,80 @@ private struct CopyWork: Sendable {
         let builder = writer.makePackBuilder(compression: compression, blockCapacity: max(Snapshotter.blockBytes, chunkSize))
         while let i = queue.take() {
             let run = runs[i]
-            let count = Int(run.end - run.first)
-            let digests = try snapshot.fixed.entries(first: run.first, count: count)
-            if let renamed {
-                try rename(run, digests: digests, reader: reader, buffer: buffer, builder: builder, into: renamed)
-                if counters.bytesCopied.load(ordering: .relaxed) >= checkpoint { queue.close() }
-                progress.add(min(run.end * snapshot.chunkSize, snapshot.size) - snapshot.chunkRange(run.first).start)
-                continue
-            }
-            var before: [ChunkDigest] = []
-            if let previous, run.first < previous.header.chunkCount {
-                before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
-            }
-            var located: [(chunk: Int, location: ChunkLocation)] = []
-            var present: UInt64 = 0
-            for c in 0..<count where digests[c] != .zero {
-                if c < before.count && before[c] == digests[c], try !verifyPrevious || writer.store.contains(digests[c]) {
-                    present += 1
-                } else if try writer.claim(digests[c]) {
-                    let location = try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.locate(digests[c]) }
-                    located.append((c, location))
-                } else {
-                    present += 1
-                }
-            }
-            located.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
-            var bytes: UInt64 = 0
-            var rest: [(chunk: Int, location: ChunkLocation)] = []
-            var g = 0
-            while g < located.count {
-                try reader.readAhead(located[g...].lazy.map(\.location))
-                var h = g + 1
-                while h < located.count && located[h].location.pack == located[g].location.pack && located[h].location.offset == located[g].location.offset { h += 1 }
-                let block = Array(located[g..<h])
-                if try passOn(block, run: run, digests: digests, reader: reader, builder: builder) {
-                    bytes += block.reduce(0) { $0 + UInt64($1.location.rawLength) }
-                    counters.chunksAsStored.wrappingAdd(UInt64(block.count), ordering: .relaxed)
-                } else {
-                    rest += block
-                }
-                g = h
-            }
-            func slot(_ c: Int) -> UnsafeMutableRawBufferPointer {
-                let range = snapshot.chunkRange(run.first + UInt64(c))
-                return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
-            }
-            for (k, (c, location)) in rest.enumerated() {  // in store order: a block is decompressed once
-                try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) {
-                    try reader.readAhead(rest[k...].lazy.map(\.location))
-                    try reader.read(digests[c], at: location, into: slot(c))
-                }
-            }
-            for c in rest.map(\.chunk).sorted() {
-                let chunk = slot(c)
-                try builder.add(digests[c], UnsafeRawBufferPointer(chunk))
-                bytes += UInt64(chunk.count)
-            }
-            try builder.endBlock()
-            counters.chunksPresent.wrappingAdd(present, ordering: .relaxed)
-            counters.chunksCopied.wrappingAdd(UInt64(located.count), ordering: .relaxed)
-            let total = counters.bytesCopied.wrappingAdd(bytes, ordering: .relaxed).newValue
+            let digests = try snapshot.fixed.entries(first: run.first, count: Int(run.end - run.first))
+            let total = try renamed.map { try rename(run, digests: digests, reader: reader, buffer: buffer, builder: builder, into: $0) }
+                ?? copy(run, digests: digests, reader: reader, buffer: buffer, builder: builder)
             if total >= checkpoint { queue.close() }
             progress.add(min(run.end * snapshot.chunkSize, snapshot.size) - snapshot.chunkRange(run.first).start)
         }
         try builder.finish()
     }
 
+    /// A run copied between repositories that name chunks alike: each chunk the target lacks
+    /// is located, whole blocks go over as stored (`passOn`), the rest is read and added in
+    /// disk order. Returns the bytes copied so far by the round.
+    private func copy(_ run: ChunkRun, digests: [ChunkDigest], reader: ChunkReader, buffer: UnsafeMutableRawBufferPointer,
+                      builder: PackBuilder) throws -> UInt64 {
+        var before: [ChunkDigest] = []
+        if let previous, run.first < previous.header.chunkCount {
+            before = try previous.entries(first: run.first, count: Int(min(run.end, previous.header.chunkCount) - run.first))
+        }
+        var located: [(chunk: Int, location: ChunkLocation)] = []
+        var present: UInt64 = 0
+        for c in 0..<digests.count where digests[c] != .zero {
+            if c < before.count && before[c] == digests[c], try !verifyPrevious || writer.store.contains(digests[c]) {
+                present += 1
+            } else if try writer.claim(digests[c]) {
+                located.append((c, try locate(c, of: run, digests: digests, reader: reader)))
+            } else {
+                present += 1
+            }
+        }
+        located.sort(by: Self.inStoreOrder)
+        var bytes: UInt64 = 0
+        var rest: [(chunk: Int, location: ChunkLocation)] = []
+        var g = 0
+        while g < located.count {
+            try reader.readAhead(located[g...].lazy.map(\.location))
+            var h = g + 1
+            while h < located.count && located[h].location.pack == located[g].location.pack && located[h].location.offset == located[g].location.offset { h += 1 }
+            let block = Array(located[g..<h])
+            if try passOn(block, run: run, digests: digests, reader: reader, builder: builder) {
+                bytes += block.reduce(0) { $0 + UInt64($1.location.rawLength) }
+                counters.chunksAsStored.wrappingAdd(UInt64(block.count), ordering: .relaxed)
+            } else {
+                rest += block
+            }
+            g = h
+        }
+        try read(rest, of: run, digests: digests, reader: reader, into: buffer)
+        for c in rest.map(\.chunk).sorted() {
+            let chunk = slot(c, of: run, in: buffer)
+            try builder.add(digests[c], UnsafeRawBufferPointer(chunk))
+            bytes += UInt64(chunk.count)
+        }
+        try builder.endBlock()
+        counters.chunksPresent.wrappingAdd(present, ordering: .relaxed)
+        counters.chunksCopied.wrappingAdd(UInt64(located.count), ordering: .relaxed)
+        return counters.bytesCopied.wrappingAdd(bytes, ordering: .relaxed).newValue
+    }
+
     /// A run copied into a repository that names chunks otherwise: each non-zero chunk is
     /// read (in the source's store order, verified under the source's names), named as the
     /// target names it, stored unless the target has it, and its new name written into the
-    /// target's fixed index at its place.
+    /// target's fixed index at its place. Returns the bytes copied so far by the round.
     private func rename(_ run: ChunkRun, digests: [ChunkDigest], reader: ChunkReader, buffer: UnsafeMutableRawBufferPointer,
-                        builder: PackBuilder, into renamed: FixedIndexBuilder) throws {
-        let chunkSize = Int(snapshot.chunkSize)
-        func slot(_ c: Int) -> UnsafeMutableRawBufferPointer {
-            let range = snapshot.chunkRange(run.first + UInt64(c))
-            return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
-        }
+                        builder: PackBuilder, into renamed: FixedIndexBuilder) throws -> UInt64 {
         var located: [(chunk: Int, location: ChunkLocation)] = []
         for c in 0..<digests.count where digests[c] != .zero {
-            located.append((c, try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.locate(digests[c]) }))
+            located.append((c, try locate(c, of: run, digests: digests, reader: reader)))
         }
-        located.sort { ($0.location.pack, $0.location.offset, $0.location.blockOffset) < ($1.location.pack, $1.location.offset, $1.location.blockOffset) }
-        for (k, (c, location)) in located.enumerated() {
-            try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) {
-                try reader.readAhead(located[k...].lazy.map(\.location))
-                try reader.read(digests[c], at: location, into: slot(c))
-            }
-        }
+        located.sort(by: Self.inStoreOrder)
+        try read(located, of: run, digests: digests, reader: reader, into: buffer)
         var names = [UInt8](repeating: 0, count: digests.count * 32)
         var copied: UInt64 = 0, bytes: UInt64 = 0
         for c in located.map(\.chunk).sorted() {
-            let chunk = UnsafeRawBufferPointer(slot(c))
+            let chunk = UnsafeRawBufferPointer(slot(c, of: run, in: buffer))
             let name = writer.repository.chunkIdentity.digest(of: chunk)
             if try writer.claim(name) {
                 try builder.add(name, chunk)
@@ -463,7 +445,36 @@ private struct CopyWork: Sendable {
         try names.withUnsafeBytes { try renamed.write(entries: $0, firstChunk: run.first) }
         counters.chunksCopied.wrappingAdd(copied, ordering: .relaxed)
         counters.chunksPresent.wrappingAdd(UInt64(located.count) - copied, ordering: .relaxed)
-        counters.bytesCopied.wrappingAdd(bytes, ordering: .relaxed)
+        return counters.bytesCopied.wrappingAdd(bytes, ordering: .relaxed).newValue
+    }
+
+    /// Where chunk `c` of `run` is stored in the source (an error names its place in the disk).
+    private func locate(_ c: Int, of run: ChunkRun, digests: [ChunkDigest], reader: ChunkReader) throws -> ChunkLocation {
+        try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) { try reader.locate(digests[c]) }
+    }
+
+    /// The source's store order: pack, block, place in the block.
+    private static func inStoreOrder(_ a: (chunk: Int, location: ChunkLocation), _ b: (chunk: Int, location: ChunkLocation)) -> Bool {
+        (a.location.pack, a.location.offset, a.location.blockOffset) < (b.location.pack, b.location.offset, b.location.blockOffset)
+    }
+
+    /// Reads `chunks` (in store order: a block is decompressed once), each verified, into
+    /// their slots of `buffer`.
+    private func read(_ chunks: [(chunk: Int, location: ChunkLocation)], of run: ChunkRun, digests: [ChunkDigest], reader: ChunkReader,
+                      into buffer: UnsafeMutableRawBufferPointer) throws {
+        for (k, (c, location)) in chunks.enumerated() {
+            try snapshot.naming(chunkAt: snapshot.chunkRange(run.first + UInt64(c)).start) {
+                try reader.readAhead(chunks[k...].lazy.map(\.location))
+                try reader.read(digests[c], at: location, into: slot(c, of: run, in: buffer))
+            }
+        }
+    }
+
+    /// Chunk `c` of `run` in the run's buffer.
+    private func slot(_ c: Int, of run: ChunkRun, in buffer: UnsafeMutableRawBufferPointer) -> UnsafeMutableRawBufferPointer {
+        let range = snapshot.chunkRange(run.first + UInt64(c))
+        let chunkSize = Int(snapshot.chunkSize)
+        return UnsafeMutableRawBufferPointer(rebasing: buffer[c * chunkSize..<c * chunkSize + Int(range.count)])
     }
 
     /// Stores one source block as it is stored, when `block` (the wanted chunks located in it,

@@ -54,7 +54,6 @@ public struct KeyRing {
     private func makeKey(_ secret: KeySecret, keyId: String?) throws -> KeyFile {
         let shared = secret.isKeyFile ? nil : try keys().first { !$0.kdf.takesKeyFile }?.kdf
         return try KeyFile.make(keys: repository.sealer!.keys, secret: secret, repositoryId: repository.config.repositoryId,
-                                hostname: ProcessInfo.processInfo.hostName, username: FileSystem.environment("USER") ?? "",
                                 kdf: shared, keyId: keyId)
     }
 

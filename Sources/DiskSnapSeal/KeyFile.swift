@@ -56,10 +56,12 @@ public struct KeyFile: VersionedRecord, Sendable, Equatable {
     public var hostname: String
     public var username: String
 
-    /// A new key file for `keys`, opened by `secret`. `kdf` (another key file's, for a
-    /// passphrase of the same repository) lets every passphrase be tried with one KDF run;
-    /// `keyId` is given when a passphrase changes (the file keeps its id).
-    public static func make(keys: MasterKeys, secret: KeySecret, repositoryId: String, hostname: String, username: String,
+    /// A new key file for `keys`, opened by `secret`, made by this host and user unless told
+    /// otherwise. `kdf` (another key file's, for a passphrase of the same repository) lets
+    /// every passphrase be tried with one KDF run; `keyId` is given when a passphrase changes
+    /// (the file keeps its id).
+    public static func make(keys: MasterKeys, secret: KeySecret, repositoryId: String,
+                            hostname: String = ProcessInfo.processInfo.hostName, username: String = FileSystem.environment("USER") ?? "",
                             kdf: Derivation? = nil, keyId: String? = nil) throws -> KeyFile {
         let kdf = try kdf ?? (secret.isKeyFile ? .keyFile(salt: Sealer.randomBytes(32)) : .standard(salt: Sealer.randomBytes(32), logN: Derivation.configuredLogN()))
         precondition(kdf.takesKeyFile == secret.isKeyFile, "a derivation for the other kind of secret")

@@ -33,12 +33,7 @@ public struct MasterKeys: Sendable, Equatable {
 
     var raw: [UInt8] { data + chunkID }
 
-    /// A chunk's id in an encrypted repository: HMAC-SHA-256 under the chunk-id key.
-    public func chunkDigest(of chunk: UnsafeRawBufferPointer) -> ChunkDigest {
-        chunkIdentity.digest(of: chunk)
-    }
-
-    /// How the repository these keys open names chunks.
+    /// How the repository these keys open names chunks: HMAC-SHA-256 under the chunk-id key.
     public var chunkIdentity: ChunkIdentity { ChunkIdentity(key: chunkID) }
 }
 

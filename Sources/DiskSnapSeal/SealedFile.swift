@@ -1,5 +1,4 @@
 import Synchronization
-import Crypto
 import DiskSnapSys
 import DiskSnapFormat
 
@@ -38,10 +37,10 @@ public enum SealedFileFormat {
         max(1, (size + UInt64(pageSize) - 1) / UInt64(pageSize))
     }
 
-    static func nonce(page: UInt64) -> AES.GCM.Nonce {
+    static func nonce(page: UInt64) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 12)
         for i in 0..<8 { bytes[4 + i] = UInt8(truncatingIfNeeded: page >> (56 - 8 * UInt64(i))) }
-        return try! AES.GCM.Nonce(data: bytes)  // 12 bytes: always a valid nonce
+        return bytes
     }
 
     static func associatedData(_ context: Sealer.Context, page: UInt64, last: Bool) -> [UInt8] {
@@ -60,26 +59,37 @@ extension Sealer {
         let size = try input.status().size
         let output = try OpenFile(path: destination, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
         let salt = Self.randomBytes(16)
-        let key = subkey(salt: salt, context: context)
+        let key = subkeyBytes(salt: salt, context: context)
         try output.write(SealedFileFormat.magic + [SealedFileFormat.pageShift, 0, 0, 0] + salt, at: 0)
         let pages = SealedFileFormat.pageCount(plaintextSize: size)
         var plain = [UInt8](repeating: 0, count: SealedFileFormat.pageSize)
-        // Pages are written a batch at a time: one write per 64 pages, not per page.
-        var batch: [UInt8] = []
-        batch.reserveCapacity(64 * SealedFileFormat.sealedPageSize)
+        // Pages are sealed into a batch and written a batch at a time: one write per 64 pages.
+        var batch = [UInt8](repeating: 0, count: 64 * SealedFileFormat.sealedPageSize)
+        var fill = 0
         var batchOffset = UInt64(SealedFileFormat.headerSize)
         for page in 0..<pages {
             let start = page * UInt64(SealedFileFormat.pageSize)
             let count = Int(min(UInt64(SealedFileFormat.pageSize), size - min(size, start)))
             try plain.withUnsafeMutableBytes { try input.readExactly(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<count]), at: start) }
-            let box = try AES.GCM.seal(plain[..<count], using: key, nonce: SealedFileFormat.nonce(page: page),
-                                       authenticating: SealedFileFormat.associatedData(context, page: page, last: page == pages - 1))
-            batch += box.ciphertext
-            batch += box.tag
-            if batch.count >= 64 * SealedFileFormat.sealedPageSize || page == pages - 1 {
-                try output.write(batch, at: batchOffset)
-                batchOffset += UInt64(batch.count)
-                batch.removeAll(keepingCapacity: true)
+            let aad = SealedFileFormat.associatedData(context, page: page, last: page == pages - 1)
+            try key.withUnsafeBytes { key in
+                try SealedFileFormat.nonce(page: page).withUnsafeBytes { nonce in
+                    try aad.withUnsafeBytes { aad in
+                        try plain.withUnsafeBytes { plain in
+                            try batch.withUnsafeMutableBytes { out in
+                                try AESGCM.seal(key: key, nonce: nonce, aad: aad, UnsafeRawBufferPointer(rebasing: plain[..<count]),
+                                                into: UnsafeMutableRawBufferPointer(rebasing: out[fill..<fill + count]),
+                                                tag: UnsafeMutableRawBufferPointer(rebasing: out[fill + count..<fill + count + SealedFileFormat.tagSize]))
+                            }
+                        }
+                    }
+                }
+            }
+            fill += count + SealedFileFormat.tagSize
+            if fill == batch.count || page == pages - 1 {
+                try batch.withUnsafeBytes { try output.write(UnsafeRawBufferPointer(rebasing: $0[..<fill]), at: batchOffset) }
+                batchOffset += UInt64(fill)
+                fill = 0
             }
         }
         try output.sync()
@@ -97,7 +107,8 @@ extension Sealer {
 public final class SealedFileReader: RandomAccessReading {
     public let path: String
     private let file: OpenFile
-    private let key: ImmutableKey
+    /// The file's own key (`Sealer.subkeyBytes` of its salt and context).
+    private let key: [UInt8]
     private let context: Sealer.Context
     private let plaintextSize: UInt64
     private let pageCount: UInt64
@@ -121,7 +132,7 @@ public final class SealedFileReader: RandomAccessReading {
         }
         plaintextSize = size
         pageCount = SealedFileFormat.pageCount(plaintextSize: size)
-        key = ImmutableKey(key: sealer.subkey(salt: Array(header[8..<24]), context: context))
+        key = sealer.subkeyBytes(salt: Array(header[8..<24]), context: context)
         // The last page says whether the file ends where it should: opened now, so that a
         // file cut at a page boundary fails at open, not at the first read of its end.
         _ = try page(pageCount - 1)
@@ -157,11 +168,20 @@ public final class SealedFileReader: RandomAccessReading {
         guard sealed.count == plainCount + SealedFileFormat.tagSize else {
             throw SealError.corrupt("\(path): page \(index) ends early (truncated while read)")
         }
-        let opened: [UInt8]
-        do {
-            let box = try AES.GCM.SealedBox(nonce: SealedFileFormat.nonce(page: index), ciphertext: sealed[..<plainCount], tag: sealed[plainCount...])
-            opened = Array(try AES.GCM.open(box, using: key.key, authenticating: SealedFileFormat.associatedData(context, page: index, last: last)))
-        } catch {
+        var opened = [UInt8](repeating: 0, count: plainCount)
+        let authentic = try key.withUnsafeBytes { key in
+            try SealedFileFormat.nonce(page: index).withUnsafeBytes { nonce in
+                try SealedFileFormat.associatedData(context, page: index, last: last).withUnsafeBytes { aad in
+                    try sealed.withUnsafeBytes { sealed in
+                        try opened.withUnsafeMutableBytes { out in
+                            try AESGCM.open(key: key, nonce: nonce, aad: aad, UnsafeRawBufferPointer(rebasing: sealed[..<plainCount]),
+                                            tag: UnsafeRawBufferPointer(rebasing: sealed[plainCount...]), into: out)
+                        }
+                    }
+                }
+            }
+        }
+        guard authentic else {
             throw SealError.corrupt("\(path): page \(index) does not authenticate (changed, truncated, or sealed for another place)")
         }
         recent.withLock { kept in
@@ -170,9 +190,4 @@ public final class SealedFileReader: RandomAccessReading {
         }
         return opened
     }
-}
-
-/// A key no one changes, shared by reader threads.
-private struct ImmutableKey: @unchecked Sendable {
-    let key: SymmetricKey
 }

@@ -95,12 +95,9 @@ public struct Sealer: Sendable {
         return Array(output[..<count])
     }
 
-    /// The object's own key, as bytes for the cipher.
+    /// The object's own key, HKDF-SHA-256(data key, salt, context), as bytes for the cipher.
     func subkeyBytes(salt: [UInt8], context: Context) -> [UInt8] {
-        subkey(salt: salt, context: context).withUnsafeBytes { Array($0) }
-    }
-
-    func subkey(salt: [UInt8], context: Context) -> SymmetricKey {
         HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: keys.data), salt: salt, info: context.bytes, outputByteCount: 32)
+            .withUnsafeBytes { Array($0) }
     }
 }

@@ -80,7 +80,6 @@ public final class Repository: Sendable {
 
     /// An encrypted repository's settings and keys, once a key file opened.
     struct Unlocked {
-        let config: RepositoryConfig
         let sealer: Sealer
         let key: KeyFile
     }
@@ -109,7 +108,7 @@ public final class Repository: Sendable {
         guard config.repositoryId == envelope.repositoryId else {
             throw FormatError(file: file, "sealed settings name repository \(config.repositoryId), not \(envelope.repositoryId)")
         }
-        return (config, Unlocked(config: config, sealer: sealer, key: key))
+        return (config, Unlocked(sealer: sealer, key: key))
     }
 
     static func configContext(_ repositoryId: String) -> Sealer.Context { Sealer.Context(kind: "config", id: repositoryId) }
@@ -123,8 +122,7 @@ public final class Repository: Sendable {
         var sealedSettings = config
         sealedSettings.encryption = "aes-256-gcm"
         let master = other.map { MasterKeys.generate(sharingChunkIdsOf: $0) } ?? MasterKeys.generate()
-        let key = try KeyFile.make(keys: master, secret: secret, repositoryId: config.repositoryId,
-                                   hostname: ProcessInfo.processInfo.hostName, username: FileSystem.environment("USER") ?? "")
+        let key = try KeyFile.make(keys: master, secret: secret, repositoryId: config.repositoryId)
         let sealed = try Sealer(keys: master).seal(RecordJSON.encode(sealedSettings), context: configContext(config.repositoryId))
         let envelope = EncryptedConfig(repositoryId: config.repositoryId, sealedConfig: Data(sealed).base64EncodedString())
         return (RecordJSON.encode(envelope), key)
@@ -394,7 +392,7 @@ public final class Repository: Sendable {
             try FileSystem.writeAtomically(try sealed(bytes, key), to: recordPath(id), temporaryDirectory: temporaryDirectory)
             return
         }
-        try writeMutable(try sealed(bytes, key), key: key, path: recordPath(id))
+        try writeMutable(bytes, key: key, path: recordPath(id))
     }
 
     // MARK: Sealing
@@ -519,9 +517,11 @@ public final class Repository: Sendable {
         try removeObject(key: "snapshots/\(id.rawValue).json", path: recordPath(id))
     }
 
-    /// A small mutable object: locally published atomically; in a bucket compare-and-swap on
-    /// the version of the cached copy (none: create-only), then the copy.
-    private func writeMutable(_ bytes: [UInt8], key: String, path: String) throws {
+    /// A small mutable object (sealed in an encrypted repository): locally published
+    /// atomically; in a bucket compare-and-swap on the version of the cached copy (none:
+    /// create-only), then the copy.
+    private func writeMutable(_ plain: [UInt8], key: String, path: String) throws {
+        let bytes = try sealed(plain, key)
         guard let remote else { return try publish(bytes, to: path) }
         let version = try remote.replace(BlobKey(validated: key), bytes, ifVersion: RepositoryCache.cachedVersion(path))
         try RepositoryCache.store(bytes, version: version, at: path, temporaryDirectory: temporaryDirectory)
@@ -559,8 +559,7 @@ public final class Repository: Sendable {
     }
 
     public func writeDisk(_ bytes: [UInt8], _ id: DiskID) throws {
-        let key = "disks/\(id.rawValue).json"
-        try writeMutable(try sealed(bytes, key), key: key, path: diskPath(id))
+        try writeMutable(bytes, key: "disks/\(id.rawValue).json", path: diskPath(id))
     }
 
     public func removeDisk(_ id: DiskID) throws {
@@ -571,7 +570,7 @@ public final class Repository: Sendable {
         try FileSystem.listDirectory(disksDirectory).filter { $0.hasSuffix(".json") }
     }
 
-    public func writeGCState(_ bytes: [UInt8]) throws { try writeMutable(try sealed(bytes, "gc.json"), key: "gc.json", path: gcStatePath) }
+    public func writeGCState(_ bytes: [UInt8]) throws { try writeMutable(bytes, key: "gc.json", path: gcStatePath) }
 
     public func removeGCState() throws { try removeObject(key: "gc.json", path: gcStatePath) }
 

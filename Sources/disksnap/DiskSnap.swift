@@ -87,9 +87,6 @@ struct GlobalOptions: ParsableArguments {
     }
 
 
-    /// Whether `location` names a bucket (`s3://`).
-    static func isBucket(_ location: String) -> Bool { S3Settings.isS3(location) }
-
     /// The bucket `s3://...` names: the store the repository uses (retrying transient
     /// faults) and the S3 store under it (for init's probe of conditional writes); nil for a directory.
     private static func bucket(_ location: String) throws -> (store: any BlobStore, s3: S3BlobStore)? {

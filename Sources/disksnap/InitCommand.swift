@@ -3,6 +3,7 @@ import DiskSnapFormat
 import DiskSnapStore
 import DiskSnapCatalog
 import DiskSnapSeal
+import DiskSnapS3
 
 struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a repository (create does this with defaults when needed).")
@@ -40,7 +41,7 @@ struct Init: ParsableCommand {
                 throw CatalogError.invalid("InvalidParameter.MaxSnapshots", "--max-snapshots \(cap) must be at least 1")
             }
             let encrypted: Bool
-            switch encryption ?? (GlobalOptions.isBucket(global.repositoryPath) ? "aes-256-gcm" : "none") {
+            switch encryption ?? (S3Settings.isS3(global.repositoryPath) ? "aes-256-gcm" : "none") {
             case "aes-256-gcm": encrypted = true
             case "none": encrypted = false
             case let other: throw CatalogError.invalid("InvalidParameter.Encryption", "--encryption '\(other)' is not aes-256-gcm or none")

@@ -78,10 +78,10 @@ import DiskSnapSys
         let chunk = [UInt8](repeating: 0x5a, count: 32768)
         let one = MasterKeys.generate(), other = MasterKeys.generate()
         let plain = chunk.withUnsafeBytes { ChunkDigest(hashing: $0) }
-        let keyed = chunk.withUnsafeBytes { one.chunkDigest(of: $0) }
+        let keyed = chunk.withUnsafeBytes { one.chunkIdentity.digest(of: $0) }
         #expect(keyed != plain)
-        #expect(keyed == chunk.withUnsafeBytes { one.chunkDigest(of: $0) })
-        #expect(keyed != chunk.withUnsafeBytes { other.chunkDigest(of: $0) })
+        #expect(keyed == chunk.withUnsafeBytes { one.chunkIdentity.digest(of: $0) })
+        #expect(keyed != chunk.withUnsafeBytes { other.chunkIdentity.digest(of: $0) })
     }
 
     /// A file sealed a page at a time reads back at any offset, and every way of cutting,
