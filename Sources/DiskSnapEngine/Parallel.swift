@@ -106,9 +106,11 @@ final class Concurrent<Value: Sendable>: @unchecked Sendable {
         thread.start()
     }
 
-    /// Waits for the value; rethrows what computing it threw. Call it once.
+    /// Waits for the value; rethrows what computing it threw. Any thread may ask, any
+    /// number of times.
     func value() throws -> Value {
         done.wait()
+        done.signal()  // for the next one to ask
         return try result!.get()
     }
 }

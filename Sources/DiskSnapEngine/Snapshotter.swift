@@ -261,8 +261,10 @@ public struct Snapshotter: Sendable {
         }
     }
 
+    /// Reads `source` into the repository. `whenRead` is called once every read is done,
+    /// before the packs and indexes are published.
     func run(source: Source, request: CreateRequest, record: inout SnapshotRecord, area: TemporaryArea,
-                     previous: SnapshotRecord?) throws {
+             previous: SnapshotRecord?, whenRead: () -> Void = {}) throws {
         let chunkSize = UInt64(repository.config.chunkSize.bytes)
         // Read after this snapshot's record was published: a gc that condemned packs before
         // then does not wait for this run, so the run must not rely on their chunks.
@@ -322,6 +324,7 @@ public struct Snapshotter: Sendable {
             record.crashConsistent = false
         }
         PhaseTimer.mark("create: pipeline done")
+        whenRead()
         let summary = try writer.finish()
         PhaseTimer.mark("create: packs and index segment published")
         let digest = try fixed.publish(in: repository, snapshotID: record.snapshotId,
@@ -376,6 +379,12 @@ extension Snapshotter {
         }
         return extra
     }
+}
+
+/// A value handed to one other thread, which alone uses it until it is done.
+struct Unshared<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 final class Counters: Sendable {
@@ -587,12 +596,31 @@ public final class AdmittedCreate: @unchecked Sendable {
         /// The identity probe of an incremental through a view, while the pipeline runs.
         var probing: Concurrent<DiskIdentity>?
         var warnings: [String] = []
-        /// Ends the NBD connections, then the view in QEMU (bitmaps stay): once the data is
-        /// read, a failure here is a warning, not a failed snapshot.
+        /// The view's teardown, once begun.
+        var closing: Concurrent<String?>?
+        /// Begins ending the view on another thread, once the pipeline has read all it needs:
+        /// the identity probe's reads end first, then the NBD connections, then the view in
+        /// QEMU (bitmaps stay). Its QMP round trips wait on QEMU while this thread publishes
+        /// the packs and indexes. Once the data is read, a failure here is a warning.
+        func startClosingView() {
+            guard closing == nil, let made = view else { return }
+            let readers = source?.view, running = probing, handoff = Unshared(made)
+            closing = Concurrent {
+                _ = try? running?.value()
+                readers?.close()
+                do { try handoff.value.close() } catch { return "tearing down the QEMU view: \(Snapshotter.describe(error))" }
+                return nil
+            }
+        }
+        var viewEnded = false
+        /// Ends the view and waits until it has ended.
         func closeView() {
-            source?.view?.close()
+            startClosingView()
+            if let ending = closing, !viewEnded {
+                viewEnded = true
+                if let warning = try? ending.value() { warnings.append(warning) }
+            }
             source = nil
-            do { try view?.close() } catch { warnings.append("tearing down the QEMU view: \(Snapshotter.describe(error))") }
         }
         do {
             if throughView {
@@ -735,7 +763,8 @@ public final class AdmittedCreate: @unchecked Sendable {
             if !request.allowLive, let mount = opened.writableMounts().first {
                 throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
             }
-            try snapshotter.run(source: opened, request: request, record: &record, area: area, previous: previous)
+            try snapshotter.run(source: opened, request: request, record: &record, area: area, previous: previous,
+                                whenRead: startClosingView)
             PhaseTimer.mark("create: data read and stored")
             if let running = probing {
                 probing = nil

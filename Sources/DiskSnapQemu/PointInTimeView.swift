@@ -91,21 +91,36 @@ public final class PointInTimeView {
     /// this run left in QEMU.
     public static func make(_ request: ViewRequest) throws -> PointInTimeView {
         let qmp = try QMPClient(socketPath: request.qmpSocket)
-        let commands = try qmp.commands()
-        let missing = neededCommands.filter { !commands.contains($0) }
-        guard missing.isEmpty, qmp.version >= minimumVersion else {
-            throw QemuError.unsupported("QEMU \(qmp.version) at \(request.qmpSocket) cannot make a point-in-time view\(missing.isEmpty ? "" : " (it lacks \(missing.joined(separator: ", ")))"): QEMU \(minimumVersion.major).\(minimumVersion.minor) or later is needed")
-        }
         try FileSystem.makeDirectories(request.runDirectory)
         let key = qemuKey(qmp)
         guard let lock = try FileLock.tryAcquire(path: "\(request.runDirectory)/\(key).lock", kind: .exclusive) else {
             throw QemuError.busy("Qemu.Busy", "another disksnap is making a point-in-time view on the QEMU at \(request.qmpSocket); try again when it ends")
         }
-        let view = try PointInTimeView(request: request, qmp: qmp, lock: lock, key: key)
-        return view
+        // What this QEMU can do and what it holds, in one round trip (read under the lock:
+        // whatever of ours is there was left by a killed run).
+        let state = try qmp.executeAll([("query-commands", [:]), ("query-block-exports", [:]), ("query-block-jobs", [:]),
+                                        ("query-jobs", [:]), ("query-named-block-nodes", ["flat": true])])
+        guard let list = try state[0].get() as? [QMPObject] else { throw QemuError.notQMP("query-commands answered with no list") }
+        let commands = Set(list.compactMap { $0["name"] as? String })
+        let missing = neededCommands.filter { !commands.contains($0) }
+        guard missing.isEmpty, qmp.version >= minimumVersion else {
+            throw QemuError.unsupported("QEMU \(qmp.version) at \(request.qmpSocket) cannot make a point-in-time view\(missing.isEmpty ? "" : " (it lacks \(missing.joined(separator: ", ")))"): QEMU \(minimumVersion.major).\(minimumVersion.minor) or later is needed")
+        }
+        let found = BlockState(exports: try state[1].get() as? [QMPObject] ?? [], blockJobs: try state[2].get() as? [QMPObject] ?? [],
+                               jobs: try state[3].get() as? [QMPObject] ?? [], nodes: try state[4].get())
+        return try PointInTimeView(request: request, qmp: qmp, lock: lock, key: key, found: found)
     }
 
-    private init(request: ViewRequest, qmp: QMPClient, lock: FileLock, key: String) throws {
+    /// What QEMU held when the view began: exports, jobs and block nodes.
+    struct BlockState {
+        var exports: [QMPObject]
+        var blockJobs: [QMPObject]
+        var jobs: [QMPObject]
+        /// `query-named-block-nodes` as QEMU answered it.
+        var nodes: Any
+    }
+
+    private init(request: ViewRequest, qmp: QMPClient, lock: FileLock, key: String, found: BlockState) throws {
         self.request = request
         self.qmp = qmp
         self.lock = lock
@@ -114,11 +129,14 @@ public final class PointInTimeView {
         tag = String(request.snapshotID.dropFirst(2))
         granularity = request.chunkSize
         var removed: [String] = []
-        try Self.removeStale(qmp: qmp, markerPath: markerPath, removed: &removed)
+        var nodeList = found.nodes
+        if try Self.removeStale(qmp: qmp, found: found, markerPath: markerPath, removed: &removed) {
+            nodeList = try qmp.execute("query-named-block-nodes", ["flat": true])
+        }
 
         let image = try FileSystem.status(request.imagePath)
         let cwd = qmp.peerProcessID.map { "/proc/\($0)/cwd" }
-        let nodes = QemuNode.parse(try qmp.execute("query-named-block-nodes", ["flat": true]))
+        let nodes = QemuNode.parse(nodeList)
         node = try NodeChoice.choose(nodes: nodes, named: request.node, imagePath: request.imagePath) { filename in
             let path = filename.hasPrefix("/") || cwd == nil ? filename : "\(cwd!)/\(filename)"
             guard let status = try? FileSystem.statusIfExists(path) else { return false }
@@ -229,16 +247,18 @@ public final class PointInTimeView {
     public func close() throws {
         guard !closed else { return }
         closed = true
-        var errors: [any Error] = []
-        do { try Self.deleteExport(qmp: qmp, id: exportID) } catch { errors.append(error) }
+        // What of this view exists (a failure part way through leaves some of it).
+        var errors: [QemuError] = []
+        let state = try qmp.executeAll([("query-block-exports", [:]), ("query-block-jobs", [:]), ("query-named-block-nodes", ["flat": true])])
+        let exports = ((try? state[0].get()) as? [QMPObject] ?? []).compactMap { $0["id"] as? String }.filter { $0 == exportID }
+        let jobs = ((try? state[1].get()) as? [QMPObject] ?? []).compactMap { $0["device"] as? String }.filter { $0 == backupJob }
+        let names = Set(QemuNode.parse((try? state[2].get()) ?? []).map(\.name))
+        errors += Self.tearDown(qmp: qmp, exports: exports, jobs: jobs, stopServer: startedServer,
+                                nodes: [overlayNode, fileNode].filter(names.contains)).map(\.error)
         if startedServer {
-            do { try qmp.execute("nbd-server-stop") } catch { errors.append(error) }
             try? FileSystem.removeIfExists(markerPath)
             try? FileSystem.removeIfExists(socketPath)
         }
-        do { try Self.cancelJob(qmp: qmp, id: backupJob) } catch { errors.append(error) }
-        do { try Self.deleteNode(qmp: qmp, name: overlayNode) } catch { errors.append(error) }
-        do { try Self.deleteNode(qmp: qmp, name: fileNode) } catch { errors.append(error) }
         try? FileSystem.removeIfExists(scratchPath)
         if let first = errors.first { throw first }
     }
@@ -246,23 +266,23 @@ public final class PointInTimeView {
     /// The snapshot is committed: the previous snapshot's bitmap and the frozen copy go; the
     /// new bitmap stays for the next snapshot.
     public func commit() throws {
-        if case .incremental(let base) = plan { try removeBitmap(base) }
-        if let temporaryBitmap { try removeBitmap(temporaryBitmap) }
+        var gone: [String] = []
+        if case .incremental(let base) = plan { gone.append(base) }
+        if let temporaryBitmap { gone.append(temporaryBitmap) }
+        try removeBitmaps(gone)
     }
 
     /// The snapshot failed: the new bitmap and the frozen copy go, the previous snapshot's
     /// bitmap stays (the next run reads what changed since it).
     public func abandon() {
-        if let newBitmap { try? removeBitmap(newBitmap) }
-        if let temporaryBitmap { try? removeBitmap(temporaryBitmap) }
+        try? removeBitmaps([newBitmap, temporaryBitmap].compactMap { $0 })
     }
 
-    private func removeBitmap(_ name: String) throws {
-        do {
-            try qmp.execute("block-dirty-bitmap-remove", ["node": node.name, "name": name])
-        } catch {
-            // Already gone is done.
-            guard error.message.contains("not found") || error.message.contains("Dirty bitmap") else { throw error }
+    /// Removes bitmaps of the node in one round trip; one already gone is done.
+    private func removeBitmaps(_ names: [String]) throws {
+        guard !names.isEmpty else { return }
+        for answer in try qmp.executeAll(names.map { ("block-dirty-bitmap-remove", ["node": node.name, "name": $0]) }) {
+            if case .failure(let error) = answer, !(error.message.contains("not found") || error.message.contains("Dirty bitmap")) { throw error }
         }
     }
 
@@ -280,71 +300,71 @@ public final class PointInTimeView {
         return "qemu-socket-\(String(digest, radix: 16))"
     }
 
-    /// What killed runs left on this QEMU: exports, the NBD server (when the marker says a
-    /// run of ours started it on this same QEMU), jobs, then nodes (overlays before the file
-    /// nodes under them). Bitmaps are the node's business: see `ChangeTracking.stale`.
-    private static func removeStale(qmp: QMPClient, markerPath: String, removed: inout [String]) throws {
-        let exports = try qmp.execute("query-block-exports") as? [QMPObject] ?? []
-        for export in exports {
-            guard let id = export["id"] as? String, id.hasPrefix(NodeChoice.ownPrefix) else { continue }
-            try deleteExport(qmp: qmp, id: id)
-            removed.append("export \(id)")
-        }
+    /// Removes what killed runs left on this QEMU, as `found` shows it: exports, the NBD
+    /// server (when the marker says a run of ours started it on this same QEMU), jobs, then
+    /// nodes (overlays before the file nodes under them). Bitmaps are the node's business:
+    /// see `ChangeTracking.stale`. Returns whether it removed a node.
+    private static func removeStale(qmp: QMPClient, found: BlockState, markerPath: String, removed: inout [String]) throws -> Bool {
+        let ours = { (id: String?) in id?.hasPrefix(NodeChoice.ownPrefix) ?? false }
+        let exports = found.exports.compactMap { $0["id"] as? String }.filter(ours)
+        var stopServer = false
         if FileSystem.exists(markerPath) {
             // The marker names this QEMU (its process id and start time are in the path):
             // the server running there is the one a killed run of ours started.
             // Unless someone has added an NBD export of their own to it since.
-            let otherExports = exports.filter { $0["type"] as? String == "nbd" && !($0["id"] as? String ?? "").hasPrefix(NodeChoice.ownPrefix) }
-            if otherExports.isEmpty {
-                do {
-                    try qmp.execute("nbd-server-stop")
-                    removed.append("NBD server")
-                } catch {}
-                try? FileSystem.removeIfExists(markerPath)
+            stopServer = !found.exports.contains { $0["type"] as? String == "nbd" && !ours($0["id"] as? String) }
+        }
+        let concluded = found.jobs.filter { ours($0["id"] as? String) && $0["status"] as? String == "concluded" }.compactMap { $0["id"] as? String }
+        // A concluded job has ended: it is dismissed, not cancelled.
+        let jobs = found.blockJobs.compactMap { $0["device"] as? String }.filter { ours($0) && !concluded.contains($0) }
+        let nodes = QemuNode.parse(found.nodes).map(\.name)
+        let staleNodes = ["disksnap-o-", "disksnap-f-"].flatMap { prefix in nodes.filter { $0.hasPrefix(prefix) } }
+        guard !exports.isEmpty || stopServer || !jobs.isEmpty || !concluded.isEmpty || !staleNodes.isEmpty else { return false }
+        _ = try? qmp.executeAll(concluded.map { ("job-dismiss", ["id": $0]) })
+        let failures = tearDown(qmp: qmp, exports: exports, jobs: jobs, stopServer: stopServer, nodes: staleNodes)
+        if stopServer { try? FileSystem.removeIfExists(markerPath) }
+        // A server that would not stop is left (another client may have started it).
+        if let failure = failures.first(where: { $0.what != "NBD server" }) { throw failure.error }
+        removed += exports.map { "export \($0)" } + (stopServer && !failures.contains { $0.what == "NBD server" } ? ["NBD server"] : [])
+            + jobs.map { "job \($0)" } + staleNodes.map { "node \($0)" }
+        return !staleNodes.isEmpty
+    }
+
+    /// Removes exports, block jobs and nodes of ours from QEMU, in the order their references
+    /// need, in three round trips: the exports (hard: their clients are cut off) and the jobs
+    /// (cancelled: the copy-before-write filter goes) together, each waited for by its event;
+    /// then, together, the NBD server (`stopServer`) and the nodes, in the order given (an
+    /// overlay before the file node under it). Every step is tried; the failures are
+    /// returned, each with what it was removing.
+    private static func tearDown(qmp: QMPClient, exports: [String], jobs: [String], stopServer: Bool, nodes: [String]) -> [(what: String, error: QemuError)] {
+        var failures: [(what: String, error: QemuError)] = []
+        func collect(_ answers: [Result<Any, QemuError>], _ what: [String]) {
+            for (answer, what) in zip(answers, what) { if case .failure(let error) = answer { failures.append((what, error)) } }
+        }
+        do {
+            let first = exports.map { ("block-export-del", ["id": $0, "mode": "hard"] as QMPObject) } + jobs.map { ("block-job-cancel", ["device": $0, "force": true] as QMPObject) }
+            if !first.isEmpty {
+                let answers = try qmp.executeAll(first)
+                collect(answers, exports.map { "export \($0)" } + jobs.map { "job \($0)" })
+                for (id, answer) in zip(exports, answers) where (try? answer.get()) != nil {
+                    _ = try qmp.waitForEvent("BLOCK_EXPORT_DELETED", timeout: 30) { $0["id"] as? String == id }
+                }
+                for (id, answer) in zip(jobs, answers.dropFirst(exports.count)) where (try? answer.get()) != nil {
+                    _ = try qmp.waitForEvent(["BLOCK_JOB_CANCELLED", "BLOCK_JOB_COMPLETED"], timeout: 30) { $0["device"] as? String == id }
+                }
             }
-        }
-        let jobs = try qmp.execute("query-block-jobs") as? [QMPObject] ?? []
-        for job in jobs {
-            guard let id = job["device"] as? String, id.hasPrefix(NodeChoice.ownPrefix) else { continue }
-            try cancelJob(qmp: qmp, id: id)
-            removed.append("job \(id)")
-        }
-        for job in try qmp.execute("query-jobs") as? [QMPObject] ?? [] {
-            guard let id = job["id"] as? String, id.hasPrefix(NodeChoice.ownPrefix), job["status"] as? String == "concluded" else { continue }
-            _ = try? qmp.execute("job-dismiss", ["id": id])
-        }
-        let nodes = QemuNode.parse(try qmp.execute("query-named-block-nodes", ["flat": true]))
-        for prefix in ["disksnap-o-", "disksnap-f-"] {
-            for node in nodes where node.name.hasPrefix(prefix) {
-                try deleteNode(qmp: qmp, name: node.name)
-                removed.append("node \(node.name)")
+            // A file node made with its overlay goes with it: not finding it then is done.
+            let last = (stopServer ? [("nbd-server-stop", [:] as QMPObject)] : []) + nodes.map { ("blockdev-del", ["node-name": $0] as QMPObject) }
+            if !last.isEmpty {
+                let answers = try qmp.executeAll(last).map { answer -> Result<Any, QemuError> in
+                    if case .failure(let error) = answer, error.message.hasPrefix("blockdev-del: Failed to find node") { return .success([:] as QMPObject) }
+                    return answer
+                }
+                collect(answers, (stopServer ? ["NBD server"] : []) + nodes.map { "node \($0)" })
             }
+        } catch {
+            failures.append(("QEMU", error))
         }
-    }
-
-    private static func deleteExport(qmp: QMPClient, id: String) throws {
-        let exports = try qmp.execute("query-block-exports") as? [QMPObject] ?? []
-        guard exports.contains(where: { $0["id"] as? String == id }) else { return }
-        try qmp.execute("block-export-del", ["id": id, "mode": "hard"])
-        _ = try qmp.waitForEvent("BLOCK_EXPORT_DELETED", timeout: 30) { $0["id"] as? String == id }
-    }
-
-    private static func cancelJob(qmp: QMPClient, id: String) throws {
-        func present() throws -> Bool {
-            (try qmp.execute("query-block-jobs") as? [QMPObject] ?? []).contains { $0["device"] as? String == id }
-        }
-        guard try present() else { return }
-        try qmp.execute("block-job-cancel", ["device": id, "force": true])
-        let deadline = Date().addingTimeInterval(30)
-        while try present() {
-            guard Date() < deadline else { throw QemuError.gone("block job \(id) did not end within 30 s of its cancel") }
-            usleep(5_000)
-        }
-    }
-
-    private static func deleteNode(qmp: QMPClient, name: String) throws {
-        let nodes = QemuNode.parse(try qmp.execute("query-named-block-nodes", ["flat": true]))
-        guard nodes.contains(where: { $0.name == name }) else { return }
-        try qmp.execute("blockdev-del", ["node-name": name])
+        return failures
     }
 }

@@ -54,49 +54,76 @@ public final class QMPClient {
     /// `Qemu.CommandFailed` with QEMU's description.
     @discardableResult
     public func execute(_ command: String, _ arguments: QMPObject = [:]) throws(QemuError) -> Any {
-        let id = "disksnap-\(nextID)"
-        nextID += 1
-        var message: QMPObject = ["execute": command, "id": id]
-        if !arguments.isEmpty { message["arguments"] = arguments }
-        let data: Data
-        do {
-            data = try JSONSerialization.data(withJSONObject: message)
-        } catch {
-            throw QemuError("Qemu.CommandFailed", "\(command): its arguments are not JSON (\(error))", exitStatus: .internalError)
+        try executeAll([(command, arguments)])[0].get()
+    }
+
+    /// Sends `commands` in one write and waits for all their answers: one round trip where
+    /// `execute` takes one per command (a few tenths of a millisecond each, spent waiting on
+    /// QEMU's main loop). QEMU runs them one after the other, in order, as if sent one at a
+    /// time, so a command that fails does not stop the ones after it: send together only
+    /// commands that are right to run whatever the earlier ones answer. Each answer is the
+    /// command's `return` value or its `Qemu.CommandFailed`; a lost connection throws.
+    public func executeAll(_ commands: [(command: String, arguments: QMPObject)]) throws(QemuError) -> [Result<Any, QemuError>] {
+        var ids: [String] = []
+        var lines: [UInt8] = []
+        for (command, arguments) in commands {
+            let id = "disksnap-\(nextID)"
+            nextID += 1
+            ids.append(id)
+            var message: QMPObject = ["execute": command, "id": id]
+            if !arguments.isEmpty { message["arguments"] = arguments }
+            do {
+                lines += try JSONSerialization.data(withJSONObject: message) + [0x0A]
+            } catch {
+                throw QemuError("Qemu.CommandFailed", "\(command): its arguments are not JSON (\(error))", exitStatus: .internalError)
+            }
         }
         do {
-            try socket.write(Array(data) + [0x0A])
+            try socket.write(lines)
         } catch {
-            throw QemuError.gone("QEMU at \(socketPath) went away (\(error.message)) before \(command)")
+            throw QemuError.gone("QEMU at \(socketPath) went away (\(error.message)) before \(commands.map(\.command).joined(separator: ", "))")
         }
-        while true {
+        var answers = [Result<Any, QemuError>?](repeating: nil, count: commands.count)
+        var waiting = commands.count
+        while waiting > 0 {
             let reply = try Self.readObject(socket: socket, buffer: &buffer, path: socketPath)
             if reply["event"] != nil {
                 events.append(reply)
                 continue
             }
-            if let replyID = reply["id"] as? String, replyID != id { continue }
+            // An answer to a command of an earlier call that gave up on it is dropped; one
+            // without an id (QEMU could not parse a request) is the oldest one's.
+            let replyID = reply["id"] as? String
+            guard let i = replyID.map({ ids.firstIndex(of: $0) }) ?? answers.firstIndex(where: { $0 == nil }), answers[i] == nil else { continue }
+            let command = commands[i].command
             if let error = reply["error"] as? QMPObject {
-                throw QemuError.commandFailed(command, error["class"] as? String ?? "GenericError", error["desc"] as? String ?? "(no description)")
-            }
-            guard let value = reply["return"] else {
+                answers[i] = .failure(.commandFailed(command, error["class"] as? String ?? "GenericError", error["desc"] as? String ?? "(no description)"))
+            } else if let value = reply["return"] {
+                answers[i] = .success(value)
+            } else {
                 throw QemuError.notQMP("\(socketPath) answered \(command) with neither return nor error")
             }
-            return value
+            waiting -= 1
         }
+        return answers.map { $0! }
     }
 
     /// Waits up to `timeout` seconds for an event named `name` for which `matches` holds
     /// (those already received count), and removes it from `events`.
     public func waitForEvent(_ name: String, timeout: Double, matching matches: (QMPObject) -> Bool = { _ in true }) throws(QemuError) -> QMPObject {
+        try waitForEvent([name], timeout: timeout, matching: matches)
+    }
+
+    /// Waits for an event with one of `names` (the first to come).
+    public func waitForEvent(_ names: Set<String>, timeout: Double, matching matches: (QMPObject) -> Bool = { _ in true }) throws(QemuError) -> QMPObject {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
-            if let i = events.firstIndex(where: { $0["event"] as? String == name && matches($0["data"] as? QMPObject ?? [:]) }) {
+            if let i = events.firstIndex(where: { names.contains($0["event"] as? String ?? "") && matches($0["data"] as? QMPObject ?? [:]) }) {
                 return events.remove(at: i)
             }
             // QEMU sends events as they happen: wait on the socket, not on a timer.
             guard let object = try Self.readObject(socket: socket, buffer: &buffer, path: socketPath, deadline: deadline) else {
-                throw QemuError.gone("QEMU at \(socketPath) sent no \(name) event within \(Int(timeout)) s")
+                throw QemuError.gone("QEMU at \(socketPath) sent no \(names.sorted().joined(separator: " or ")) event within \(Int(timeout)) s")
             }
             if object["event"] != nil { events.append(object) }  // a late reply to nothing we wait for is dropped
         }

@@ -7,6 +7,7 @@ import DiskSnapEngine
 
 struct Auto: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "auto",
         abstract: "Take an automatic snapshot of a disk, then expire automatic snapshots beyond the policy.",
         discussion: "Names are 'auto-' plus a UTC timestamp. When the disk is at its limit, the oldest automatic snapshots make room; manual snapshots are never deleted.")
 

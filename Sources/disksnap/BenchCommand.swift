@@ -6,6 +6,7 @@ import DiskSnapEngine
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "bench",
         abstract: "Measure the chunking core: read, zero check, SHA-256 and zstd per stage on every core, then a snapshot and a restore (no repository needed).")
 
     @Argument(help: "Image or block device to measure (default: a generated image).") var source: String?

@@ -2,7 +2,7 @@ import ArgumentParser
 import DiskSnapEngine
 
 struct Check: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Verify the repository; exit 0 only when all is well.")
+    static let configuration = CommandConfiguration(commandName: "check", abstract: "Verify the repository; exit 0 only when all is well.")
 
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Also decompress every stored chunk and check its digest.")

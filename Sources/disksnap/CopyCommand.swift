@@ -6,6 +6,7 @@ import DiskSnapStore
 
 struct Copy: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "copy",
         abstract: "Copy snapshots to another repository (a directory or s3://BUCKET[/PREFIX]).",
         discussion: "Only chunks the target lacks are read, each verified against its digest; the target's rules apply (names, quotas). A snapshot the target holds already is skipped, and a copy that was interrupted resumes where its last checkpoint left it when run again.")
 

@@ -6,7 +6,7 @@ import DiskSnapEngine
 import DiskSnapQemu
 
 struct Create: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Snapshot a disk: a registered disk's id or name, or a path (registered on first use).")
+    static let configuration = CommandConfiguration(commandName: "create", abstract: "Snapshot a disk: a registered disk's id or name, or a path (registered on first use).")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Disk id, disk name, raw image file or block device (with --domain: optional, the domain's disk).")

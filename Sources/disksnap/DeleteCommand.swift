@@ -3,7 +3,7 @@ import DiskSnapCatalog
 import DiskSnapEngine
 
 struct Delete: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Delete snapshots (their chunks stay until gc).")
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete snapshots (their chunks stay until gc).")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Snapshot ids or names.")

@@ -5,6 +5,7 @@ import DiskSnapEngine
 
 struct Diff: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "diff",
         abstract: "Show the byte ranges that changed between two snapshots, or between a snapshot and a disk now.",
         discussion: "Between two snapshots only their indexes are read. Against a disk (a path, or a registered disk's name or id; by default the snapshot's own disk) the disk is read and hashed chunk by chunk. Ranges are whole chunks, merged; each names the recorded partitions it overlaps.")
 

@@ -4,7 +4,7 @@ import DiskSnapStore
 import DiskSnapCatalog
 
 struct Disk: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Register, list, show and remove disks.",
+    static let configuration = CommandConfiguration(commandName: "disk", abstract: "Register, list, show and remove disks.",
                                                     subcommands: [DiskAdd.self, DiskList.self, DiskShow.self, DiskRemove.self, DiskScan.self])
 }
 

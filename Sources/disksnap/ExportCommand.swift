@@ -5,6 +5,7 @@ import DiskSnapServe
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "export",
         abstract: "Serve a snapshot read-only over NBD, for qemu-img, nbdcopy, nbdinfo or a VM.",
         discussion: """
             Runs until interrupted (Ctrl-C, SIGTERM). Clients connect to nbd+unix:///?socket=PATH or \

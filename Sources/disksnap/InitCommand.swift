@@ -6,7 +6,7 @@ import DiskSnapSeal
 import DiskSnapS3
 
 struct Init: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create a repository (create does this with defaults when needed).")
+    static let configuration = CommandConfiguration(commandName: "init", abstract: "Create a repository (create does this with defaults when needed).")
 
     @OptionGroup var global: GlobalOptions
     @Option(help: "Chunk size: a power of two from 64K to 16M (default 64K).")

@@ -7,6 +7,7 @@ import DiskSnapEngine
 
 struct Key: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "key",
         abstract: "List, add, change and remove the keys of an encrypted repository.",
         discussion: "Each key file wraps the repository's master keys under one passphrase (or key file); any of them opens the repository. Changing or removing one rewrites that file alone.",
         subcommands: [KeyList.self, KeyAdd.self, KeyPasswd.self, KeyRemove.self])

@@ -5,7 +5,7 @@ import DiskSnapStore
 import DiskSnapEngine
 
 struct List: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List snapshots, oldest first.")
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List snapshots, oldest first.")
 
     @OptionGroup var global: GlobalOptions
     @Option(help: "Only snapshots of this disk (id, name or path).")

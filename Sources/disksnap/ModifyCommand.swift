@@ -3,7 +3,7 @@ import DiskSnapFormat
 import DiskSnapEngine
 
 struct Modify: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Change a snapshot's name or description (under the profile's rules).")
+    static let configuration = CommandConfiguration(commandName: "modify", abstract: "Change a snapshot's name or description (under the profile's rules).")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Snapshot id or name.") var snapshot: String

@@ -5,6 +5,7 @@ import DiskSnapServe
 
 struct Mount: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "mount",
         abstract: "Show a snapshot as read-only disk images through FUSE, to read single files without a restore.",
         discussion: """
             MOUNTPOINT holds disk.img and part1.img, part2.img, ... (the partitions recorded at snapshot \

@@ -4,7 +4,7 @@ import DiskSnapCatalog
 import DiskSnapQcow2
 
 struct Probe: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Tell what is on a disk image or block device (libblkid): table, partitions, filesystems.")
+    static let configuration = CommandConfiguration(commandName: "probe", abstract: "Tell what is on a disk image or block device (libblkid): table, partitions, filesystems.")
 
     @Argument(help: "Disk image file, block device, or UUID=/LABEL=/PARTUUID=/PTUUID= of a device.") var source: String
     @Flag(help: "Print the identity as JSON.") var json = false

@@ -5,6 +5,7 @@ import DiskSnapEngine
 
 struct Prune: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "prune",
         abstract: "Delete the snapshots a retention policy does not keep (then run gc to free their chunks).",
         discussion: "Per disk: the N newest (--keep-last), and the newest of each of the last N days, ISO weeks and months (UTC) that have one. Only accomplished snapshots are considered. --dry-run prints the plan with the reason for each kept snapshot.")
 

@@ -4,6 +4,7 @@ import DiskSnapEngine
 
 struct Restore: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "restore",
         abstract: "Write a snapshot's exact bytes to a file or block device.",
         discussion: "With --in-place, TARGET is the existing disk: it is read and hashed chunk by chunk and only the chunks that differ from the snapshot are written (and a file's size set). An interrupted in-place restore is finished by running it again.")
 

@@ -8,6 +8,7 @@ import DiskSnapAPIWire
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "serve",
         abstract: "Answer the cloud documents' HTTP APIs for this repository, for the official SDKs (docs/API.md).",
         discussion: "Every request must be signed with a key pair of the repository's credentials file (--new-key makes one). An address beyond loopback needs --tls-cert and --tls-key.")
 

@@ -5,7 +5,7 @@ import DiskSnapCatalog
 import DiskSnapEngine
 
 struct Show: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show one snapshot, by id or name.")
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one snapshot, by id or name.")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Snapshot id or name.")

@@ -2,7 +2,7 @@ import ArgumentParser
 import DiskSnapEngine
 
 struct Stats: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Repository totals: chunks, stored bytes, packs, snapshots.")
+    static let configuration = CommandConfiguration(commandName: "stats", abstract: "Repository totals: chunks, stored bytes, packs, snapshots.")
 
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print the totals as JSON.")

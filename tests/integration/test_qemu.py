@@ -509,7 +509,9 @@ def fake_server(path, behaviour):
                 conn, _ = server.accept()
             except OSError:
                 return
-            f = conn.makefile("rw")
+            # Binary: a text file over the socket drops the lines it has read ahead when it
+            # writes, and disksnap sends several commands in one write.
+            f = conn.makefile("rwb")
             try:
                 behaviour(f)
             except (OSError, ValueError):
@@ -523,19 +525,19 @@ def fake_server(path, behaviour):
 def test_sockets_that_are_not_a_usable_qmp(ds, tmp_path, vm_image):
     cases = []
     chatty = str(tmp_path / "chatty.sock")
-    cases.append((fake_server(chatty, lambda f: (f.write("hello, I am not QEMU\n"), f.flush())), chatty, 2, "Qemu.NotQmp"))
+    cases.append((fake_server(chatty, lambda f: (f.write(b"hello, I am not QEMU\n"), f.flush())), chatty, 2, "Qemu.NotQmp"))
 
     silent = str(tmp_path / "silent.sock")
     cases.append((fake_server(silent, lambda f: time.sleep(8)), silent, 2, "Qemu.NotQmp"))
 
     def old_qemu(f):
-        f.write(json.dumps({"QMP": {"version": {"qemu": {"major": 4, "minor": 2, "micro": 0}, "package": ""}, "capabilities": []}}) + "\n")
+        f.write(json.dumps({"QMP": {"version": {"qemu": {"major": 4, "minor": 2, "micro": 0}, "package": ""}, "capabilities": []}}).encode() + b"\n")
         f.flush()
         while line := f.readline():
             req = json.loads(line)
             ret = [{"name": n} for n in ["qmp_capabilities", "query-commands", "transaction", "blockdev-add", "blockdev-backup"]] \
                 if req["execute"] == "query-commands" else {}
-            f.write(json.dumps({"return": ret, "id": req.get("id")}) + "\n")
+            f.write(json.dumps({"return": ret, "id": req.get("id")}).encode() + b"\n")
             f.flush()
     old = str(tmp_path / "old.sock")
     cases.append((fake_server(old, old_qemu), old, 2, "Qemu.Unsupported"))
