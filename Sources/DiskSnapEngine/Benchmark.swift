@@ -44,7 +44,7 @@ public struct Benchmark {
     public func run(source path: String, chunkSize: ChunkSize, compression: Compression, scratch: String) throws -> Result {
         let source = try Source.open(path)
         let size = UInt64(chunkSize.bytes)
-        let runs = WorkPlan.runs(dataRanges: source.dataRanges, chunkSize: size, maxChunks: UInt64(max(1, Snapshotter.runBytes / chunkSize.bytes)))
+        let runs = WorkPlan.runs(dataRanges: try source.allDataRanges(), chunkSize: size, maxChunks: UInt64(max(1, Snapshotter.runBytes / chunkSize.bytes)))
         let allocated = runs.reduce(UInt64(0)) { $0 + min($1.end * size, source.size) - $1.first * size }
         _ = try pass(compression, source, runs, size, perChunk: false)  // warm the page cache
         let timed = try pass(compression, source, runs, size, perChunk: false)

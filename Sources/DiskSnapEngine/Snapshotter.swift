@@ -277,17 +277,19 @@ public struct Snapshotter: Sendable {
         let writer = ChunkWriter(repository: repository, store: index, area: area, expectedChunks: record.chunkCount)
         let fixed = try FixedIndexBuilder(path: area.path("index.fidx"), diskSize: source.size, chunkSize: UInt32(chunkSize))
         let counters = Counters()
-        var toRead = source.dataRanges
-        if let changed = source.changedRanges {
-            if let previousIndex, previousIndex.header.diskSize == source.size, previousIndex.header.chunkSize == UInt32(chunkSize) {
-                let extra = try Self.carryUnchanged(from: previousIndex, changed: changed, into: fixed, writer: writer,
-                                                     verify: !condemned.isEmpty, diskSize: source.size, counters: counters)
-                toRead = (changed + extra).sorted { $0.start < $1.start }
-                record.changeTracking?.changedBytes = changed.reduce(0) { $0 + $1.count }
-            } else {
+        var toRead: [ByteRange]
+        if let changed = source.changedRanges, let previousIndex, previousIndex.header.diskSize == source.size,
+           previousIndex.header.chunkSize == UInt32(chunkSize) {
+            let extra = try Self.carryUnchanged(from: previousIndex, changed: changed, into: fixed, writer: writer,
+                                                 verify: !condemned.isEmpty, diskSize: source.size, counters: counters)
+            toRead = (changed + extra).sorted { $0.start < $1.start }
+            record.changeTracking?.changedBytes = changed.reduce(0) { $0 + $1.count }
+        } else {
+            if source.changedRanges != nil {
                 record.changeTracking?.baseSnapshotId = nil
                 record.changeTracking?.fullReadReason = "the previous snapshot's fixed index does not verify (check reports it)"
             }
+            toRead = try source.allDataRanges()
         }
         PhaseTimer.mark("create: previous snapshot's entries carried")
         let runs = WorkPlan.runs(dataRanges: toRead, chunkSize: chunkSize,
@@ -312,7 +314,7 @@ public struct Snapshotter: Sendable {
         try runParallel(workers: min(request.workers, max(runs.count, 1)), queue: WorkQueue(count: runs.count), progress: progress, tick: tick) { _, queue in
             try pipeline.work(queue)
         }
-        pipeline.cache?.releaseHoles(after: source.dataRanges, size: source.size,
+        pipeline.cache?.releaseHoles(after: source.dataRanges ?? [], size: source.size,
                                      reach: UInt64((Self.readaheadRuns + 1) * Self.runBytes))
         if let change = try source.changeSinceOpen() {
             if !request.allowLive {

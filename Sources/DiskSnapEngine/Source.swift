@@ -17,16 +17,32 @@ struct Source {
     /// The guest disk's size (a qcow2 image's virtual size).
     let size: UInt64
     let statusBefore: FileStatus
-    /// Byte ranges that may hold data; the rest is holes and is never read.
-    let dataRanges: [ByteRange]
+    /// Byte ranges that may hold data; the rest is holes and is never read. Nil through a
+    /// view with change tracking: an incremental reads the changed ranges alone, and
+    /// `allDataRanges()` asks QEMU for these only if it falls back to a full read.
+    let dataRanges: [ByteRange]?
     /// Set for a qcow2 image: reads go through its L1/L2 tables and backing chain.
     var qcow2: Qcow2Image? = nil
     /// Set for a running QEMU's disk: reads go to its point-in-time view over NBD, and
     /// `file` (the image QEMU writes) only names it.
     var view: NBDReaders? = nil
     /// For an incremental through change tracking: the ranges changed since the previous
-    /// snapshot, in order (`dataRanges` still lists everything that may hold data).
+    /// snapshot, in order.
     var changedRanges: [ByteRange]? = nil
+
+    /// `dataRanges`, asked of the view's `base:allocation` when they were left unasked.
+    func allDataRanges() throws -> [ByteRange] {
+        if let dataRanges { return dataRanges }
+        let client = try view!.checkOut()
+        defer { view!.checkIn(client) }
+        return try Self.allocated(client)
+    }
+
+    /// The extents of the export that may hold data (zero extents need no read).
+    private static func allocated(_ client: NBDClient) throws -> [ByteRange] {
+        try client.extents(context: NBDClient.allocationContext, offset: 0, length: client.size)
+            .filter { $0.flags & NBDClient.stateZero == 0 }.map { ByteRange(start: $0.offset, end: $0.end) }
+    }
 
     /// Reads disk bytes (guest bytes for a qcow2 image).
     func readExactly(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
@@ -73,8 +89,6 @@ struct Source {
     static func open(view: any LiveDiskView, path: String) throws -> Source {
         let first = try NBDClient(socketPath: view.socketPath, exportName: view.exportName,
                                   metaContexts: [NBDClient.allocationContext] + (view.dirtyContext.map { [$0] } ?? []))
-        let allocation = try first.extents(context: NBDClient.allocationContext, offset: 0, length: first.size)
-        let data = allocation.filter { $0.flags & NBDClient.stateZero == 0 }.map { ByteRange(start: $0.offset, end: $0.end) }
         var changed: [ByteRange]?
         if let context = view.dirtyContext {
             guard first.supports(context) else {
@@ -83,6 +97,9 @@ struct Source {
             changed = try first.extents(context: context, offset: 0, length: first.size)
                 .filter { $0.flags & NBDClient.stateDirty != 0 }.map { ByteRange(start: $0.offset, end: $0.end) }
         }
+        // An incremental's allocation would be thousands of extents QEMU works out through
+        // the overlay and the image's tables (2 ms of 6,400 here): asked only if needed.
+        let data = changed == nil ? try allocated(first) : nil
         let file = try OpenFile(path: path)
         var source = Source(path: path, file: file, kind: .file, size: first.size, statusBefore: try file.status(),
                             dataRanges: data)
