@@ -38,7 +38,7 @@ final class FixedIndexBuilder: Sendable {
 }
 
 /// Reads a published fixed index after checking its header and the checksum of its entries.
-struct FixedIndexReader {
+struct FixedIndexReader: Sendable {
     let header: FixedIndexHeader
     let file: any RandomAccessReading
 

@@ -261,10 +261,11 @@ public struct Snapshotter: Sendable {
         }
     }
 
-    /// Reads `source` into the repository. `whenRead` is called once every read is done,
-    /// before the packs and indexes are published.
+    /// Reads `source` into the repository. `previousIndex`, when given, opens the fixed index
+    /// of `previous` (already being opened on another thread). `whenRead` is called once every
+    /// read is done, before the packs and indexes are published.
     func run(source: Source, request: CreateRequest, record: inout SnapshotRecord, area: TemporaryArea,
-             previous: SnapshotRecord?, whenRead: () -> Void = {}) throws {
+             previous: SnapshotRecord?, previousIndex opening: (() -> FixedIndexReader?)? = nil, whenRead: () -> Void = {}) throws {
         let chunkSize = UInt64(repository.config.chunkSize.bytes)
         // Read after this snapshot's record was published: a gc that condemned packs before
         // then does not wait for this run, so the run must not rely on their chunks.
@@ -273,7 +274,7 @@ public struct Snapshotter: Sendable {
         PhaseTimer.mark("create: chunk index opened")
         TestHooks.pause(at: "create-after-index")
         // A previous snapshot whose fixed index does not verify is not used (check reports it).
-        let previousIndex = previous.flatMap { try? FixedIndexReader(repository, $0.snapshotId) }
+        let previousIndex = opening.map { $0() } ?? previous.flatMap { try? FixedIndexReader(repository, $0.snapshotId) }
         let writer = ChunkWriter(repository: repository, store: index, area: area, expectedChunks: record.chunkCount)
         let fixed = try FixedIndexBuilder(path: area.path("index.fidx"), diskSize: source.size, chunkSize: UInt32(chunkSize))
         let counters = Counters()
@@ -590,6 +591,8 @@ public final class AdmittedCreate: @unchecked Sendable {
         // The disk's latest accomplished snapshot: the fast path's reference, and the base
         // of change tracking.
         let previous = Catalog.latestAccomplished(of: disk.diskId, chunkSize: record.chunkSize, among: live)
+        // Its fixed index (read whole and verified) is opened while QEMU makes the view.
+        let previousIndex = throughView ? previous.map { base in Concurrent { try? FixedIndexReader(repository, base.snapshotId) } } : nil
         var view: (any LiveDiskView)?
         var clone: ReflinkClone?
         defer { clone?.remove() }
@@ -766,7 +769,7 @@ public final class AdmittedCreate: @unchecked Sendable {
                 throw EngineError.sourceInUse("\(disk.path) is mounted read-write at \(mount.mountPoint); a snapshot of it would not be one point in time (unmount it, remount it read-only, or pass --allow-live)")
             }
             try snapshotter.run(source: opened, request: request, record: &record, area: area, previous: previous,
-                                whenRead: startClosingView)
+                                previousIndex: previousIndex.map { opening in { try? opening.value() } }, whenRead: startClosingView)
             PhaseTimer.mark("create: data read and stored")
             if let running = probing {
                 probing = nil

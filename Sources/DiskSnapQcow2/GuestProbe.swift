@@ -23,16 +23,14 @@ public enum GuestProbe {
         let copy = try OpenFile(path: temporary, mode: [.readWrite, .create, .exclusive])
         defer { try? FileSystem.removeIfExists(temporary) }
         try copy.truncate(to: size)
-        var buffer = [UInt8](repeating: 0, count: Int(window))
+        let buffer = MemoryPolicy.allocateLarge(byteCount: Int(window))
+        defer { buffer.deallocate() }
         func copyRange(_ start: UInt64, _ end: UInt64) throws {
             let lower = min(start, size), upper = min(end, size)
             guard lower < upper else { return }
-            let count = Int(upper - lower)
-            try buffer.withUnsafeMutableBytes { raw in
-                let slot = UnsafeMutableRawBufferPointer(rebasing: raw[..<count])
-                try read(slot, lower)
-                if !isAllZero(UnsafeRawBufferPointer(slot)) { try copy.write(UnsafeRawBufferPointer(slot), at: lower) }
-            }
+            let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(upper - lower)])
+            try read(slot, lower)
+            if !isAllZero(UnsafeRawBufferPointer(slot)) { try copy.write(UnsafeRawBufferPointer(slot), at: lower) }
         }
         try copyRange(0, window)
         try copyRange(size > window ? size - window : 0, size)

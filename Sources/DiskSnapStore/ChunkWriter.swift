@@ -129,7 +129,6 @@ public final class ChunkWriter: Sendable {
 /// gets every byte that way. Not shared between threads.
 public final class PackBuilder {
     static let stagingBytes = 4 << 20
-    private static let alignment = 4096
 
     private struct OpenPack {
         let id: PackID
@@ -148,8 +147,8 @@ public final class PackBuilder {
     private let compressor: ZstdCompressor?
     private let probe = CompressionProbe()
     /// The staging buffer being filled, and the other one, whose write may be in flight.
-    private var staging = UnsafeMutableRawBufferPointer.allocate(byteCount: PackBuilder.stagingBytes, alignment: PackBuilder.alignment)
-    private var spare = UnsafeMutableRawBufferPointer.allocate(byteCount: PackBuilder.stagingBytes, alignment: PackBuilder.alignment)
+    private var staging = MemoryPolicy.allocateLarge(byteCount: PackBuilder.stagingBytes)
+    private var spare = MemoryPolicy.allocateLarge(byteCount: PackBuilder.stagingBytes)
     private let background = BackgroundWrite()
     private var fill = 0
     private var current: OpenPack?
