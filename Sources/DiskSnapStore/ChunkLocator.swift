@@ -27,12 +27,14 @@ public struct ChunkLocation: Sendable, Equatable {
 
 /// The chunk index as a command sees it: every segment under `index/`, opened (header, pack
 /// table and fanout in memory) but not loaded. A lookup probes each segment's Bloom filter
-/// (one 64-byte read) and reads the one or two pages the fanout names only on a "maybe": a
+/// (one 64-byte read; a small filter is kept once read) and reads the one or two pages the
+/// fanout names only on a "maybe": a
 /// digest is present only when a verified entry carries the full 32-byte digest. Memory is
 /// the pack table (16 bytes per pack) and ~4 bytes per 63 entries of fanout, whatever the
-/// store's size (version 1-2 segments are loaded whole until compaction rewrites them).
+/// store's size, plus small Bloom filters (version 1-2 segments are loaded whole until
+/// compaction rewrites them).
 ///
-/// Immutable while a command runs; thread-safe (pread only).
+/// Unchanged while a command runs; thread-safe.
 public final class ChunkLocator: Sendable {
     public let packs: [PackID]
     private let segments: [any IndexSegment]

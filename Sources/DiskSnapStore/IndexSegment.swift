@@ -3,6 +3,7 @@ import Glibc
 #endif
 import DiskSnapSys
 import DiskSnapFormat
+import Synchronization
 
 /// One chunk index segment as the store reads it: sorted entries to look a digest up in and
 /// to stream in digest order. Version 3 segments are read a page at a time (`SortedSegment`);
@@ -45,13 +46,19 @@ public enum IndexSegments {
 }
 
 /// A version 3 segment: header, pack table and fanout in memory; pages read on demand and
-/// verified against their checksums; the Bloom filter probed with one 64-byte read.
+/// verified against their checksums; the Bloom filter probed with one 64-byte read, or, when
+/// it is at most `residentBloomBytes`, read whole at the first probe and kept.
 public final class SortedSegment: IndexSegment {
     public let path: String
     public let header: SortedSegmentFormat.Header
     public let packs: [PackID]
     private let fanout: [UInt32]
     private let file: any RandomAccessReading
+    /// A Bloom filter this small (800,000 entries) is kept in memory once probed: a tracked
+    /// incremental probes every segment for each new chunk, a read each (2,400 per run here).
+    public static let residentBloomBytes = 1 << 20
+    private let residentBloom = Mutex<[UInt8]?>(nil)
+    private let keepsBloom: Bool
     /// Pages a stream (cursor, `forEach`) reads at once: 64 KiB per input of a k-way merge.
     static let pagesPerRead = 16
 
@@ -59,9 +66,12 @@ public final class SortedSegment: IndexSegment {
     public var storedBytes: UInt64 { header.storedBytes }
     public var rawBytes: UInt64 { header.rawBytes }
 
-    public convenience init(path: String) throws { try self.init(file: try OpenFile(path: path)) }
+    /// `residentBloomBytes`: the largest Bloom filter kept in memory once probed.
+    public convenience init(path: String, residentBloomBytes: Int = SortedSegment.residentBloomBytes) throws {
+        try self.init(file: try OpenFile(path: path), residentBloomBytes: residentBloomBytes)
+    }
 
-    init(file: any RandomAccessReading) throws {
+    init(file: any RandomAccessReading, residentBloomBytes: Int = SortedSegment.residentBloomBytes) throws {
         self.file = file
         path = file.path
         let size = try file.size()
@@ -93,24 +103,45 @@ public final class SortedSegment: IndexSegment {
             throw FormatError(file: path, "fanout table counts \(previous) entries, the header \(header.entryCount)")
         }
         self.fanout = fanout
+        keepsBloom = header.bloomBlocks * UInt64(SortedSegmentFormat.bloomBlockSize) <= UInt64(residentBloomBytes)
     }
 
     public func mayContain(_ digest: ChunkDigest) throws -> Bool {
         guard header.entryCount > 0 else { return false }
         let block = SortedSegmentFormat.bloomBlock(digest, blocks: header.bloomBlocks)
+        let blockSize = SortedSegmentFormat.bloomBlockSize
+        if keepsBloom {
+            return try residentBloom.withLock { (resident: inout [UInt8]?) throws -> Bool in
+                if resident == nil { resident = try readBloom() }
+                return resident!.withUnsafeBytes { Self.probe(digest, UnsafeRawBufferPointer(rebasing: $0[Int(block) * blockSize..<(Int(block) + 1) * blockSize])) }
+            }
+        }
         var words = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         let n = try withUnsafeMutableBytes(of: &words) {
-            try file.read(into: $0, at: header.bloomOffset + block * UInt64(SortedSegmentFormat.bloomBlockSize))
+            try file.read(into: $0, at: header.bloomOffset + block * UInt64(blockSize))
         }
-        guard n == SortedSegmentFormat.bloomBlockSize else { throw FormatError(file: path, "Bloom filter ends early (truncated)") }
-        return withUnsafeBytes(of: &words) { raw in
-            for probe in 0..<SortedSegmentFormat.bloomProbes {
-                let bit = SortedSegmentFormat.bloomBit(digest, probe: probe)
-                let word = UInt64(littleEndian: raw.load(fromByteOffset: (bit / 64) * 8, as: UInt64.self))
-                if word & (1 << UInt64(bit % 64)) == 0 { return false }
-            }
-            return true
+        guard n == blockSize else { throw FormatError(file: path, "Bloom filter ends early (truncated)") }
+        return withUnsafeBytes(of: &words) { Self.probe(digest, $0) }
+    }
+
+    /// Whether every bit `digest` sets in its 64-byte block is set.
+    private static func probe(_ digest: ChunkDigest, _ block: UnsafeRawBufferPointer) -> Bool {
+        for probe in 0..<SortedSegmentFormat.bloomProbes {
+            let bit = SortedSegmentFormat.bloomBit(digest, probe: probe)
+            let word = UInt64(littleEndian: block.loadUnaligned(fromByteOffset: (bit / 64) * 8, as: UInt64.self))
+            if word & (1 << UInt64(bit % 64)) == 0 { return false }
         }
+        return true
+    }
+
+    /// The whole Bloom filter of a small segment, checked against its checksum.
+    private func readBloom() throws -> [UInt8] {
+        let bytes = try file.readBytes(count: Int(header.bloomBlocks) * SortedSegmentFormat.bloomBlockSize, at: header.bloomOffset)
+        guard bytes.count == Int(header.bloomBlocks) * SortedSegmentFormat.bloomBlockSize else { throw FormatError(file: path, "Bloom filter ends early (truncated)") }
+        var hasher = StreamingDigest()
+        hasher.update(bytes)
+        guard hasher.finish() == header.bloomChecksum else { throw FormatError(file: path, "Bloom filter checksum mismatch (damaged)") }
+        return bytes
     }
 
     /// Entries `[lo, hi)` of bucket `b`.

@@ -28,11 +28,13 @@ import DiskSnapStore
         return path
     }
 
-    @Test func everyDigestIsFoundAndNoOtherIs() throws {
+    /// Both ways of probing the Bloom filter: kept in memory (small), read a block at a time.
+    @Test(arguments: [SortedSegment.residentBloomBytes, 0])
+    func everyDigestIsFoundAndNoOtherIs(residentBloomBytes: Int) throws {
         let packs = [PackID.generate(), PackID.generate()]
         let entries = (0..<3000).map { entry(digest($0), pack: UInt32($0 % 2), $0) }
-        let path = try write("a.idx", packs: packs, entries)
-        let segment = try SortedSegment(path: path)
+        let path = try write("a-\(residentBloomBytes).idx", packs: packs, entries)
+        let segment = try SortedSegment(path: path, residentBloomBytes: residentBloomBytes)
         #expect(segment.entryCount == 3000 && segment.packs == packs)
         #expect(segment.header.fanoutBits == SortedSegmentFormat.fanoutBits(entryCount: 3000) && segment.header.fanoutBits > 0)
         #expect(segment.rawBytes == 3000 * 65536 && segment.storedBytes == 3000 * 100)
@@ -96,8 +98,13 @@ import DiskSnapStore
         let sorted = entries.sorted { $0.digest < $1.digest }
         #expect(throws: FormatError.self) { try broken.copies(of: sorted[70].digest) }
         #expect(throws: FormatError.self) { try broken.forEach { _ in } }
-        // A flipped Bloom bit is caught by the full check only (it can only cause a miss or a page read).
-        let bloom = try SortedSegment(path: try damaged { $0[Int(header.bloomOffset) + 1] ^= 0x40 })
+        // A flipped Bloom bit: a filter kept in memory is checked when it is read, at the first
+        // probe; one probed a block at a time only by the full check (it can only cause a miss
+        // or a page read).
+        let flipped = try damaged { $0[Int(header.bloomOffset) + 1] ^= 0x40 }
+        #expect(throws: FormatError.self) { try SortedSegment(path: flipped).mayContain(digest(600)) }
+        let bloom = try SortedSegment(path: flipped, residentBloomBytes: 0)
+        _ = try bloom.mayContain(digest(600))
         #expect(throws: FormatError.self) { try bloom.verifyBloom() }
     }
 
