@@ -179,7 +179,7 @@ public final class PointInTimeView {
         dirtyContext = temporaryBitmap.map { "qemu:dirty-bitmap:\($0)" }
 
         do {
-            try makeOverlay(size: size)
+            try writeScratch(size: size)
             TestHooks.pause(at: "qemu-before-view")
             var actions: [QMPObject] = []
             if let keep, let temporaryBitmap {
@@ -191,13 +191,26 @@ public final class PointInTimeView {
             // Only qcow2 stores bitmaps; on another format the bitmap lives as long as QEMU.
             actions.append(["type": "block-dirty-bitmap-add", "data": ["node": node.name, "name": newBitmap!, "granularity": granularity, "persistent": node.driver == "qcow2"] as QMPObject])
             actions.append(["type": "blockdev-backup", "data": ["job-id": backupJob, "device": node.name, "target": overlayNode, "sync": "none"] as QMPObject])
+            let overlay: QMPObject = [
+                "driver": "qcow2", "node-name": overlayNode, "backing": node.name,
+                "file": ["driver": "file", "node-name": fileNode, "filename": scratchPath] as QMPObject,
+            ]
             if let freezer = request.freezer {
+                try qmp.execute("blockdev-add", overlay)
                 frozen = try freezer.whileFrozen { try qmp.execute("transaction", ["actions": actions]) }
+                TestHooks.pause(at: "qemu-after-view")
+                try startExport(of: overlayNode, bitmap: temporaryBitmap)
             } else {
-                try qmp.execute("transaction", ["actions": actions])
+                // The overlay, the instant and the export in one round trip. A command whose
+                // predecessor failed fails or does no harm (an export of an overlay nothing
+                // copies into is torn down unread), and the first failure is the one thrown.
+                let answers = try qmp.executeAll([("blockdev-add", overlay), ("transaction", ["actions": actions])]
+                                                  + exportCommands(of: overlayNode, bitmap: temporaryBitmap))
+                _ = try answers[0].get()
+                _ = try answers[1].get()
+                TestHooks.pause(at: "qemu-after-view")
+                try exported(Array(answers.dropFirst(2)))
             }
-            TestHooks.pause(at: "qemu-after-view")
-            try startExport(of: overlayNode, bitmap: temporaryBitmap)
         } catch {
             try? close()
             abandon()
@@ -205,11 +218,12 @@ public final class PointInTimeView {
         }
     }
 
-    /// Creates the scratch file, formats it as an empty qcow2 of the disk's size (the layout
-    /// a restore writes: 64 KiB clusters, no data), and opens it in one `blockdev-add`, the
-    /// live node as its backing. QEMU's own `blockdev-create` would be a job to start, wait
-    /// for and dismiss: four round trips and an event, a tenth of a tracked incremental.
-    private func makeOverlay(size: UInt64) throws {
+    /// Creates the scratch file and formats it as an empty qcow2 of the disk's size (the
+    /// layout a restore writes: 64 KiB clusters, no data), for one `blockdev-add` to open as
+    /// the overlay, the live node as its backing. QEMU's own `blockdev-create` would be a job
+    /// to start, wait for and dismiss: four round trips and an event, a tenth of a tracked
+    /// incremental.
+    private func writeScratch(size: UInt64) throws {
         try? FileSystem.removeIfExists(scratchPath)
         do {
             let file = try OpenFile(path: scratchPath, mode: [.readWrite, .create, .exclusive])
@@ -218,27 +232,41 @@ public final class PointInTimeView {
             try? FileSystem.removeIfExists(scratchPath)
             throw error
         }
-        try qmp.execute("blockdev-add", [
-            "driver": "qcow2", "node-name": overlayNode, "backing": node.name,
-            "file": ["driver": "file", "node-name": fileNode, "filename": scratchPath] as QMPObject,
-        ])
     }
 
+    /// Exports `exportedNode` read-only, starting the NBD server first unless QEMU runs one.
     private func startExport(of exportedNode: String, bitmap: String?) throws {
+        try exported(try qmp.executeAll(exportCommands(of: exportedNode, bitmap: bitmap)))
+    }
+
+    /// `nbd-server-start` on our socket (unless `--nbd-socket` names QEMU's), then
+    /// `block-export-add`.
+    private func exportCommands(of exportedNode: String, bitmap: String?) -> [(command: String, arguments: QMPObject)] {
+        var commands: [(command: String, arguments: QMPObject)] = []
         if request.nbdSocket == nil {
             try? FileSystem.removeIfExists(socketPath)
+            commands.append(("nbd-server-start", ["addr": ["type": "unix", "data": ["path": socketPath]] as QMPObject]))
+        }
+        var export: QMPObject = ["type": "nbd", "id": exportID, "node-name": exportedNode, "name": exportName, "writable": false]
+        if let bitmap { export["bitmaps"] = [bitmap] }
+        commands.append(("block-export-add", export))
+        return commands
+    }
+
+    /// What QEMU answered `exportCommands`.
+    private func exported(_ answers: [Result<Any, QemuError>]) throws {
+        if request.nbdSocket == nil {
             do {
-                try qmp.execute("nbd-server-start", ["addr": ["type": "unix", "data": ["path": socketPath]] as QMPObject])
+                _ = try answers[0].get()
             } catch {
                 guard error.message.contains("already running") else { throw error }
                 throw QemuError.busy("Qemu.NbdServerInUse", "QEMU at \(request.qmpSocket) already runs an NBD server (a QEMU runs one at most): pass --nbd-socket with the Unix socket it listens on")
             }
             startedServer = true
-            try FileSystem.writeAtomically(Array(socketPath.utf8), to: markerPath, temporaryDirectory: request.runDirectory)
+            // It names a running QEMU's server: it needs to be whole, not to outlive the host.
+            try FileSystem.writeAtomically(Array(socketPath.utf8), to: markerPath, temporaryDirectory: request.runDirectory, durable: false)
         }
-        var export: QMPObject = ["type": "nbd", "id": exportID, "node-name": exportedNode, "name": exportName, "writable": false]
-        if let bitmap { export["bitmaps"] = [bitmap] }
-        try qmp.execute("block-export-add", export)
+        _ = try answers.last!.get()
     }
 
     /// Ends the view: the export, the NBD server it started, the backup job, the overlay

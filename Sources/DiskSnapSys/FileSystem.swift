@@ -80,19 +80,21 @@ public enum FileSystem {
     }
 
     /// Writes `bytes` to `path` atomically: a temporary file in `temporaryDirectory` (same
-    /// filesystem), fsync, rename over `path`, fsync of `path`'s directory.
-    public static func writeAtomically(_ bytes: [UInt8], to path: String, temporaryDirectory: String) throws(SystemError) {
+    /// filesystem), fsync, rename over `path`, fsync of `path`'s directory. Not `durable`:
+    /// whole or absent after a crash of this process, without the fsyncs (a file that
+    /// describes running processes, which a crash of the host ends too).
+    public static func writeAtomically(_ bytes: [UInt8], to path: String, temporaryDirectory: String, durable: Bool = true) throws(SystemError) {
         let temporary = temporaryDirectory + "/" + uniqueTemporaryName(for: path)
         do {
             let file = try OpenFile(path: temporary, mode: [.writeOnly, .create, .exclusive], permissions: 0o600)
             try file.write(bytes, at: 0)
-            try file.sync()
+            if durable { try file.sync() }
             try rename(temporary, to: path)
         } catch {
             try? removeIfExists(temporary)
             throw error
         }
-        try syncDirectory(directoryName(of: path))
+        if durable { try syncDirectory(directoryName(of: path)) }
     }
 
     /// A name no other process will choose: the base name, the pid and a random suffix.
