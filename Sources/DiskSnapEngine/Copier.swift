@@ -279,7 +279,8 @@ public struct Copier {
         }
         if let renamed {
             // Every entry was written by the runs, each chunk named as the target names it.
-            let digest = try renamed.publish(in: target, snapshotID: record.snapshotId, createdUnixSeconds: snapshot.fixed.header.createdUnixSeconds)
+            let digest = try renamed.finish(snapshotID: record.snapshotId, createdUnixSeconds: snapshot.fixed.header.createdUnixSeconds)
+            try renamed.publish(in: target, snapshotID: record.snapshotId)
             record.fixedIndexDigest = digest.hex  // the target's names, not the source's
         } else {
             // The fixed index, byte for byte: the same entries, header and digest as the source's.

@@ -22,8 +22,9 @@ final class FixedIndexBuilder: Sendable {
         try file.write(entries, at: UInt64(FixedIndexHeader.size) + firstChunk * UInt64(FixedIndexHeader.entrySize))
     }
 
-    /// Checksums the entries, writes the header, fsyncs and publishes it as the fixed index of `snapshotID`.
-    func publish(in repository: Repository, snapshotID: SnapshotID, createdUnixSeconds: Int64) throws -> ChunkDigest {
+    /// Checksums the entries, writes the header and fsyncs, in the work area: the file is
+    /// complete, not yet published. Returns the entries' checksum.
+    func finish(snapshotID: SnapshotID, createdUnixSeconds: Int64) throws -> ChunkDigest {
         let count = FixedIndexHeader.chunkCount(diskSize: diskSize, chunkSize: chunkSize)
         let digest = try FixedIndexReader.digestEntries(file: file, count: count)
         let header = FixedIndexHeader(diskSize: diskSize, chunkSize: chunkSize, createdUnixSeconds: createdUnixSeconds,
@@ -32,8 +33,12 @@ final class FixedIndexBuilder: Sendable {
         _ = try FixedIndexHeader.decode(bytes, file: "new fixed index")  // decode what we publish
         try file.write(bytes, at: 0)
         try file.sync()
-        try repository.publishFixedIndex(file.path, snapshotID)
         return digest
+    }
+
+    /// Publishes the finished file as the fixed index of `snapshotID`.
+    func publish(in repository: Repository, snapshotID: SnapshotID) throws {
+        try repository.publishFixedIndex(file.path, snapshotID)
     }
 }
 

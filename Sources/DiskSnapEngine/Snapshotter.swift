@@ -119,9 +119,15 @@ public struct Snapshotter: Sendable {
 
     /// Takes a snapshot: admits the request, then reads the disk.
     public func create(_ request: CreateRequest) throws -> CreateResult {
+        // A running QEMU is connected to, and asked what it holds, while the request is
+        // admitted (its round trips wait on QEMU); a failure there is reported after any of
+        // the admission's own, as if it came later.
+        let connecting = request.qemu.map { qemu in Concurrent { try PointInTimeView.connect(qmpSocket: qemu.qmpSocket) } }
         switch try admit(request) {
         case .reused(let record): return CreateResult(record: record, reused: true)
-        case .admitted(let admitted): return try admitted.run()
+        case .admitted(let admitted):
+            admitted.qemuConnection = connecting
+            return try admitted.run()
         }
     }
 
@@ -328,10 +334,20 @@ public struct Snapshotter: Sendable {
         }
         PhaseTimer.mark("create: pipeline done")
         whenRead()
-        let summary = try writer.finish()
+        // The fixed index is checksummed and made durable in the work area while the packs and
+        // the segment are published; it is published after them ("Write order").
+        let snapshotID = record.snapshotId, created = Int64(Date().timeIntervalSince1970)
+        let finishing = Concurrent { try fixed.finish(snapshotID: snapshotID, createdUnixSeconds: created) }
+        let summary: ChunkWriter.Summary
+        do {
+            summary = try writer.finish()
+        } catch {
+            _ = try? finishing.value()  // it writes into the work area, removed on the way out
+            throw error
+        }
         PhaseTimer.mark("create: packs and index segment published")
-        let digest = try fixed.publish(in: repository, snapshotID: record.snapshotId,
-                                       createdUnixSeconds: Int64(Date().timeIntervalSince1970))
+        let digest = try finishing.value()
+        try fixed.publish(in: repository, snapshotID: snapshotID)
         record.fixedIndexDigest = digest.hex
         record.bytesRead = counters.bytesRead.load(ordering: .relaxed)
         record.zeroBytes = source.size - counters.nonZeroBytes.load(ordering: .relaxed)
@@ -527,6 +543,8 @@ public final class AdmittedCreate: @unchecked Sendable {
     let notes: [String]
     let sourceStatus: FileStatus
     let identityCheck: IdentityCheck
+    /// `--qmp`: the QEMU connected to while the request was admitted (`create`).
+    var qemuConnection: Concurrent<PointInTimeView.Connection>?
     private var locks: [HeldLock]
     private var ran = false
 
@@ -646,7 +664,7 @@ public final class AdmittedCreate: @unchecked Sendable {
                     // A libvirt checkpoint is not a base here (libvirt's QEMU is libvirt's to drive).
                     let viaLibvirt = previous?.changeTracking?.method == "libvirt-checkpoint"
                     viewRequest.base = base.map { viaLibvirt ? TrackingBase(snapshotID: $0.snapshotID, bitmap: nil, granularity: nil, diskSize: $0.diskSize) : $0 }
-                    made = try PointInTimeView.make(viewRequest)
+                    made = try PointInTimeView.make(viewRequest, connection: try qemuConnection?.value())
                 } else {
                     let handle = libvirtDisk!
                     var viewRequest = LibvirtViewRequest(snapshotID: id.rawValue, repositoryID: repository.config.repositoryId,

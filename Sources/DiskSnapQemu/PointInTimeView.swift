@@ -23,6 +23,9 @@ public struct ViewRequest: Sendable {
     /// Freezes the guest's filesystems around the instant the view is made (`--freeze`).
     public var freezer: GuestFreezer?
 
+    /// `/run/disksnap`, or `$DISKSNAP_RUN_DIR`.
+    public static var defaultRunDirectory: String { FileSystem.environment("DISKSNAP_RUN_DIR") ?? "/run/disksnap" }
+
     public init(qmpSocket: String, imagePath: String, snapshotID: String, repositoryID: String, chunkSize: UInt64, scratchDirectory: String) {
         self.qmpSocket = qmpSocket
         self.imagePath = imagePath
@@ -30,7 +33,7 @@ public struct ViewRequest: Sendable {
         self.repositoryID = repositoryID
         self.chunkSize = chunkSize
         self.scratchDirectory = scratchDirectory
-        self.runDirectory = FileSystem.environment("DISKSNAP_RUN_DIR") ?? "/run/disksnap"
+        self.runDirectory = Self.defaultRunDirectory
     }
 }
 
@@ -89,26 +92,42 @@ public final class PointInTimeView {
 
     /// Connects, removes what killed runs left, and makes the view. Throws with nothing of
     /// this run left in QEMU.
-    public static func make(_ request: ViewRequest) throws -> PointInTimeView {
-        let qmp = try QMPClient(socketPath: request.qmpSocket)
-        try FileSystem.makeDirectories(request.runDirectory)
+    public static func make(_ request: ViewRequest, connection: Connection? = nil) throws -> PointInTimeView {
+        let connection = try connection ?? connect(qmpSocket: request.qmpSocket, runDirectory: request.runDirectory)
+        return try PointInTimeView(request: request, qmp: connection.qmp, lock: connection.lock, key: connection.key, found: connection.found)
+    }
+
+    /// A monitor connection to a QEMU able to make a view, this QEMU's view lock, and what it
+    /// held when the lock was taken. Made by one thread and handed to the one that makes the
+    /// view, which alone uses it from then on.
+    public struct Connection: @unchecked Sendable {
+        let qmp: QMPClient
+        let lock: FileLock
+        let key: String
+        let found: BlockState
+    }
+
+    /// Connects, takes the view lock of this QEMU, and asks in one round trip what it can do
+    /// and what it holds (under the lock: whatever of ours is there was left by a killed
+    /// run). Nothing in QEMU changes: `create` does this while it admits the request.
+    public static func connect(qmpSocket: String, runDirectory: String = ViewRequest.defaultRunDirectory) throws -> Connection {
+        let qmp = try QMPClient(socketPath: qmpSocket)
+        try FileSystem.makeDirectories(runDirectory)
         let key = qemuKey(qmp)
-        guard let lock = try FileLock.tryAcquire(path: "\(request.runDirectory)/\(key).lock", kind: .exclusive) else {
-            throw QemuError.busy("Qemu.Busy", "another disksnap is making a point-in-time view on the QEMU at \(request.qmpSocket); try again when it ends")
+        guard let lock = try FileLock.tryAcquire(path: "\(runDirectory)/\(key).lock", kind: .exclusive) else {
+            throw QemuError.busy("Qemu.Busy", "another disksnap is making a point-in-time view on the QEMU at \(qmpSocket); try again when it ends")
         }
-        // What this QEMU can do and what it holds, in one round trip (read under the lock:
-        // whatever of ours is there was left by a killed run).
         let state = try qmp.executeAll([("query-commands", [:]), ("query-block-exports", [:]), ("query-block-jobs", [:]),
                                         ("query-jobs", [:]), ("query-named-block-nodes", ["flat": true])])
         guard let list = try state[0].get() as? [QMPObject] else { throw QemuError.notQMP("query-commands answered with no list") }
         let commands = Set(list.compactMap { $0["name"] as? String })
         let missing = neededCommands.filter { !commands.contains($0) }
         guard missing.isEmpty, qmp.version >= minimumVersion else {
-            throw QemuError.unsupported("QEMU \(qmp.version) at \(request.qmpSocket) cannot make a point-in-time view\(missing.isEmpty ? "" : " (it lacks \(missing.joined(separator: ", ")))"): QEMU \(minimumVersion.major).\(minimumVersion.minor) or later is needed")
+            throw QemuError.unsupported("QEMU \(qmp.version) at \(qmpSocket) cannot make a point-in-time view\(missing.isEmpty ? "" : " (it lacks \(missing.joined(separator: ", ")))"): QEMU \(minimumVersion.major).\(minimumVersion.minor) or later is needed")
         }
         let found = BlockState(exports: try state[1].get() as? [QMPObject] ?? [], blockJobs: try state[2].get() as? [QMPObject] ?? [],
                                jobs: try state[3].get() as? [QMPObject] ?? [], nodes: try state[4].get())
-        return try PointInTimeView(request: request, qmp: qmp, lock: lock, key: key, found: found)
+        return Connection(qmp: qmp, lock: lock, key: key, found: found)
     }
 
     /// What QEMU held when the view began: exports, jobs and block nodes.
