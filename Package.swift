@@ -27,14 +27,14 @@ let package = Package(
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3",
                        providers: [.apt(["libfuse3-dev"])]),
         .target(name: "CFuseGlue", dependencies: ["CFuse"], path: "Sources/CFuseGlue"),
-        .systemLibrary(name: "CNBD", path: "Sources/CNBD", pkgConfig: "libnbd",
-                       providers: [.apt(["libnbd-dev"])]),
+        // libnbd for reading QEMU's views, loaded at run time (only its headers at build time: libnbd-dev).
+        .target(name: "CNBDGlue", path: "Sources/CNBDGlue"),
         // libcurl for S3, loaded at run time (only its headers at build time: libcurl4-openssl-dev).
         .target(name: "CCurlGlue", path: "Sources/CCurlGlue"),
         // AES-256-GCM in place from OpenSSL's libcrypto, loaded at run time (headers: libssl-dev).
         .target(name: "CCryptoGlue", path: "Sources/CCryptoGlue"),
         // Swift face of the operating system and the C libraries.
-        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBD", "CCurlGlue", "CCryptoGlue"]),
+        .target(name: "DiskSnapSys", dependencies: ["CShim", "CZstd", "CBlkid", "CZlib", "CFuseGlue", "CNBDGlue", "CCurlGlue", "CCryptoGlue"]),
         // qcow2 images as the guest sees them: header, L1/L2 tables, backing chains, writer.
         .target(name: "DiskSnapQcow2", dependencies: ["DiskSnapSys"]),
         // A running VM: QMP, its block graph, point-in-time views and dirty bitmaps; libvirt's

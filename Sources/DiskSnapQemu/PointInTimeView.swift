@@ -111,6 +111,8 @@ public final class PointInTimeView {
     /// and what it holds (under the lock: whatever of ours is there was left by a killed
     /// run). Nothing in QEMU changes: `create` does this while it admits the request.
     public static func connect(qmpSocket: String, runDirectory: String = ViewRequest.defaultRunDirectory) throws -> Connection {
+        // The view is read over NBD: libnbd is loaded here, off the path that waits for it.
+        try? NBDClient.load()
         let qmp = try QMPClient(socketPath: qmpSocket)
         try FileSystem.makeDirectories(runDirectory)
         let key = qemuKey(qmp)

@@ -1,4 +1,4 @@
-import CNBD
+import CNBDGlue
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +14,7 @@ public struct NBDError: CodedError {
     public var exitStatus: ExitStatus { .ioError }
 
     static func last(_ operation: String) -> NBDError {
-        NBDError(operation: operation, detail: nbd_get_error().map { String(cString: $0) } ?? "unknown error", errno: nbd_get_errno())
+        NBDError(operation: operation, detail: ds_nbd_get_error().map { String(cString: $0) } ?? "unknown error", errno: ds_nbd_get_errno())
     }
 }
 
@@ -47,38 +47,52 @@ public final class NBDClient: @unchecked Sendable {
     /// The export's size in bytes.
     public let size: UInt64
 
+    /// libnbd, loaded by the first connection (or `load()`), once.
+    private static let loaded: Result<Void, NBDError> = {
+        var reason = [CChar](repeating: 0, count: 256)
+        guard ds_nbd_load(&reason, reason.count) == 0 else {
+            return .failure(NBDError(operation: "load", detail: String(cString: reason), errno: ENOSYS))
+        }
+        return .success(())
+    }()
+
+    /// Loads libnbd now (it takes a few milliseconds): for a caller with time to spare
+    /// before its first connection. A failure is thrown again by every connection.
+    public static func load() throws(NBDError) { try loaded.get() }
+
     /// Connects to `exportName` on the Unix socket `socketPath`, asking for `metaContexts`.
     public init(socketPath: String, exportName: String, metaContexts: [String] = []) throws(NBDError) {
-        guard let handle = nbd_create() else { throw NBDError.last("create") }
+        try Self.load()
+        guard let handle = ds_nbd_create() else { throw NBDError.last("create") }
         self.handle = handle
         self.socketPath = socketPath
         self.exportName = exportName
-        for context in metaContexts where nbd_add_meta_context(handle, context) != 0 {
+        for context in metaContexts where ds_nbd_add_meta_context(handle, context) != 0 {
             let error = NBDError.last("add_meta_context \(context)")
-            nbd_close(handle)
+            ds_nbd_close(handle)
             throw error
         }
-        guard nbd_set_export_name(handle, exportName) == 0, nbd_connect_unix(handle, socketPath) == 0 else {
+        guard ds_nbd_set_export_name(handle, exportName) == 0, ds_nbd_connect_unix(handle, socketPath) == 0 else {
             let error = NBDError.last("connect \(socketPath) export \(exportName)")
-            nbd_close(handle)
+            ds_nbd_close(handle)
             throw error
         }
-        let size = nbd_get_size(handle)
+        let size = ds_nbd_get_size(handle)
         guard size >= 0 else {
             let error = NBDError.last("get_size")
-            nbd_close(handle)
+            ds_nbd_close(handle)
             throw error
         }
         self.size = UInt64(size)
     }
 
     deinit {
-        _ = nbd_shutdown(handle, 0)
-        nbd_close(handle)
+        _ = ds_nbd_shutdown(handle, 0)
+        ds_nbd_close(handle)
     }
 
     /// Whether the server agreed to `context` at connect time.
-    public func supports(_ context: String) -> Bool { nbd_can_meta_context(handle, context) == 1 }
+    public func supports(_ context: String) -> Bool { ds_nbd_can_meta_context(handle, context) == 1 }
 
     /// Fills `buffer` from `offset`; a short export or a server error throws.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(NBDError) {
@@ -87,7 +101,7 @@ public final class NBDClient: @unchecked Sendable {
         var done = 0
         while done < buffer.count {
             let count = min(step, buffer.count - done)
-            guard nbd_pread(handle, buffer.baseAddress! + done, count, offset + UInt64(done), 0) == 0 else {
+            guard ds_nbd_pread(handle, buffer.baseAddress! + done, count, offset + UInt64(done)) == 0 else {
                 throw NBDError.last("pread \(count) bytes at \(offset + UInt64(done)) from \(socketPath)")
             }
             done += count
@@ -111,8 +125,7 @@ public final class NBDClient: @unchecked Sendable {
         var done = 0
         while done < buffer.count {
             let count = min(step, buffer.count - done)
-            let cookie = nbd_aio_pread(handle, buffer.baseAddress! + done, count, offset + UInt64(done),
-                                       nbd_completion_callback(callback: nil, user_data: nil, free: nil), 0)
+            let cookie = ds_nbd_aio_pread(handle, buffer.baseAddress! + done, count, offset + UInt64(done))
             guard cookie >= 0 else {
                 let error = NBDError.last("pread \(count) bytes at \(offset + UInt64(done)) from \(socketPath)")
                 drain(pending)
@@ -130,13 +143,13 @@ public final class NBDClient: @unchecked Sendable {
         var failure: NBDError?
         for cookie in pending.cookies {
             while true {
-                let state = nbd_aio_command_completed(handle, UInt64(cookie))
+                let state = ds_nbd_aio_command_completed(handle, UInt64(cookie))
                 if state == 1 { break }
                 if state == -1 {
                     failure = failure ?? NBDError.last("pread \(pending.count) bytes at \(pending.offset) from \(socketPath)")
                     break
                 }
-                guard nbd_poll(handle, -1) != -1 else {
+                guard ds_nbd_poll(handle, -1) != -1 else {
                     // The connection is dead: no reply will come, and none can land.
                     throw failure ?? NBDError.last("pread \(pending.count) bytes at \(pending.offset) from \(socketPath)")
                 }
@@ -165,21 +178,21 @@ public final class NBDClient: @unchecked Sendable {
         while position < end {
             let before = collector.extents.count
             var cursor = position
-            let callback = nbd_extent_callback(
-                callback: { userData, name, start, entries, count, _ in
-                    let collector = Unmanaged<Collector>.fromOpaque(userData!).takeUnretainedValue()
-                    guard let name, String(cString: name) == collector.context, let entries else { return 0 }
-                    var at = start
-                    for i in stride(from: 0, to: count - 1, by: 2) {
-                        let length = UInt64(entries[i])
-                        collector.extents.append(NBDExtent(offset: at, length: length, flags: entries[i + 1]))
-                        at += length
-                    }
-                    return 0
-                },
-                user_data: Unmanaged.passUnretained(collector).toOpaque(), free: nil)
+            let callback: ds_nbd_extent_function = { userData, name, start, entries, count, _ in
+                let collector = Unmanaged<Collector>.fromOpaque(userData!).takeUnretainedValue()
+                guard let name, String(cString: name) == collector.context, let entries else { return 0 }
+                var at = start
+                for i in stride(from: 0, to: count - 1, by: 2) {
+                    let length = UInt64(entries[i])
+                    collector.extents.append(NBDExtent(offset: at, length: length, flags: entries[i + 1]))
+                    at += length
+                }
+                return 0
+            }
             let ask = min(end - position, 1 << 31)
-            let rc = withExtendedLifetime(collector) { nbd_block_status(handle, ask, position, callback, 0) }
+            let rc = withExtendedLifetime(collector) {
+                ds_nbd_block_status(handle, ask, position, callback, Unmanaged.passUnretained(collector).toOpaque())
+            }
             guard rc == 0 else { throw NBDError.last("block_status \(context) at \(position)") }
             for extent in collector.extents[before...] { cursor = max(cursor, extent.end) }
             guard cursor > position else {
