@@ -93,43 +93,41 @@ public final class PointInTimeView {
     /// Connects, removes what killed runs left, and makes the view. Throws with nothing of
     /// this run left in QEMU.
     public static func make(_ request: ViewRequest, connection: Connection? = nil) throws -> PointInTimeView {
-        let connection = try connection ?? connect(qmpSocket: request.qmpSocket, runDirectory: request.runDirectory)
-        return try PointInTimeView(request: request, qmp: connection.qmp, lock: connection.lock, key: connection.key, found: connection.found)
+        let qmp = try (connection ?? connect(qmpSocket: request.qmpSocket)).qmp
+        try FileSystem.makeDirectories(request.runDirectory)
+        let key = qemuKey(qmp)
+        guard let lock = try FileLock.tryAcquire(path: "\(request.runDirectory)/\(key).lock", kind: .exclusive) else {
+            throw QemuError.busy("Qemu.Busy", "another disksnap is making a point-in-time view on the QEMU at \(request.qmpSocket); try again when it ends")
+        }
+        // What it holds, in one round trip, read under the lock: whatever of ours is there
+        // was left by a killed run.
+        let state = try qmp.executeAll([("query-block-exports", [:]), ("query-block-jobs", [:]), ("query-jobs", [:]),
+                                        ("query-named-block-nodes", ["flat": true])])
+        let found = BlockState(exports: try state[0].get() as? [QMPObject] ?? [], blockJobs: try state[1].get() as? [QMPObject] ?? [],
+                               jobs: try state[2].get() as? [QMPObject] ?? [], nodes: try state[3].get())
+        return try PointInTimeView(request: request, qmp: qmp, lock: lock, key: key, found: found)
     }
 
-    /// A monitor connection to a QEMU able to make a view, this QEMU's view lock, and what it
-    /// held when the lock was taken. Made by one thread and handed to the one that makes the
-    /// view, which alone uses it from then on.
+    /// A monitor connection to a QEMU able to make a view. Made by one thread and handed to
+    /// the one that makes the view, which alone uses it from then on.
     public struct Connection: @unchecked Sendable {
         let qmp: QMPClient
-        let lock: FileLock
-        let key: String
-        let found: BlockState
     }
 
-    /// Connects, takes the view lock of this QEMU, and asks in one round trip what it can do
-    /// and what it holds (under the lock: whatever of ours is there was left by a killed
-    /// run). Nothing in QEMU changes: `create` does this while it admits the request.
-    public static func connect(qmpSocket: String, runDirectory: String = ViewRequest.defaultRunDirectory) throws -> Connection {
+    /// Connects and checks that this QEMU can make a view (`query-commands`, its version);
+    /// loads libnbd. Nothing in QEMU changes and no lock is taken: `create` does this while
+    /// it admits the request, which may still fail or wait.
+    public static func connect(qmpSocket: String) throws -> Connection {
         // The view is read over NBD: libnbd is loaded here, off the path that waits for it.
         try? NBDClient.load()
         let qmp = try QMPClient(socketPath: qmpSocket)
-        try FileSystem.makeDirectories(runDirectory)
-        let key = qemuKey(qmp)
-        guard let lock = try FileLock.tryAcquire(path: "\(runDirectory)/\(key).lock", kind: .exclusive) else {
-            throw QemuError.busy("Qemu.Busy", "another disksnap is making a point-in-time view on the QEMU at \(qmpSocket); try again when it ends")
-        }
-        let state = try qmp.executeAll([("query-commands", [:]), ("query-block-exports", [:]), ("query-block-jobs", [:]),
-                                        ("query-jobs", [:]), ("query-named-block-nodes", ["flat": true])])
-        guard let list = try state[0].get() as? [QMPObject] else { throw QemuError.notQMP("query-commands answered with no list") }
+        guard let list = try qmp.execute("query-commands") as? [QMPObject] else { throw QemuError.notQMP("query-commands answered with no list") }
         let commands = Set(list.compactMap { $0["name"] as? String })
         let missing = neededCommands.filter { !commands.contains($0) }
         guard missing.isEmpty, qmp.version >= minimumVersion else {
             throw QemuError.unsupported("QEMU \(qmp.version) at \(qmpSocket) cannot make a point-in-time view\(missing.isEmpty ? "" : " (it lacks \(missing.joined(separator: ", ")))"): QEMU \(minimumVersion.major).\(minimumVersion.minor) or later is needed")
         }
-        let found = BlockState(exports: try state[1].get() as? [QMPObject] ?? [], blockJobs: try state[2].get() as? [QMPObject] ?? [],
-                               jobs: try state[3].get() as? [QMPObject] ?? [], nodes: try state[4].get())
-        return Connection(qmp: qmp, lock: lock, key: key, found: found)
+        return Connection(qmp: qmp)
     }
 
     /// What QEMU held when the view began: exports, jobs and block nodes.
@@ -178,7 +176,8 @@ public final class PointInTimeView {
             temporaryBitmap = nil
             removedStale = removed
             do {
-                try startExport(of: node.name, bitmap: nil)
+                try startServer()
+                try addExport(of: node.name, bitmap: nil)
             } catch {
                 try? close()
                 throw error
@@ -220,18 +219,20 @@ public final class PointInTimeView {
                 try qmp.execute("blockdev-add", overlay)
                 frozen = try freezer.whileFrozen { try qmp.execute("transaction", ["actions": actions]) }
                 TestHooks.pause(at: "qemu-after-view")
-                try startExport(of: overlayNode, bitmap: temporaryBitmap)
+                try startServer()
             } else {
-                // The overlay, the instant and the export in one round trip. A command whose
-                // predecessor failed fails or does no harm (an export of an overlay nothing
-                // copies into is torn down unread), and the first failure is the one thrown.
-                let answers = try qmp.executeAll([("blockdev-add", overlay), ("transaction", ["actions": actions])]
-                                                  + exportCommands(of: overlayNode, bitmap: temporaryBitmap))
+                // The overlay, the instant and the NBD server in one round trip. A command
+                // whose predecessor failed fails too or does no harm; a server that started is
+                // ours to stop whatever else failed (`close`); the first failure is thrown.
+                let answers = try qmp.executeAll([("blockdev-add", overlay), ("transaction", ["actions": actions])] + serverCommands())
+                try noteServer(answers.dropFirst(2).first)
                 _ = try answers[0].get()
                 _ = try answers[1].get()
                 TestHooks.pause(at: "qemu-after-view")
-                try exported(Array(answers.dropFirst(2)))
+                try serverFailure(answers.dropFirst(2).first)
             }
+            // Only once our own server runs: never on one of someone else's.
+            try addExport(of: overlayNode, bitmap: temporaryBitmap)
         } catch {
             try? close()
             abandon()
@@ -255,39 +256,43 @@ public final class PointInTimeView {
         }
     }
 
-    /// Exports `exportedNode` read-only, starting the NBD server first unless QEMU runs one.
-    private func startExport(of exportedNode: String, bitmap: String?) throws {
-        try exported(try qmp.executeAll(exportCommands(of: exportedNode, bitmap: bitmap)))
+    /// Starts the NBD server on our socket, unless `--nbd-socket` names the one QEMU runs.
+    private func startServer() throws {
+        let commands = serverCommands()
+        let answer = commands.isEmpty ? nil : try qmp.executeAll(commands)[0]
+        try noteServer(answer)
+        try serverFailure(answer)
     }
 
-    /// `nbd-server-start` on our socket (unless `--nbd-socket` names QEMU's), then
-    /// `block-export-add`.
-    private func exportCommands(of exportedNode: String, bitmap: String?) -> [(command: String, arguments: QMPObject)] {
-        var commands: [(command: String, arguments: QMPObject)] = []
-        if request.nbdSocket == nil {
-            try? FileSystem.removeIfExists(socketPath)
-            commands.append(("nbd-server-start", ["addr": ["type": "unix", "data": ["path": socketPath]] as QMPObject]))
-        }
+    /// `nbd-server-start` on our socket (what a killed run left there removed first), unless
+    /// `--nbd-socket` names QEMU's.
+    private func serverCommands() -> [(command: String, arguments: QMPObject)] {
+        guard request.nbdSocket == nil else { return [] }
+        try? FileSystem.removeIfExists(socketPath)
+        return [("nbd-server-start", ["addr": ["type": "unix", "data": ["path": socketPath]] as QMPObject])]
+    }
+
+    /// A server that started is ours: `close` stops it, and the marker says so to a later
+    /// run should this one be killed. It names a running QEMU's server: it needs to be
+    /// whole, not to outlive the host (no fsync).
+    private func noteServer(_ answer: Result<Any, QemuError>?) throws {
+        guard let answer, case .success = answer else { return }
+        startedServer = true
+        try FileSystem.writeAtomically(Array(socketPath.utf8), to: markerPath, temporaryDirectory: request.runDirectory, durable: false)
+    }
+
+    /// Why the server did not start, if it did not.
+    private func serverFailure(_ answer: Result<Any, QemuError>?) throws {
+        guard let answer, case .failure(let error) = answer else { return }
+        guard error.message.contains("already running") else { throw error }
+        throw QemuError.busy("Qemu.NbdServerInUse", "QEMU at \(request.qmpSocket) already runs an NBD server (a QEMU runs one at most): pass --nbd-socket with the Unix socket it listens on")
+    }
+
+    /// Exports `exportedNode` read-only on the server.
+    private func addExport(of exportedNode: String, bitmap: String?) throws {
         var export: QMPObject = ["type": "nbd", "id": exportID, "node-name": exportedNode, "name": exportName, "writable": false]
         if let bitmap { export["bitmaps"] = [bitmap] }
-        commands.append(("block-export-add", export))
-        return commands
-    }
-
-    /// What QEMU answered `exportCommands`.
-    private func exported(_ answers: [Result<Any, QemuError>]) throws {
-        if request.nbdSocket == nil {
-            do {
-                _ = try answers[0].get()
-            } catch {
-                guard error.message.contains("already running") else { throw error }
-                throw QemuError.busy("Qemu.NbdServerInUse", "QEMU at \(request.qmpSocket) already runs an NBD server (a QEMU runs one at most): pass --nbd-socket with the Unix socket it listens on")
-            }
-            startedServer = true
-            // It names a running QEMU's server: it needs to be whole, not to outlive the host.
-            try FileSystem.writeAtomically(Array(socketPath.utf8), to: markerPath, temporaryDirectory: request.runDirectory, durable: false)
-        }
-        _ = try answers.last!.get()
+        try qmp.execute("block-export-add", export)
     }
 
     /// Ends the view: the export, the NBD server it started, the backup job, the overlay
@@ -296,20 +301,22 @@ public final class PointInTimeView {
     public func close() throws {
         guard !closed else { return }
         closed = true
+        // Our files go whatever QEMU answers (a QEMU that is gone holds nothing more).
+        defer {
+            if startedServer {
+                try? FileSystem.removeIfExists(markerPath)
+                try? FileSystem.removeIfExists(socketPath)
+            }
+            try? FileSystem.removeIfExists(scratchPath)
+        }
         // What of this view exists (a failure part way through leaves some of it).
-        var errors: [QemuError] = []
         let state = try qmp.executeAll([("query-block-exports", [:]), ("query-block-jobs", [:]), ("query-named-block-nodes", ["flat": true])])
         let exports = ((try? state[0].get()) as? [QMPObject] ?? []).compactMap { $0["id"] as? String }.filter { $0 == exportID }
         let jobs = ((try? state[1].get()) as? [QMPObject] ?? []).compactMap { $0["device"] as? String }.filter { $0 == backupJob }
         let names = Set(QemuNode.parse((try? state[2].get()) ?? []).map(\.name))
-        errors += Self.tearDown(qmp: qmp, exports: exports, jobs: jobs, stopServer: startedServer,
-                                nodes: [overlayNode, fileNode].filter(names.contains)).map(\.error)
-        if startedServer {
-            try? FileSystem.removeIfExists(markerPath)
-            try? FileSystem.removeIfExists(socketPath)
-        }
-        try? FileSystem.removeIfExists(scratchPath)
-        if let first = errors.first { throw first }
+        let failures = Self.tearDown(qmp: qmp, exports: exports, jobs: jobs, stopServer: startedServer,
+                                     nodes: [overlayNode, fileNode].filter(names.contains))
+        if let first = failures.first { throw first.error }
     }
 
     /// The snapshot is committed: the previous snapshot's bitmap and the frozen copy go; the
@@ -395,11 +402,12 @@ public final class PointInTimeView {
             if !first.isEmpty {
                 let answers = try qmp.executeAll(first)
                 collect(answers, exports.map { "export \($0)" } + jobs.map { "job \($0)" })
+                // An event that does not come is a failure, and the last steps are still tried.
                 for (id, answer) in zip(exports, answers) where (try? answer.get()) != nil {
-                    _ = try qmp.waitForEvent("BLOCK_EXPORT_DELETED", timeout: 30) { $0["id"] as? String == id }
+                    do { _ = try qmp.waitForEvent("BLOCK_EXPORT_DELETED", timeout: 30) { $0["id"] as? String == id } } catch { failures.append(("export \(id)", error)) }
                 }
                 for (id, answer) in zip(jobs, answers.dropFirst(exports.count)) where (try? answer.get()) != nil {
-                    _ = try qmp.waitForEvent(["BLOCK_JOB_CANCELLED", "BLOCK_JOB_COMPLETED"], timeout: 30) { $0["device"] as? String == id }
+                    do { _ = try qmp.waitForEvent(["BLOCK_JOB_CANCELLED", "BLOCK_JOB_COMPLETED"], timeout: 30) { $0["device"] as? String == id } } catch { failures.append(("job \(id)", error)) }
                 }
             }
             // A file node made with its overlay goes with it: not finding it then is done.

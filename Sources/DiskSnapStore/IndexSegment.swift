@@ -57,7 +57,7 @@ public final class SortedSegment: IndexSegment {
     /// A Bloom filter this small (800,000 entries) is kept in memory once probed: a tracked
     /// incremental probes every segment for each new chunk, a read each (2,400 per run here).
     public static let residentBloomBytes = 1 << 20
-    private let residentBloom = Mutex<[UInt8]?>(nil)
+    private let residentBloom = Mutex<Result<[UInt8], any Error>?>(nil)
     private let keepsBloom: Bool
     /// Pages a stream (cursor, `forEach`) reads at once: 64 KiB per input of a k-way merge.
     static let pagesPerRead = 16
@@ -111,10 +111,16 @@ public final class SortedSegment: IndexSegment {
         let block = SortedSegmentFormat.bloomBlock(digest, blocks: header.bloomBlocks)
         let blockSize = SortedSegmentFormat.bloomBlockSize
         if keepsBloom {
-            return try residentBloom.withLock { (resident: inout [UInt8]?) throws -> Bool in
-                if resident == nil { resident = try readBloom() }
-                return resident!.withUnsafeBytes { Self.probe(digest, UnsafeRawBufferPointer(rebasing: $0[Int(block) * blockSize..<(Int(block) + 1) * blockSize])) }
-            }
+            // Read once; a damaged filter is reported at every probe without being read again
+            // (an error reading it is not kept: the next probe tries again).
+            let filter = try residentBloom.withLock { (resident: inout Result<[UInt8], any Error>?) -> Result<[UInt8], any Error> in
+                if let resident { return resident }
+                let read = Result { try readBloom() }
+                if case .failure(let error) = read, !(error is FormatError) { return read }
+                resident = read
+                return read
+            }.get()
+            return filter.withUnsafeBytes { Self.probe(digest, UnsafeRawBufferPointer(rebasing: $0[Int(block) * blockSize..<(Int(block) + 1) * blockSize])) }
         }
         var words = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         let n = try withUnsafeMutableBytes(of: &words) {

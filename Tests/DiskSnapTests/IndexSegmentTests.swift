@@ -102,7 +102,9 @@ import DiskSnapStore
         // probe; one probed a block at a time only by the full check (it can only cause a miss
         // or a page read).
         let flipped = try damaged { $0[Int(header.bloomOffset) + 1] ^= 0x40 }
-        #expect(throws: FormatError.self) { try SortedSegment(path: flipped).mayContain(digest(600)) }
+        let kept = try SortedSegment(path: flipped)
+        #expect(throws: FormatError.self) { try kept.mayContain(digest(600)) }
+        #expect(throws: FormatError.self) { try kept.mayContain(digest(601)) }  // at every probe
         let bloom = try SortedSegment(path: flipped, residentBloomBytes: 0)
         _ = try bloom.mayContain(digest(600))
         #expect(throws: FormatError.self) { try bloom.verifyBloom() }

@@ -633,3 +633,23 @@ def test_one_view_per_qemu_at_a_time(ds, daemon, tmp_path):
     assert proc.returncode == 0, err
     assert restore_bytes(ds, json.loads(out)["SnapshotId"], tmp_path) == read_all(daemon.guest)
     assert daemon.ours() == []
+
+
+def test_a_view_qemu_refuses_leaves_no_nbd_server_behind(ds, daemon, tmp_path):
+    """QEMU cannot open the overlay (its file is gone when the view is made): the overlay, the
+    transaction and the NBD server go to QEMU in one round trip, the first two fail, the
+    server starts. Nothing of the view stays, the server included; the next create works."""
+    import glob
+    proc, release = start_paused(ds, tmp_path, "qemu-before-view", "create", daemon.image, "--name", "refused", "--qmp", daemon.qmp_path)
+    scratch = glob.glob(os.path.join(ds.repo, "tmp", "**", "disksnap-fleece-*.qcow2"), recursive=True)
+    assert len(scratch) == 1
+    os.unlink(scratch[0])
+    open(release, "w").close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Qemu.CommandFailed" in err and "blockdev-add" in err, err
+    assert daemon.ours() == []
+    assert [e["id"] for e in daemon.command("query-block-exports")] == ["guest0"]
+    assert not any(b.startswith("disksnap-") for b in daemon.bitmaps())
+    # Had the server been left running, this would be Qemu.NbdServerInUse.
+    snap = json.loads(create_live(ds, daemon, "after").out)["SnapshotId"]
+    assert restore_bytes(ds, snap, tmp_path) == read_all(daemon.guest)
