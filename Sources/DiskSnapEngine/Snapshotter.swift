@@ -119,7 +119,7 @@ public struct Snapshotter: Sendable {
 
     /// Takes a snapshot: admits the request, then reads the disk.
     public func create(_ request: CreateRequest) throws -> CreateResult {
-        // A running QEMU is connected to, and asked what it holds, while the request is
+        // A running QEMU is connected to, and its commands checked, while the request is
         // admitted (its round trips wait on QEMU); a failure there is reported after any of
         // the admission's own, as if it came later.
         let connecting = request.qemu.map { qemu in Concurrent { try PointInTimeView.connect(qmpSocket: qemu.qmpSocket) } }

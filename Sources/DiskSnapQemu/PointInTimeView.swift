@@ -23,9 +23,6 @@ public struct ViewRequest: Sendable {
     /// Freezes the guest's filesystems around the instant the view is made (`--freeze`).
     public var freezer: GuestFreezer?
 
-    /// `/run/disksnap`, or `$DISKSNAP_RUN_DIR`.
-    public static var defaultRunDirectory: String { FileSystem.environment("DISKSNAP_RUN_DIR") ?? "/run/disksnap" }
-
     public init(qmpSocket: String, imagePath: String, snapshotID: String, repositoryID: String, chunkSize: UInt64, scratchDirectory: String) {
         self.qmpSocket = qmpSocket
         self.imagePath = imagePath
@@ -33,7 +30,7 @@ public struct ViewRequest: Sendable {
         self.repositoryID = repositoryID
         self.chunkSize = chunkSize
         self.scratchDirectory = scratchDirectory
-        self.runDirectory = Self.defaultRunDirectory
+        self.runDirectory = FileSystem.environment("DISKSNAP_RUN_DIR") ?? "/run/disksnap"
     }
 }
 
@@ -121,8 +118,7 @@ public final class PointInTimeView {
         // The view is read over NBD: libnbd is loaded here, off the path that waits for it.
         try? NBDClient.load()
         let qmp = try QMPClient(socketPath: qmpSocket)
-        guard let list = try qmp.execute("query-commands") as? [QMPObject] else { throw QemuError.notQMP("query-commands answered with no list") }
-        let commands = Set(list.compactMap { $0["name"] as? String })
+        let commands = try qmp.commands()
         let missing = neededCommands.filter { !commands.contains($0) }
         guard missing.isEmpty, qmp.version >= minimumVersion else {
             throw QemuError.unsupported("QEMU \(qmp.version) at \(qmpSocket) cannot make a point-in-time view\(missing.isEmpty ? "" : " (it lacks \(missing.joined(separator: ", ")))"): QEMU \(minimumVersion.major).\(minimumVersion.minor) or later is needed")
