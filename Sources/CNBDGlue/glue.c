@@ -16,7 +16,6 @@ static struct {
     __typeof__(&nbd_connect_unix) connect_unix;
     __typeof__(&nbd_get_size) get_size;
     __typeof__(&nbd_can_meta_context) can_meta_context;
-    __typeof__(&nbd_pread) pread;
     __typeof__(&nbd_aio_pread) aio_pread;
     __typeof__(&nbd_aio_command_completed) aio_command_completed;
     __typeof__(&nbd_poll) poll;
@@ -48,7 +47,6 @@ int ds_nbd_load(char *reason, size_t reason_size) {
     DS_LOAD(connect_unix, nbd_connect_unix);
     DS_LOAD(get_size, nbd_get_size);
     DS_LOAD(can_meta_context, nbd_can_meta_context);
-    DS_LOAD(pread, nbd_pread);
     DS_LOAD(aio_pread, nbd_aio_pread);
     DS_LOAD(aio_command_completed, nbd_aio_command_completed);
     DS_LOAD(poll, nbd_poll);
@@ -68,7 +66,6 @@ int ds_nbd_set_export_name(struct nbd_handle *h, const char *name) { return ln.s
 int ds_nbd_connect_unix(struct nbd_handle *h, const char *path) { return ln.connect_unix(h, path); }
 int64_t ds_nbd_get_size(struct nbd_handle *h) { return ln.get_size(h); }
 int ds_nbd_can_meta_context(struct nbd_handle *h, const char *name) { return ln.can_meta_context(h, name); }
-int ds_nbd_pread(struct nbd_handle *h, void *buf, size_t count, uint64_t offset) { return ln.pread(h, buf, count, offset, 0); }
 
 int64_t ds_nbd_aio_pread(struct nbd_handle *h, void *buf, size_t count, uint64_t offset) {
     return ln.aio_pread(h, buf, count, offset, (nbd_completion_callback){ .callback = NULL, .user_data = NULL, .free = NULL }, 0);

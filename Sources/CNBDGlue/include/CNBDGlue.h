@@ -20,7 +20,6 @@ int ds_nbd_set_export_name(struct nbd_handle *h, const char *name);
 int ds_nbd_connect_unix(struct nbd_handle *h, const char *path);
 int64_t ds_nbd_get_size(struct nbd_handle *h);
 int ds_nbd_can_meta_context(struct nbd_handle *h, const char *name);
-int ds_nbd_pread(struct nbd_handle *h, void *buf, size_t count, uint64_t offset);
 /// `nbd_aio_pread` without a completion callback: `ds_nbd_aio_command_completed` retires it.
 int64_t ds_nbd_aio_pread(struct nbd_handle *h, void *buf, size_t count, uint64_t offset);
 int ds_nbd_aio_command_completed(struct nbd_handle *h, uint64_t cookie);
