@@ -296,6 +296,7 @@ public struct Snapshotter: Sendable {
                 record.changeTracking?.baseSnapshotId = nil
                 record.changeTracking?.fullReadReason = "the previous snapshot's fixed index does not verify (check reports it)"
             }
+            TestHooks.pause(at: "create-full-read")
             toRead = try source.allDataRanges()
         }
         PhaseTimer.mark("create: previous snapshot's entries carried")

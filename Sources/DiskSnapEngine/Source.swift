@@ -33,7 +33,7 @@ struct Source {
     /// `dataRanges`, asked of the view's `base:allocation` when they were left unasked.
     func allDataRanges() throws -> [ByteRange] {
         if let dataRanges { return dataRanges }
-        let client = try view!.checkOut()
+        let client = try view!.checkOut(for: NBDClient.allocationContext)
         defer { view!.checkIn(client) }
         return try Self.allocated(client)
     }
@@ -240,12 +240,20 @@ final class NBDReaders: Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         let client = try checkOut()
         defer { checkIn(client) }
+        TestHooks.pause(at: "view-read")
         try client.read(into: buffer, at: offset)
     }
 
-    /// A connection for one reader alone until `checkIn`.
-    func checkOut() throws -> NBDClient {
-        try idle.withLock { $0.popLast() } ?? NBDClient(socketPath: socketPath, exportName: exportName)
+    /// A connection for one reader alone until `checkIn`; with `context`, one that
+    /// negotiated that metadata context (block status needs it; reads need none). The
+    /// seed has the contexts, but another reader may hold it: a new connection asks for
+    /// `context` itself.
+    func checkOut(for context: String? = nil) throws -> NBDClient {
+        let taken = idle.withLock { pool -> NBDClient? in
+            guard let context else { return pool.popLast() }
+            return pool.lastIndex { $0.supports(context) }.map { pool.remove(at: $0) }
+        }
+        return try taken ?? NBDClient(socketPath: socketPath, exportName: exportName, metaContexts: context.map { [$0] } ?? [])
     }
 
     func checkIn(_ client: NBDClient) { idle.withLock { $0.append(client) } }

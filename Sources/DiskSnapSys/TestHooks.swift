@@ -11,15 +11,17 @@ import Glibc
 ///   bucket: PUT, POST, DELETE), as a crash or power cut at that point would.
 ///   `tools/crash-campaign` runs commands with N = 1, 2, ... and checks what each crash
 ///   leaves (docs/DESIGN.md, "What each crash point leaves").
-/// - `DISKSNAP_TEST_PAUSE=POINT:PATH`: at the named point the process creates
-///   `PATH.reached` and waits until PATH exists.
+/// - `DISKSNAP_TEST_PAUSE=POINT:PATH[,POINT:PATH...]`: at a named point the process
+///   creates `PATH.reached` and waits until PATH exists. One point's PATH may be another's
+///   `.reached` file: the first waits until a second thread has reached the other.
 public enum TestHooks {
     #if DEBUG
     private static let faultAt: Int? = FileSystem.environment("DISKSNAP_FAULT").flatMap { Int($0) }
-    private static let pauseSpec: (point: String, path: String)? = FileSystem.environment("DISKSNAP_TEST_PAUSE").flatMap { spec in
-        guard let colon = spec.firstIndex(of: ":") else { return nil }
-        return (String(spec[..<colon]), String(spec[spec.index(after: colon)...]))
-    }
+    private static let pauseSpecs: [(point: String, path: String)] = (FileSystem.environment("DISKSNAP_TEST_PAUSE") ?? "")
+        .split(separator: ",").compactMap { (spec: Substring) -> (point: String, path: String)? in
+            guard let colon = spec.firstIndex(of: ":") else { return nil }
+            return (String(spec[..<colon]), String(spec[spec.index(after: colon)...]))
+        }
     private static let steps = Atomic<Int>(0)
     #endif
 
@@ -34,7 +36,7 @@ public enum TestHooks {
 
     public static func pause(at point: String) {
         #if DEBUG
-        guard let spec = pauseSpec, spec.point == point else { return }
+        guard let spec = pauseSpecs.first(where: { $0.point == point }) else { return }
         close(open(spec.path + ".reached", O_CREAT | O_WRONLY, 0o600))
         while access(spec.path, F_OK) != 0 { usleep(10_000) }
         #endif
