@@ -778,6 +778,13 @@ public final class AdmittedCreate: @unchecked Sendable {
                         guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) \(live); a snapshot of it would not be one point in time (pass --qmp with the socket of the QEMU that runs it, shut the VM down, or pass --allow-live)") }
                         record.crashConsistent = false
                     }
+                } else if clone == nil, FileLocks.heldForWritingByQemu(opened.file) {
+                    // A raw image or a device a VM runs on, read in place: its guest may
+                    // write any block at any moment of the read. Refused before reading
+                    // (the change checks after the read only see a file's mtime move).
+                    let clonable = opened.kind == .file ? " or keep the image on a filesystem with reflinks (XFS, btrfs), where it is cloned first," : ""
+                    guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) is open for writing by another process (QEMU's image lock is held); a snapshot of it would not be one point in time (pass --qmp with the socket of the QEMU that runs it,\(clonable) shut the VM down, or pass --allow-live)") }
+                    record.crashConsistent = false
                 }
             }
             let opened = source!

@@ -278,7 +278,7 @@ public final class Qcow2Image: Sendable {
         if header.incompatibleFeatures & Qcow2Header.dirtyBit != 0 {
             return "has its dirty bit set (a VM has it open for writing, or did not close it cleanly)"
         }
-        if FileLocks.hasConflictingWriteLock(file, offset: 101, length: 1) {
+        if FileLocks.heldForWritingByQemu(file) {
             return "is open for writing by another process (QEMU's image lock is held)"
         }
         return nil

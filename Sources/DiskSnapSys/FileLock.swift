@@ -46,4 +46,11 @@ public enum FileLocks {
     public static func hasConflictingWriteLock(_ file: OpenFile, offset: UInt64, length: UInt64) -> Bool {
         ds_ofd_write_lock_conflict(file.descriptor, Int64(offset), Int64(length)) == 1
     }
+
+    /// True when a QEMU holds `file` (an image or a block device) open for writing. QEMU
+    /// locks byte 100 + n of what it opens for each permission n it holds; write is n = 1.
+    /// A QEMU that opened it read-only does not lock byte 101.
+    public static func heldForWritingByQemu(_ file: OpenFile) -> Bool {
+        hasConflictingWriteLock(file, offset: 101, length: 1)
+    }
 }

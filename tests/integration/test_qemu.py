@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import BIN, CHUNK, DiskSnap, sha256
+from conftest import BIN, CHUNK, DiskSnap, Loop, sha256
 from test_gc import start_paused
 
 MIB = 1 << 20
@@ -57,11 +57,12 @@ class Daemon:
     `guest` (the guest's view of its disk), a QMP socket for disksnap and a second one for the
     tests' own look (a QMP monitor serves one connection at a time)."""
 
-    def __init__(self, tmp_path, image, fmt="qcow2", read_only=False, name="qsd"):
+    def __init__(self, tmp_path, image, fmt="qcow2", read_only=False, name="qsd", protocol="file"):
         self.dir = tmp_path / name
         self.dir.mkdir(exist_ok=True)
         self.image = str(image)
         self.fmt = fmt
+        self.protocol = protocol  # host_device for a block device
         self.read_only = read_only
         self.qmp_path = str(self.dir / "qmp.sock")
         self.look_path = str(self.dir / "look.sock")
@@ -72,7 +73,7 @@ class Daemon:
         open(self.guest, "a").close()
         ro = ",read-only=on" if self.read_only else ""
         argv = ["qemu-storage-daemon",
-                "--blockdev", f"driver=file,node-name=file0,filename={self.image}{ro}",
+                "--blockdev", f"driver={self.protocol},node-name=file0,filename={self.image}{ro}",
                 "--blockdev", f"driver={self.fmt},node-name=disk0,file=file0{ro}",
                 "--export", f"type=fuse,id=guest0,node-name=disk0,mountpoint={self.guest},writable={'off' if self.read_only else 'on'}",
                 "--chardev", f"socket,path={self.qmp_path},server=on,wait=off,id=mon0",
@@ -503,6 +504,12 @@ def test_a_raw_image_through_qemu(ds, tmp_path, test_disk):
     subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
     d = Daemon(tmp_path, image, fmt="raw", name="raw").start()
     try:
+        # Without --qmp and without a clone to read, a raw image QEMU writes is refused
+        # before a byte is read; --allow-live reads it and says it may be torn.
+        r = ds.run("create", image, "--name", "torn", "--no-clone", check=False)
+        assert r.code == 4 and "Source.InUse" in r.err and "QEMU's image lock" in r.err and "--qmp" in r.err, r.err
+        torn = ds.run("create", image, "--name", "torn", "--no-clone", "--allow-live", "--json").json()["SnapshotId"]
+        assert ds.show(torn)["CrashConsistent"] is False
         first = json.loads(create_live(ds, d, "r1").out)["SnapshotId"]
         write_blocks(d.guest, [(7 * MIB, 4096)], seed=4)
         second = json.loads(create_live(ds, d, "r2").out)["SnapshotId"]
@@ -511,6 +518,27 @@ def test_a_raw_image_through_qemu(ds, tmp_path, test_disk):
         assert restore_bytes(ds, second, tmp_path) == read_all(d.guest)
     finally:
         d.stop()
+
+
+def test_a_block_device_qemu_writes_is_refused_without_qmp(ds, tmp_path, test_disk):
+    """A VM's disk on a host block device (QEMU's host_device driver on a loop device): its
+    write lock refuses a plain read; through --qmp it is snapshotted at one instant."""
+    image = tmp_path / "dev.img"
+    subprocess.run(["cp", "--sparse=always", test_disk["v1"], image], check=True)
+    with Loop(str(image)) as device:
+        d = Daemon(tmp_path, device, fmt="raw", name="dev", protocol="host_device").start()
+        try:
+            r = ds.run("create", device, "--name", "torn", check=False)
+            assert r.code == 4 and "Source.InUse" in r.err and "QEMU's image lock" in r.err, r.err
+            assert "reflinks" not in r.err, "a device is never cloned"
+            snap = json.loads(create_live(ds, d, "dev1").out)["SnapshotId"]
+            assert ds.show(snap)["ConsistencyMethod"] == "qemu-fleecing"
+            assert restore_bytes(ds, snap, tmp_path) == read_all(d.guest)
+        finally:
+            d.stop()
+    # QEMU gone, the device is free again.
+    with Loop(str(image)) as device:
+        ds.run("create", device, "--name", "idle")
 
 
 def test_an_nbd_server_qemu_already_runs(ds, daemon, tmp_path):
