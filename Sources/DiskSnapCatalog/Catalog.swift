@@ -127,6 +127,12 @@ public struct Catalog: Sendable {
            let uri = tracking.libvirtUri, let domain = tracking.domain, let checkpoint = tracking.bitmap {
             LibvirtView.removeCheckpoint(uri: uri, domain: domain, name: checkpoint)
         }
+        // Its QEMU bitmap, the same way (best effort: QEMU may be gone or busy; the next
+        // view of that disk removes it then).
+        if let tracking = record.changeTracking, tracking.method ?? "qemu" == "qemu",
+           let socket = tracking.qmpSocket, let node = tracking.node, let bitmap = tracking.bitmap {
+            _ = PointInTimeView.removeBitmap(qmpSocket: socket, node: node, name: bitmap)
+        }
     }
 }
 

@@ -211,6 +211,7 @@ public struct Copier {
         if record.changeTracking != nil {
             record.changeTracking?.bitmap = nil
             record.changeTracking?.granularity = nil
+            record.changeTracking?.qmpSocket = nil
         }
         record.copiedFrom = source.config.repositoryId
         record.bytesStoredNew = 0

@@ -714,6 +714,7 @@ public final class AdmittedCreate: @unchecked Sendable {
                 if let qemuView = made as? PointInTimeView {
                     record.sourceFormat = qemuView.node.driver == "qcow2" ? SourceFormat.qcow2.rawValue : nil
                     tracking = ChangeTrackingRecord(node: qemuView.node.name, bitmap: qemuView.newBitmap, granularity: qemuView.newBitmap == nil ? nil : qemuView.granularity)
+                    if qemuView.newBitmap != nil { tracking.qmpSocket = request.qemu.map { FileSystem.absolutePath($0.qmpSocket) } }
                 } else {
                     let libvirtView = made as! LibvirtView
                     record.sourceFormat = libvirtView.handle.disk.format == "qcow2" ? SourceFormat.qcow2.rawValue : nil

@@ -251,6 +251,9 @@ public struct ChangeTrackingRecord: Codable, Sendable, Equatable {
     public var target: String?
     /// The block node the view was made of (through QEMU).
     public var node: String?
+    /// Through QEMU: the monitor socket the view was made through (absolute), where
+    /// deleting this snapshot removes its bitmap.
+    public var qmpSocket: String?
     /// The persistent dirty bitmap this snapshot left in the image, counting writes from
     /// its instant on; nil when none could be (an image open read-only).
     public var bitmap: String?

@@ -30,8 +30,11 @@ public struct ViewRequest: Sendable {
         self.repositoryID = repositoryID
         self.chunkSize = chunkSize
         self.scratchDirectory = scratchDirectory
-        self.runDirectory = FileSystem.environment("DISKSNAP_RUN_DIR") ?? "/run/disksnap"
+        self.runDirectory = Self.defaultRunDirectory
     }
+
+    /// Locks and NBD sockets of views (`DISKSNAP_RUN_DIR` in tests).
+    public static var defaultRunDirectory: String { FileSystem.environment("DISKSNAP_RUN_DIR") ?? "/run/disksnap" }
 }
 
 /// A point-in-time view of a disk that a running QEMU writes (docs/DESIGN.md, "Running
@@ -328,6 +331,27 @@ public final class PointInTimeView {
     /// bitmap stays (the next run reads what changed since it).
     public func abandon() {
         try? removeBitmaps([newBitmap, temporaryBitmap].compactMap { $0 })
+    }
+
+    /// Removes the bitmap `name` a deleted snapshot left on `node` of the QEMU at
+    /// `qmpSocket`: no later snapshot can be incremental from it. Best effort, a few
+    /// seconds at most, and only while no view is being made on that QEMU (its lock): a
+    /// QEMU that is gone, busy or holding its monitor for another client keeps the bitmap,
+    /// and the next view of that disk removes it as stale. True when QEMU does not hold it.
+    /// The name is this repository's and this snapshot's alone, so whatever QEMU answers
+    /// at that socket now, a bitmap so named is ours.
+    public static func removeBitmap(qmpSocket: String, node: String, name: String) -> Bool {
+        guard let qmp = try? QMPClient(socketPath: qmpSocket, timeout: 3) else { return false }
+        let runDirectory = ViewRequest.defaultRunDirectory
+        guard (try? FileSystem.makeDirectories(runDirectory)) != nil,
+              let lock = try? FileLock.tryAcquire(path: "\(runDirectory)/\(qemuKey(qmp)).lock", kind: .exclusive) else { return false }
+        defer { withExtendedLifetime(lock) {} }
+        do {
+            try qmp.execute("block-dirty-bitmap-remove", ["node": node, "name": name])
+            return true
+        } catch {
+            return error.message.contains("Dirty bitmap") && error.message.contains("not found")
+        }
     }
 
     /// Removes bitmaps of the node in one round trip; one already gone is done.
