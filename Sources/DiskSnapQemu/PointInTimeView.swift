@@ -1,6 +1,7 @@
 import Foundation
 import DiskSnapSys
 import DiskSnapQcow2
+import Synchronization
 
 /// What a point-in-time view of a running QEMU's disk is asked for.
 public struct ViewRequest: Sendable {
@@ -341,7 +342,13 @@ public final class PointInTimeView {
     /// The name is this repository's and this snapshot's alone, so whatever QEMU answers
     /// at that socket now, a bitmap so named is ours.
     public static func removeBitmap(qmpSocket: String, node: String, name: String) -> Bool {
-        guard let qmp = try? QMPClient(socketPath: qmpSocket, timeout: 3) else { return false }
+        // A prune deletes many snapshots of one disk: a socket that did not answer is not
+        // asked again by this process.
+        guard !unanswered.withLock({ $0.contains(qmpSocket) }) else { return false }
+        guard let qmp = try? QMPClient(socketPath: qmpSocket, timeout: 3) else {
+            unanswered.withLock { _ = $0.insert(qmpSocket) }
+            return false
+        }
         let runDirectory = ViewRequest.defaultRunDirectory
         guard (try? FileSystem.makeDirectories(runDirectory)) != nil,
               let lock = try? FileLock.tryAcquire(path: "\(runDirectory)/\(qemuKey(qmp)).lock", kind: .exclusive) else { return false }
@@ -353,6 +360,8 @@ public final class PointInTimeView {
             return error.message.contains("Dirty bitmap") && error.message.contains("not found")
         }
     }
+
+    private static let unanswered = Mutex<Set<String>>([])
 
     /// Removes bitmaps of the node in one round trip; one already gone is done.
     private func removeBitmaps(_ names: [String]) throws {
