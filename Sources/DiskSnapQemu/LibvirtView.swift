@@ -346,6 +346,50 @@ public final class LibvirtView: LiveDiskView {
         }
     }
 
+    /// The libvirt domain a QMP socket reaches, or nil when libvirt does not run its QEMU:
+    /// `pid` serves the socket. libvirt makes a domain's monitor socket itself and hands it
+    /// to QEMU, so that socket's peer is the libvirt daemon (the domain is then named by
+    /// the socket's directory, `domain-<id>-<name>`, when the name is under the 20
+    /// characters libvirt cuts it to; else ""); another socket's peer is QEMU
+    /// (`domain(ofQemu:)`).
+    public static func domain(servingMonitor socketPath: String, peer pid: Int32) -> String? {
+        let command = (try? FileSystem.readFile("/proc/\(pid)/comm")).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+        if let command, ["libvirtd", "virtqemud"].contains(command) {
+            let directory = FileSystem.baseName(of: FileSystem.directoryName(of: socketPath))
+            let parts = directory.split(separator: "-", maxSplits: 2)
+            // A name of 20 characters there may have been longer.
+            return parts.count == 3 && parts[0] == "domain" && Int(parts[1]) != nil && parts[2].count < 20 ? String(parts[2]) : ""
+        }
+        return domain(ofQemu: pid)
+    }
+
+    /// The libvirt domain whose QEMU is process `pid`, or nil when libvirt does not run it:
+    /// named by libvirt's pid files (the system daemon's in /run/libvirt/qemu, a session
+    /// daemon's in $XDG_RUNTIME_DIR/libvirt/qemu/run), else told by QEMU's command line,
+    /// where libvirt always puts the domain's private directory
+    /// (`.../libvirt/qemu/domain-<id>-<name>/`) and `-name guest=NAME,...` ("" when only
+    /// the directory shows).
+    public static func domain(ofQemu pid: Int32) -> String? {
+        var pidDirectories = ["/run/libvirt/qemu"]
+        if let runtime = FileSystem.environment("XDG_RUNTIME_DIR") { pidDirectories.append("\(runtime)/libvirt/qemu/run") }
+        for directory in pidDirectories {
+            for name in (try? FileSystem.listDirectory(directory)) ?? [] where name.hasSuffix(".pid") && name != "driver.pid" {
+                guard let text = try? FileSystem.readFile("\(directory)/\(name)") else { continue }
+                if Int32(String(decoding: text, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) == pid {
+                    return String(name.dropLast(4))
+                }
+            }
+        }
+        guard let commandLine = try? FileSystem.readFile("/proc/\(pid)/cmdline") else { return nil }
+        let arguments = commandLine.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard arguments.contains(where: { $0.contains("/libvirt/qemu/domain-") }) else { return nil }
+        if let flag = arguments.firstIndex(of: "-name"), flag + 1 < arguments.count,
+           let guest = arguments[flag + 1].split(separator: ",").first, guest.hasPrefix("guest=") {
+            return String(guest.dropFirst(6))
+        }
+        return ""
+    }
+
     /// The socket directory belongs to the domain's QEMU process (it creates the socket;
     /// libvirt runs it as its own user), mode 0700: nobody else can connect.
     private static func handOver(_ directory: String, toQemuOf domain: String) {

@@ -121,7 +121,16 @@ public final class PointInTimeView {
     public static func connect(qmpSocket: String) throws -> Connection {
         // The view is read over NBD: libnbd is loaded here, off the path that waits for it.
         try? NBDClient.load()
-        let qmp = try QMPClient(socketPath: qmpSocket)
+        let qmp = try QMPClient(socketPath: qmpSocket) { pid throws(QemuError) in
+            // libvirt owns its domains' QEMUs: one is driven through libvirt (--domain),
+            // never behind its back. A process that cannot be told is not driven either.
+            guard let pid else {
+                throw QemuError.managedByLibvirt("cannot tell which process serves \(qmpSocket) (no peer credentials), so not whether libvirt runs it: refused")
+            }
+            if let domain = LibvirtView.domain(servingMonitor: FileSystem.absolutePath(qmpSocket), peer: pid) {
+                throw QemuError.managedByLibvirt("the QEMU at \(qmpSocket) (process \(pid)) runs libvirt domain \(domain.isEmpty ? "(name unknown)" : domain): snapshot it through libvirt with --domain \(domain.isEmpty ? "NAME" : domain), never behind libvirt's back")
+            }
+        }
         let commands = try qmp.commands()
         let missing = neededCommands.filter { !commands.contains($0) }
         guard missing.isEmpty, qmp.version >= minimumVersion else {

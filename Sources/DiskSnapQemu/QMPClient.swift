@@ -28,13 +28,17 @@ public final class QMPClient {
 
     /// Connects, checks the greeting and leaves capabilities negotiation mode. `timeout`
     /// bounds every wait for an answer: a silent socket is not QMP, a hung QEMU is reported.
-    public init(socketPath: String, timeout: Double = 60) throws(QemuError) {
+    /// `checkPeer` judges the process serving the socket (nil: its id is unknown) before
+    /// anything is read or sent.
+    public init(socketPath: String, timeout: Double = 60,
+                checkPeer: (Int32?) throws(QemuError) -> Void = { _ in }) throws(QemuError) {
         self.socketPath = socketPath
         socket = try Self.connect(socketPath, what: "the QMP socket", startHint: "start QEMU with -qmp unix:\(socketPath),server=on,wait=off",
                                   failure: QemuError.unreachable)
+        peerProcessID = socket.peerProcessID
+        try checkPeer(peerProcessID)
         // A QMP server greets at once; a socket that stays silent is something else.
         socket.setReceiveTimeout(seconds: min(timeout, 5))
-        peerProcessID = socket.peerProcessID
         let greeting: QMPObject
         do {
             greeting = try Self.readObject(socket: socket, buffer: &buffer, path: socketPath)

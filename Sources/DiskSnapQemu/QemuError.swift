@@ -24,6 +24,8 @@ public struct QemuError: CodedError {
     }
     /// The connection ended or stopped answering: QEMU exited, was killed or hangs.
     static func gone(_ message: String) -> QemuError { QemuError("Qemu.Gone", message, exitStatus: .ioError) }
+    /// The QEMU behind a --qmp socket is a libvirt domain's (or cannot be told apart from one).
+    static func managedByLibvirt(_ message: String) -> QemuError { QemuError("Qemu.ManagedByLibvirt", message, exitStatus: .invalidParameter) }
     /// No node (or not the one named) has the image open.
     static func nodeNotFound(_ message: String) -> QemuError { QemuError("Qemu.NodeNotFound", message, exitStatus: .notFound) }
     /// Several nodes have the image open: `--node` must say which.

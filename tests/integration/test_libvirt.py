@@ -2,6 +2,7 @@
 tools/make-guest VM under TCG, its first disk a qcow2 ext4 (vda), its second a raw one
 (vdb), with the guest agent on libvirt's channel. disksnap goes only through libvirt's API
 (backup begin in pull mode, checkpoints, abort, fsfreeze); the test looks with virsh."""
+import glob
 import json
 import os
 import signal
@@ -207,6 +208,12 @@ def test_refusals_and_someone_elses_jobs_and_freezes(ds, domain, tmp_path):
     for args, code, what in cases:
         r = ds.run("create", *args, "--name", "refused", check=False)
         assert (r.code, what in r.err) == (code, True), (args, r.code, r.err)
+    # libvirt's own monitor of the domain's QEMU (which libvirt holds): the QEMU is libvirt's,
+    # driven through --domain only, said at once (not after waiting for a greeting).
+    monitor = glob.glob(f"/var/lib/libvirt/qemu/domain-*-{d[:20]}/monitor.sock")  # libvirt cuts the name
+    assert len(monitor) == 1, monitor
+    r = ds.run("create", domain.qcow2, "--qmp", monitor[0], "--name", "refused", check=False)
+    assert r.code == 2 and "Qemu.ManagedByLibvirt" in r.err and f"--domain {d}" in r.err, r.err
     # A backup job that is not ours is left running.
     job = tmp_path / "theirs.xml"
     job.write_text(f"""<domainbackup mode='pull'><server transport='unix' socket='{tmp_path}/theirs.sock'/>
