@@ -4,6 +4,7 @@ writes, through its point-in-time view, and incrementals through its dirty bitma
 The "guest" writes to the disk through the daemon's FUSE export, so every write goes through
 QEMU's block layer (and its copy-before-write) as a VM's would.
 """
+import glob
 import json
 import os
 import random
@@ -445,6 +446,30 @@ def test_qemu_killed_mid_snapshot_fails_it_cleanly(ds, daemon, tmp_path):
     assert restore_bytes(ds, first, tmp_path) != restore_bytes(ds, second, tmp_path)
 
 
+def test_qemu_quitting_mid_snapshot_fails_it_and_its_bitmaps_still_serve(ds, daemon, tmp_path):
+    """A clean exit (the VM shut down) while the view is read: the snapshot fails, and QEMU
+    wrote its bitmaps into the image, so after a restart the base bitmap still says what
+    changed since the last good snapshot, and the failed run's own bitmaps are removed."""
+    first = json.loads(create_live(ds, daemon, "first").out)["SnapshotId"]
+    write_blocks(daemon.guest, [(6 * MIB, 65536)], seed=6)
+    proc, release = start_paused(ds, tmp_path, "create-after-index", "create", daemon.image, "--name", "doomed",
+                                 "--qmp", daemon.qmp_path)
+    daemon.stop()
+    open(release, "w").close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and ("Source.ReadFailed" in err or "Qemu.Gone" in err), err
+    assert {s["SnapshotName"]: s["Status"] for s in ds.run("list", "--json").json()}["doomed"] == "failed"
+    subprocess.run(["qemu-img", "check", daemon.image], check=True, capture_output=True)
+    daemon.start()
+    write_blocks(daemon.guest, [(9 * MIB, 4096)], seed=7)
+    r = ds.show(json.loads(create_live(ds, daemon, "after").out)["SnapshotId"])
+    assert r["ChangeTracking"]["BaseSnapshotId"] == first, r["ChangeTracking"]
+    assert r["BytesRead"] == len(chunks_touched([(6 * MIB, 65536), (9 * MIB, 4096)])) * CHUNK
+    assert restore_bytes(ds, r["SnapshotId"], tmp_path) == read_all(daemon.guest)
+    assert list(daemon.bitmaps()) == [r["ChangeTracking"]["Bitmap"]]
+    ds.run("check", "--read-data")
+
+
 def test_a_killed_disksnap_leaves_nothing_the_next_run_does_not_remove(ds, daemon, tmp_path):
     first = json.loads(create_live(ds, daemon, "first").out)["SnapshotId"]
     base_bitmap = ds.show(first)["ChangeTracking"]["Bitmap"]
@@ -455,6 +480,8 @@ def test_a_killed_disksnap_leaves_nothing_the_next_run_does_not_remove(ds, daemo
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(daemon.bitmaps()) == 3  # the base, the killed run's new one and its frozen copy
+    fleece = lambda: glob.glob(os.path.join(ds.repo, "**", "disksnap-fleece-*.qcow2"), recursive=True)
+    assert len(fleece()) == 1, "the killed run's overlay file"
     write_blocks(daemon.guest, [(5 * MIB, 65536)], seed=3)
     result = create_live(ds, daemon, "next")
     assert "in QEMU, left by a disksnap run that was killed" in result.err
@@ -465,6 +492,7 @@ def test_a_killed_disksnap_leaves_nothing_the_next_run_does_not_remove(ds, daemo
     assert r["BytesRead"] == len(chunks_touched([(5 * MIB, 65536)])) * CHUNK
     assert restore_bytes(ds, snap, tmp_path) == read_all(daemon.guest)
     assert daemon.ours() == []
+    assert fleece() == []
     assert list(daemon.bitmaps()) == [r["ChangeTracking"]["Bitmap"]]
     assert base_bitmap not in daemon.bitmaps()
 
