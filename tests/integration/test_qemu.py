@@ -424,21 +424,28 @@ def test_an_incremental_whose_base_index_is_damaged_reads_all_the_data_through_t
     assert restore_bytes(ds, third, tmp_path) == read_all(daemon.guest)
 
 
-def test_qemu_killed_mid_snapshot_fails_it_cleanly(ds, daemon, tmp_path):
+def qemu_ends_mid_snapshot(ds, daemon, tmp_path, end):
+    """A first snapshot, a guest write, then a second snapshot held after its view is made
+    while `end(daemon)` ends QEMU: the second fails (a failed record, the repository
+    intact); QEMU is started again. Returns the first snapshot's id."""
     first = json.loads(create_live(ds, daemon, "first").out)["SnapshotId"]
     # Something to read (with nothing changed, an incremental reads nothing and completes).
     write_blocks(daemon.guest, [(6 * MIB, 65536)], seed=5)
     proc, release = start_paused(ds, tmp_path, "create-after-index", "create", daemon.image, "--name", "doomed",
                                  "--qmp", daemon.qmp_path)
-    daemon.kill()
+    end(daemon)
     open(release, "w").close()
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert "Source.ReadFailed" in err or "Qemu.Gone" in err, err
-    listed = {s["SnapshotName"]: s for s in ds.run("list", "--json").json()}
-    assert listed["doomed"]["Status"] == "failed"
+    assert proc.returncode != 0 and ("Source.ReadFailed" in err or "Qemu.Gone" in err), err
+    assert {s["SnapshotName"]: s["Status"] for s in ds.run("list", "--json").json()}["doomed"] == "failed"
     ds.run("check", "--read-data")
+    subprocess.run(["qemu-img", "check", daemon.image], check=True, capture_output=True)
     daemon.start()
+    return first
+
+
+def test_qemu_killed_mid_snapshot_fails_it_cleanly(ds, daemon, tmp_path):
+    first = qemu_ends_mid_snapshot(ds, daemon, tmp_path, Daemon.kill)
     second = json.loads(create_live(ds, daemon, "after").out)["SnapshotId"]
     r = ds.show(second)
     assert "FullReadReason" in r["ChangeTracking"]
@@ -450,24 +457,13 @@ def test_qemu_quitting_mid_snapshot_fails_it_and_its_bitmaps_still_serve(ds, dae
     """A clean exit (the VM shut down) while the view is read: the snapshot fails, and QEMU
     wrote its bitmaps into the image, so after a restart the base bitmap still says what
     changed since the last good snapshot, and the failed run's own bitmaps are removed."""
-    first = json.loads(create_live(ds, daemon, "first").out)["SnapshotId"]
-    write_blocks(daemon.guest, [(6 * MIB, 65536)], seed=6)
-    proc, release = start_paused(ds, tmp_path, "create-after-index", "create", daemon.image, "--name", "doomed",
-                                 "--qmp", daemon.qmp_path)
-    daemon.stop()
-    open(release, "w").close()
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and ("Source.ReadFailed" in err or "Qemu.Gone" in err), err
-    assert {s["SnapshotName"]: s["Status"] for s in ds.run("list", "--json").json()}["doomed"] == "failed"
-    subprocess.run(["qemu-img", "check", daemon.image], check=True, capture_output=True)
-    daemon.start()
+    first = qemu_ends_mid_snapshot(ds, daemon, tmp_path, Daemon.stop)
     write_blocks(daemon.guest, [(9 * MIB, 4096)], seed=7)
     r = ds.show(json.loads(create_live(ds, daemon, "after").out)["SnapshotId"])
     assert r["ChangeTracking"]["BaseSnapshotId"] == first, r["ChangeTracking"]
     assert r["BytesRead"] == len(chunks_touched([(6 * MIB, 65536), (9 * MIB, 4096)])) * CHUNK
     assert restore_bytes(ds, r["SnapshotId"], tmp_path) == read_all(daemon.guest)
     assert list(daemon.bitmaps()) == [r["ChangeTracking"]["Bitmap"]]
-    ds.run("check", "--read-data")
 
 
 def test_a_killed_disksnap_leaves_nothing_the_next_run_does_not_remove(ds, daemon, tmp_path):
