@@ -347,20 +347,22 @@ public final class LibvirtView: LiveDiskView {
     }
 
     /// The libvirt domain a QMP socket reaches, or nil when libvirt does not run its QEMU:
-    /// `pid` serves the socket. libvirt makes a domain's monitor socket itself and hands it
-    /// to QEMU, so that socket's peer is the libvirt daemon (the domain is then named by
-    /// the socket's directory, `domain-<id>-<name>`, when the name is under the 20
-    /// characters libvirt cuts it to; else ""); another socket's peer is QEMU
-    /// (`domain(ofQemu:)`).
-    public static func domain(servingMonitor socketPath: String, peer pid: Int32) -> String? {
+    /// `pid` serves the socket (nil: unknown, as for a process in another PID namespace).
+    /// libvirt makes a domain's monitor socket itself, in the domain's directory
+    /// (`.../libvirt/qemu/domain-<id>-<name>/`), and hands it to QEMU, so that socket's
+    /// peer is the libvirt daemon; another socket's peer is QEMU (`domain(ofQemu:)`). A
+    /// socket in such a directory is libvirt's whoever serves it. The domain is named by
+    /// the directory when the name is under the 20 characters libvirt cuts it to (else "").
+    public static func domain(servingMonitor socketPath: String, peer pid: Int32?) -> String? {
+        let directory = FileSystem.baseName(of: FileSystem.directoryName(of: socketPath))
+        let parts = directory.split(separator: "-", maxSplits: 2)
+        let domainDirectory = socketPath.contains("/libvirt/qemu/") && parts.count == 3 && parts[0] == "domain" && Int(parts[1]) != nil
+        // A name of 20 characters there may have been longer.
+        let named = domainDirectory && parts[2].count < 20 ? String(parts[2]) : ""
+        guard let pid else { return domainDirectory ? named : nil }
         let command = (try? FileSystem.readFile("/proc/\(pid)/comm")).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
-        if let command, ["libvirtd", "virtqemud"].contains(command) {
-            let directory = FileSystem.baseName(of: FileSystem.directoryName(of: socketPath))
-            let parts = directory.split(separator: "-", maxSplits: 2)
-            // A name of 20 characters there may have been longer.
-            return parts.count == 3 && parts[0] == "domain" && Int(parts[1]) != nil && parts[2].count < 20 ? String(parts[2]) : ""
-        }
-        return domain(ofQemu: pid)
+        if let command, ["libvirtd", "virtqemud"].contains(command) { return named }
+        return domain(ofQemu: pid) ?? (domainDirectory ? named : nil)
     }
 
     /// The libvirt domain whose QEMU is process `pid`, or nil when libvirt does not run it:

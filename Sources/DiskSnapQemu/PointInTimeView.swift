@@ -123,10 +123,7 @@ public final class PointInTimeView {
         try? NBDClient.load()
         let qmp = try QMPClient(socketPath: qmpSocket) { pid throws(QemuError) in
             // libvirt owns its domains' QEMUs: one is driven through libvirt (--domain),
-            // never behind its back. A process that cannot be told is not driven either.
-            guard let pid else {
-                throw QemuError.managedByLibvirt("cannot tell which process serves \(qmpSocket) (no peer credentials), so not whether libvirt runs it: refused")
-            }
+            // never behind its back.
             if let domain = LibvirtView.domain(servingMonitor: FileSystem.absolutePath(qmpSocket), peer: pid) {
                 throw QemuError.managedByLibvirt("the QEMU at \(qmpSocket) (process \(pid)) runs libvirt domain \(domain.isEmpty ? "(name unknown)" : domain): snapshot it through libvirt with --domain \(domain.isEmpty ? "NAME" : domain), never behind libvirt's back")
             }
@@ -344,18 +341,20 @@ public final class PointInTimeView {
     }
 
     /// Removes the bitmap `name` a deleted snapshot left on `node` of the QEMU at
-    /// `qmpSocket`: no later snapshot can be incremental from it. Best effort, a few
-    /// seconds at most, and only while no view is being made on that QEMU (its lock): a
-    /// QEMU that is gone, busy or holding its monitor for another client keeps the bitmap,
-    /// and the next view of that disk removes it as stale. True when QEMU does not hold it.
-    /// The name is this repository's and this snapshot's alone, so whatever QEMU answers
-    /// at that socket now, a bitmap so named is ours.
+    /// `qmpSocket`: no later snapshot can be incremental from it. Best effort (each answer
+    /// waited for 3 s at most), and only while no view is being made on that QEMU (its
+    /// lock): a QEMU that is gone, busy or holding its monitor for another client keeps the
+    /// bitmap, and the next view of that disk removes it as stale. True when QEMU does not
+    /// hold it. The caller passes only the name this repository gives this snapshot's
+    /// bitmap (`ChangeTracking.bitmapName`), so whatever QEMU answers at that socket now, a
+    /// bitmap so named is ours.
     public static func removeBitmap(qmpSocket: String, node: String, name: String) -> Bool {
         // A prune deletes many snapshots of one disk: a socket that did not answer is not
-        // asked again by this process.
-        guard !unanswered.withLock({ $0.contains(qmpSocket) }) else { return false }
+        // asked again for a minute.
+        let now = Date()
+        guard unanswered.withLock({ $0[qmpSocket].map { now.timeIntervalSince($0) > 60 } ?? true }) else { return false }
         guard let qmp = try? QMPClient(socketPath: qmpSocket, timeout: 3) else {
-            unanswered.withLock { _ = $0.insert(qmpSocket) }
+            unanswered.withLock { $0[qmpSocket] = now }
             return false
         }
         let runDirectory = ViewRequest.defaultRunDirectory
@@ -370,7 +369,8 @@ public final class PointInTimeView {
         }
     }
 
-    private static let unanswered = Mutex<Set<String>>([])
+    /// Monitor sockets that did not answer `removeBitmap`, and when.
+    private static let unanswered = Mutex<[String: Date]>([:])
 
     /// Removes bitmaps of the node in one round trip; one already gone is done.
     private func removeBitmaps(_ names: [String]) throws {

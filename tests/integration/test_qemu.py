@@ -257,7 +257,6 @@ def test_a_snapshot_of_a_running_disk_is_the_disk_at_the_instant_of_the_view(ds,
     guest.resume()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    print(err)
     guest.stop()
     assert guest.writes() > at_instant, "the guest wrote nothing during the snapshot: the test proves nothing"
     snap = json.loads(out)["SnapshotId"]
@@ -400,14 +399,18 @@ def test_an_incremental_whose_base_index_is_damaged_reads_all_the_data_through_t
     env = dict(os.environ, DISKSNAP_TEST_PAUSE=f"view-read:{held},create-full-read:{held}.reached")
     proc = subprocess.Popen([BIN, "--repo", ds.repo, "create", daemon.image, "--name", "second", "--qmp", daemon.qmp_path,
                              "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(f"{held}.reached.reached"):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.01)
-    time.sleep(1)
-    assert proc.poll() is None, f"the full read failed while the probe held a connection: {proc.stdout.read()}"
-    held.touch()
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(f"{held}.reached.reached") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1)
+        failed_early = proc.poll() is not None
+    finally:
+        held.touch()
+        if not os.path.exists(f"{held}.reached.reached"):
+            proc.kill()
     out, err = proc.communicate(timeout=120)
+    assert not failed_early, f"the full read failed while the probe held a connection: {out} {err}"
     assert proc.returncode == 0, err
     second = json.loads(out)["SnapshotId"]
     r2 = ds.show(second)
@@ -728,7 +731,6 @@ def test_one_view_per_qemu_at_a_time(ds, daemon, tmp_path):
         open(release, "w").close()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    print(err)
     assert restore_bytes(ds, json.loads(out)["SnapshotId"], tmp_path) == read_all(daemon.guest)
     assert daemon.ours() == []
 
