@@ -128,8 +128,8 @@ public struct Catalog: Sendable {
             LibvirtView.removeCheckpoint(uri: uri, domain: domain, name: checkpoint)
         }
         // Its QEMU bitmap, the same way (best effort: QEMU may be gone or busy; the next
-        // view of that disk removes it then).
-        // Only the name this repository gives this snapshot's bitmap is ever sent.
+        // view of that disk removes it then). Only the name this repository gives this
+        // snapshot's bitmap is ever sent.
         if let tracking = record.changeTracking, tracking.method ?? "qemu" == "qemu",
            let socket = tracking.qmpSocket, let node = tracking.node,
            tracking.bitmap == ChangeTracking.bitmapName(repositoryID: repository.config.repositoryId, snapshotID: record.snapshotId.rawValue) {

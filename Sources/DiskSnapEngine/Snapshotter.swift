@@ -783,8 +783,10 @@ public final class AdmittedCreate: @unchecked Sendable {
                     // A raw image or a device a VM runs on, read in place: its guest may
                     // write any block at any moment of the read. Refused before reading
                     // (the change checks after the read only see a file's mtime move).
-                    let clonable = opened.kind == .file && !request.clone ? " or let it be cloned on its reflink filesystem (without --no-clone)," : opened.kind == .file ? " or keep the image on a filesystem with reflinks (XFS, btrfs), where it is cloned first," : ""
-                    guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) is open for writing by another process (QEMU's image lock is held); a snapshot of it would not be one point in time (pass --qmp with the socket of the QEMU that runs it,\(clonable) shut the VM down, or pass --allow-live)") }
+                    let cloneHint = opened.kind != .file ? ""
+                        : request.clone ? " or keep the image on a filesystem with reflinks (XFS, btrfs), where it is cloned first,"
+                        : " or let it be cloned on its reflink filesystem (without --no-clone),"
+                    guard request.allowLive else { throw EngineError.sourceInUse("\(disk.path) is open for writing by another process (QEMU's image lock is held); a snapshot of it would not be one point in time (pass --qmp with the socket of the QEMU that runs it,\(cloneHint) shut the VM down, or pass --allow-live)") }
                     record.crashConsistent = false
                 }
             }

@@ -376,10 +376,7 @@ public final class LibvirtView: LiveDiskView {
         if let runtime = FileSystem.environment("XDG_RUNTIME_DIR") { pidDirectories.append("\(runtime)/libvirt/qemu/run") }
         for directory in pidDirectories {
             for name in (try? FileSystem.listDirectory(directory)) ?? [] where name.hasSuffix(".pid") && name != "driver.pid" {
-                guard let text = try? FileSystem.readFile("\(directory)/\(name)") else { continue }
-                if Int32(String(decoding: text, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) == pid {
-                    return String(name.dropLast(4))
-                }
+                if processID(inFile: "\(directory)/\(name)") == pid { return String(name.dropLast(4)) }
             }
         }
         guard let commandLine = try? FileSystem.readFile("/proc/\(pid)/cmdline") else { return nil }
@@ -392,11 +389,15 @@ public final class LibvirtView: LiveDiskView {
         return ""
     }
 
+    /// The process id a pid file holds, or nil.
+    private static func processID(inFile path: String) -> Int32? {
+        (try? FileSystem.readFile(path)).flatMap { Int32(String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
     /// The socket directory belongs to the domain's QEMU process (it creates the socket;
     /// libvirt runs it as its own user), mode 0700: nobody else can connect.
     private static func handOver(_ directory: String, toQemuOf domain: String) {
-        guard let text = try? FileSystem.readFile("/run/libvirt/qemu/\(domain).pid"),
-              let pid = Int32(String(decoding: text, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else { return }
+        guard let pid = processID(inFile: "/run/libvirt/qemu/\(domain).pid") else { return }
         var owner = stat()
         guard stat("/proc/\(pid)", &owner) == 0 else { return }
         _ = chown(directory, owner.st_uid, owner.st_gid)

@@ -95,9 +95,8 @@ public final class PointInTimeView {
     /// this run left in QEMU.
     public static func make(_ request: ViewRequest, connection: Connection? = nil) throws -> PointInTimeView {
         let qmp = try (connection ?? connect(qmpSocket: request.qmpSocket)).qmp
-        try FileSystem.makeDirectories(request.runDirectory)
         let key = qemuKey(qmp)
-        guard let lock = try FileLock.tryAcquire(path: "\(request.runDirectory)/\(key).lock", kind: .exclusive) else {
+        guard let lock = try viewLock(key, in: request.runDirectory) else {
             throw QemuError.busy("Qemu.Busy", "another disksnap is making a point-in-time view on the QEMU at \(request.qmpSocket); try again when it ends")
         }
         // What it holds, in one round trip, read under the lock: whatever of ours is there
@@ -357,9 +356,7 @@ public final class PointInTimeView {
             unanswered.withLock { $0[qmpSocket] = now }
             return false
         }
-        let runDirectory = ViewRequest.defaultRunDirectory
-        guard (try? FileSystem.makeDirectories(runDirectory)) != nil,
-              let lock = try? FileLock.tryAcquire(path: "\(runDirectory)/\(qemuKey(qmp)).lock", kind: .exclusive) else { return false }
+        guard let lock = try? viewLock(qemuKey(qmp), in: ViewRequest.defaultRunDirectory) else { return false }
         defer { withExtendedLifetime(lock) {} }
         do {
             try qmp.execute("block-dirty-bitmap-remove", ["node": node, "name": name])
@@ -367,6 +364,13 @@ public final class PointInTimeView {
         } catch {
             return error.message.contains("Dirty bitmap") && error.message.contains("not found")
         }
+    }
+
+    /// The lock that one view at a time holds on the QEMU `key` names; nil while another
+    /// process holds it.
+    private static func viewLock(_ key: String, in runDirectory: String) throws -> FileLock? {
+        try FileSystem.makeDirectories(runDirectory)
+        return try FileLock.tryAcquire(path: "\(runDirectory)/\(key).lock", kind: .exclusive)
     }
 
     /// Monitor sockets that did not answer `removeBitmap`, and when.

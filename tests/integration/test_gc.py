@@ -30,11 +30,12 @@ def restores_identically(ds, snap, expected, tmp_path):
     out.unlink()
 
 
-def start_paused(ds, tmp_path, point, *args, env=None):
+def start_paused(ds, tmp_path, point, *args, env=None, also=None):
     """A disksnap command held at a TestHooks pause point; returns (process, release file).
-    `ds` is anything with a `repo`; `env` the environment (default: this one)."""
+    `ds` is anything with a `repo`; `env` the environment (default: this one); `also`
+    more pause points ("POINT:PATH,...") that the test releases itself."""
     release = tmp_path / f"release-{point}"
-    env = dict(env or os.environ, DISKSNAP_TEST_PAUSE=f"{point}:{release}")
+    env = dict(env or os.environ, DISKSNAP_TEST_PAUSE=f"{point}:{release}" + (f",{also}" if also else ""))
     proc = subprocess.Popen([BIN, "--repo", ds.repo, *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

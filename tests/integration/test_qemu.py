@@ -392,24 +392,24 @@ def test_an_incremental_whose_base_index_is_damaged_reads_all_the_data_through_t
         f.write(bytes([byte[0] ^ 0xFF]))
     write_blocks(daemon.guest, [(5 * MIB, 4096)], seed=3)
     # The identity probe of an incremental runs beside the pipeline. Held inside its first
-    # read, it keeps the connection that asked for base:allocation; the full read's block
-    # status is asked only once it holds it (that once failed: "did not negotiate any
-    # metadata contexts").
+    # read, it keeps the connection that asked for base:allocation while the full read's
+    # block status is asked (that once failed: "did not negotiate any metadata contexts").
     held = tmp_path / "probe-read"
-    env = dict(os.environ, DISKSNAP_TEST_PAUSE=f"view-read:{held},create-full-read:{held}.reached")
-    proc = subprocess.Popen([BIN, "--repo", ds.repo, "create", daemon.image, "--name", "second", "--qmp", daemon.qmp_path,
-                             "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, release = start_paused(ds, tmp_path, "create-full-read", "create", daemon.image, "--name", "second",
+                                 "--qmp", daemon.qmp_path, "--json", also=f"view-read:{held}")
     try:
         deadline = time.monotonic() + 60
-        while not os.path.exists(f"{held}.reached.reached") and proc.poll() is None and time.monotonic() < deadline:
+        while not os.path.exists(f"{held}.reached") and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
+        probe_held = os.path.exists(f"{held}.reached")
+        release.touch()
         time.sleep(1)
         failed_early = proc.poll() is not None
     finally:
+        release.touch()
         held.touch()
-        if not os.path.exists(f"{held}.reached.reached"):
-            proc.kill()
     out, err = proc.communicate(timeout=120)
+    assert probe_held, err
     assert not failed_early, f"the full read failed while the probe held a connection: {out} {err}"
     assert proc.returncode == 0, err
     second = json.loads(out)["SnapshotId"]
